@@ -24,7 +24,7 @@ __all__ = ["batch", "similar", "topk_scores"]
 _BLOCK_BYTES = 64 * 1024 * 1024
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _worse(s_a, id_a, s_b, id_b):
     return s_a < s_b or (s_a == s_b and id_a > id_b)
 
