@@ -1,0 +1,121 @@
+"""Ingestion assets: sources -> recs.interactions, recs.catalog, recs.quarantine."""
+
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from recs_assets import markdown, paths
+from recs_assets.ingest import load
+from recs_assets.ingest.sources import Source
+from recs_assets.resources import Warehouse
+
+INGEST_GROUP = "ingest"
+
+
+class SourceSpec(dg.Config):
+    kind: Literal["auto", "online_retail", "events", "sql"] = Field(
+        default="online_retail",
+        description="online_retail: the UCI Online Retail columns; events: CSV/Parquet/JSONL with "
+        "user_id, item_id, ts, event[, quantity, price, basket_id]; sql: a DuckDB query or table "
+        "returning those columns; auto: online_retail if its columns are present, else events",
+    )
+    path: str = Field(default="", description="File or glob (kinds online_retail, events, auto)")
+    query: str = Field(default="", description="DuckDB SQL (kind sql), e.g. SELECT * FROM 's3://…/events.parquet'")
+    name: str = Field(default="", description="Stable key for the source; defaults to the path or a hash of the query")
+
+    def to_source(self) -> Source:
+        path = self.path or (str(paths.BUNDLED_ONLINE_RETAIL) if self.kind in ("online_retail", "auto") else "")
+        if self.kind == "sql" and not self.query:
+            raise ValueError("source kind 'sql' needs a query")
+        if self.kind != "sql" and not path:
+            raise ValueError(f"source kind {self.kind!r} needs a path")
+        return Source(kind=self.kind, path=path, query=self.query, name=self.name)
+
+
+class IngestConfig(dg.Config):
+    sources: list[SourceSpec] = Field(
+        default_factory=lambda: [SourceSpec()],
+        description="Sources to (re)ingest; each replaces its own earlier rows, so re-running never duplicates",
+    )
+    catalog_paths: list[str] = Field(default_factory=list, description="Catalog files (item_id, title, …)")
+    exclusive: bool = Field(
+        default=False, description="Drop rows of every source not listed here (start over from these sources)"
+    )
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec("interactions", group_name=INGEST_GROUP, kinds={"duckdb"},
+                     description="Typed, cleaned, de-duplicated events: recs.interactions"),
+        dg.AssetSpec("catalog", group_name=INGEST_GROUP, kinds={"duckdb"},
+                     description="One row per item: recs.catalog (catalog files outrank derived rows)"),
+        dg.AssetSpec("quarantine", group_name=INGEST_GROUP, kinds={"duckdb"},
+                     description="Every dropped source row with its raw values and a reason: recs.quarantine"),
+    ],
+    pool="duckdb_writer",
+)
+def ingest(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: Warehouse):
+    reports = []
+    with warehouse.connect() as con:
+        load.ensure_tables(con)
+        sources = [spec.to_source() for spec in config.sources]
+        for source in sources:
+            report = load.ingest_events(con, source)
+            context.log.info(
+                f"{report.source}: read {report.read}, kept {report.kept}, quarantined {report.quarantined}"
+            )
+            reports.append(report)
+        for path in config.catalog_paths:
+            n = load.ingest_catalog(con, path)
+            context.log.info(f"catalog {path}: {n} items")
+        if config.exclusive:
+            keep = [s.key for s in sources] + [str(Path(p).resolve()) for p in config.catalog_paths]
+            for table in ("interactions", "quarantine", "catalog_sources"):
+                con.execute(f"DELETE FROM recs.{table} WHERE NOT list_contains(?, source)", [keep])
+            load.rebuild_catalog(con)
+        totals = load.summary(con)
+        n_catalog = con.execute("SELECT count(*) FROM recs.catalog").fetchall()[0][0]
+        n_quarantine = con.execute("SELECT count(*) FROM recs.quarantine").fetchall()[0][0]
+        by_reason = con.execute(
+            "SELECT reason, count(*) FROM recs.quarantine GROUP BY 1 ORDER BY 2 DESC"
+        ).fetchall()
+        catalog_preview = con.sql("SELECT item_id, title, brand, category, price FROM recs.catalog LIMIT 10").pl()
+    read = sum(r.read for r in reports)
+    kept = sum(r.kept for r in reports)
+    per_run = {}
+    for r in reports:
+        for reason, n in r.quarantined.items():
+            per_run[reason] = per_run.get(reason, 0) + n
+    yield dg.MaterializeResult(
+        asset_key="interactions",
+        metadata={
+            "rows_read": read,
+            "rows_kept": kept,
+            "rows_quarantined": read - kept,
+            "table_rows": totals["interactions"],
+            "users": totals["users"],
+            "items": totals["items"],
+            "baskets": totals["baskets"],
+            "guest_rows": totals["guest_rows"],
+            "sources": dg.MetadataValue.json([r.__dict__ for r in reports]),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="catalog",
+        metadata={
+            "items": n_catalog,
+            "preview": dg.MetadataValue.md(markdown.frame(catalog_preview)),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="quarantine",
+        metadata={
+            "rows_this_run": read - kept,
+            **{f"reason_{k}": v for k, v in per_run.items()},
+            "table_rows": n_quarantine,
+            "by_reason": dg.MetadataValue.md(markdown.pairs(by_reason, ("reason", "rows"))),
+        },
+    )
+

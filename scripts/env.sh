@@ -1,0 +1,13 @@
+# Sourced by the other scripts: one venv in the repo, all state under RECS_HOME.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+export RECS_HOME="${RECS_HOME:-$REPO/var}"
+export DAGSTER_HOME="$RECS_HOME/dagster"
+export RECS_DAGSTER_STORAGE="$DAGSTER_HOME/storage"
+export RECS_DAGSTER_LOGS="$DAGSTER_HOME/logs"
+export NUMBA_CACHE_DIR="$RECS_HOME/numba-cache"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export DAGSTER_DISABLE_TELEMETRY=1
+mkdir -p "$RECS_HOME" "$DAGSTER_HOME" "$RECS_DAGSTER_STORAGE" "$RECS_DAGSTER_LOGS" "$RECS_HOME/inbox"
+cp "$REPO/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
