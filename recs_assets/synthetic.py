@@ -292,8 +292,8 @@ class SyntheticConfig:
                 raise ValueError(f"{name} must be a probability")
         if self.session_views < 1.0:
             raise ValueError("session_views must be >= 1")
-        if self.days * _DAY_MS <= 2 * _MAX_SESSION_MS:
-            raise ValueError("days too small")
+        if not 2 * _MAX_SESSION_MS < self.days * _DAY_MS <= 100 * 366 * _DAY_MS:
+            raise ValueError("days must be between half a day and 100 years")
 
     @property
     def start_ms(self) -> int:
