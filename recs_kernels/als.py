@@ -29,6 +29,7 @@ import scipy.sparse as sp
 from numba import njit, prange
 
 from ._validate import (
+    _describe_bad,
     check_choice,
     check_csr,
     check_factors,
@@ -337,9 +338,17 @@ def fold_in(
     caller: it is the only O(n_items) part, and without it a request costs a pass over all
     items. No items gives the zero vector (the regularised optimum with no evidence).
     """
-    Y = check_factors(item_factors, "item_factors")
+    Y = item_factors
+    if not (isinstance(Y, np.ndarray) and Y.dtype == np.float32 and Y.ndim == 2 and Y.flags.c_contiguous):
+        Y = check_factors(item_factors, "item_factors")
+    elif Y.shape[1] == 0:
+        raise ValueError("item_factors has zero columns")
     n_items, k = Y.shape
     ids = check_ids(item_ids, "item_ids", upper=n_items)
+    # Per request only the rows in use are scanned for NaN/inf: a full scan of a large
+    # catalogue would cost more than the solve itself.
+    if ids.shape[0] and not np.isfinite(Y[ids]).all():
+        raise ValueError(f"item_factors contains {_describe_bad(Y[ids])} values in the requested rows")
     if weights is None:
         w = np.ones(ids.shape[0], dtype=np.float64)
     else:

@@ -174,6 +174,10 @@ def test_fold_in_and_loss_validation():
         als.fold_in(Y, [0, 1], [1.0, -1.0])
     with pytest.raises(ValueError, match="yty has 3 rows, expected 4"):
         als.fold_in(Y, [0], [1.0], yty=np.eye(3))
+    Ybad = Y.copy()
+    Ybad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN values in the requested rows"):
+        als.fold_in(Ybad, [3], [1.0])
     with pytest.raises(ValueError, match="regularization must be > 0"):
         als.fold_in(Y, [0], [1.0], regularization=0.0)
     ui = _random_counts(n_users=5, n_items=10)
