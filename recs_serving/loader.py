@@ -1,0 +1,417 @@
+"""Load one release fully into memory as plain numpy arrays and dicts (``LoadedRelease``).
+
+Everything a request touches is precomputed here once per release: id maps, attribute codes
+for the hard filters, CSR adjacency for neighbours / co-visitation / rules / history, the
+dense per-user top-N, normalised embeddings, popularity lists. A ``LoadedRelease`` is never
+mutated after construction, so requests that hold a reference keep a consistent view while
+the recommender swaps in a newer one.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .release import ReleaseFiles, open_release
+
+log = logging.getLogger("recs_serving")
+
+DEFAULT_BLEND = {"als": 1.0, "bpr": 0.5, "covis": 1.0, "rules": 0.8, "content": 0.4, "popularity": 0.15}
+DEFAULT_MMR_LAMBDA = 0.8
+MAX_TOPN = 200
+
+
+@dataclass(frozen=True)
+class Adjacency:
+    """CSR rows of (neighbour idx, score) per item, neighbours in descending score."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    scores: np.ndarray
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.indptr[i], self.indptr[i + 1]
+        return self.indices[a:b], self.scores[a:b]
+
+    @staticmethod
+    def empty(n: int) -> "Adjacency":
+        return Adjacency(np.zeros(n + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+
+    @staticmethod
+    def build(n: int, src: np.ndarray, dst: np.ndarray, score: np.ndarray, max_per_row: int | None = None) -> "Adjacency":
+        ok = (src >= 0) & (dst >= 0) & (src != dst) & np.isfinite(score)
+        src, dst, score = src[ok], dst[ok], score[ok].astype(np.float32)
+        order = np.lexsort((dst, -score, src))
+        src, dst, score = src[order], dst[order], score[order]
+        if src.size:  # drop duplicate (src, dst) pairs, keeping the best score
+            key = src.astype(np.int64) * n + dst
+            _, first = np.unique(key, return_index=True)
+            keep = np.sort(first)
+            src, dst, score = src[keep], dst[keep], score[keep]
+        if max_per_row is not None and src.size:
+            starts = np.searchsorted(src, src, side="left")
+            pos = np.arange(src.size) - starts
+            keep = pos < max_per_row
+            src, dst, score = src[keep], dst[keep], score[keep]
+        indptr = np.zeros(n + 1, np.int64)
+        np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
+        return Adjacency(indptr, dst.astype(np.int32), score)
+
+
+@dataclass(frozen=True)
+class LoadedRelease:
+    version: str
+    path: Path
+    manifest: dict
+    loaded_at: float
+    # items
+    item_ids: list
+    item_index: dict
+    n_items: int
+    titles: list
+    brand_codes: np.ndarray
+    brand_names: list
+    brand_index: dict
+    category_codes: np.ndarray
+    category_names: list
+    category_index: dict
+    price: np.ndarray
+    id_sorted: np.ndarray  # item ids sorted (unicode array), for prefix filters
+    id_rank: np.ndarray  # position of each item in id_sorted
+    pop_norm: np.ndarray  # [0, 1] log-scaled global popularity per item
+    trend_norm: np.ndarray
+    pop_order: np.ndarray  # all items by popularity desc, idx asc
+    popularity_lists: dict  # (scope, key) -> idx array in rank order
+    # users
+    user_ids: list
+    user_index: dict
+    n_users: int
+    topn_ids: np.ndarray  # [n_users, N] int32, -1 padded
+    topn_scores: np.ndarray  # [n_users, N] float32
+    hist_indptr: np.ndarray
+    hist_items: np.ndarray
+    hist_weight: np.ndarray
+    hist_purchased: np.ndarray  # bool per history row
+    buyers: Adjacency  # item -> users who purchased it
+    # models
+    als_user: np.ndarray | None
+    als_item: np.ndarray | None
+    als_yty: np.ndarray | None
+    als_reg: float
+    als_alpha: float
+    bpr_user: np.ndarray | None
+    bpr_item: np.ndarray | None
+    emb: np.ndarray | None  # L2-normalised item embeddings
+    sim_factors: Adjacency
+    sim_content: Adjacency
+    covis: Adjacency
+    rules: Adjacency  # single-antecedent rules: item -> consequent, score = confidence
+    rules_lift: dict = field(default_factory=dict)
+    multi_rules: tuple = ()  # (frozenset(antecedent idx), consequent idx array, confidence)
+    blend: dict = field(default_factory=lambda: dict(DEFAULT_BLEND))
+    mmr_lambda: float = DEFAULT_MMR_LAMBDA
+    event_weights: dict = field(default_factory=lambda: {"view": 1.0, "add": 3.0, "purchase": 5.0})
+    recency_half_life_ms: float = 3 * 86_400_000.0
+
+    def history(self, u: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a, b = self.hist_indptr[u], self.hist_indptr[u + 1]
+        return self.hist_items[a:b], self.hist_weight[a:b], self.hist_purchased[a:b]
+
+    def summary(self) -> dict:
+        return {
+            "artifact_version": self.version,
+            "n_items": self.n_items,
+            "n_users": self.n_users,
+            "topn_width": int(self.topn_ids.shape[1]),
+            "loaded_at": self.loaded_at,
+        }
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+
+
+def _as_str(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
+    if isinstance(col, pa.Array):
+        col = pa.chunked_array([col])
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        col = col.cast(pa.string())
+    return col
+
+
+def _lookup(col: pa.ChunkedArray, value_set: pa.Array) -> np.ndarray:
+    """Positions of ``col``'s values in ``value_set`` (-1 when absent), via Arrow hash lookup.
+
+    Dictionary-encoded columns are looked up once per distinct value.
+    """
+    if pa.types.is_dictionary(col.type):
+        parts = []
+        for chunk in col.chunks:
+            dic = _as_str(chunk.dictionary)
+            pos = pc.index_in(dic, value_set=value_set).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+            idx = chunk.indices.fill_null(0).to_numpy(zero_copy_only=False)
+            out = pos[idx]
+            if chunk.null_count:
+                out[chunk.is_null().to_numpy(zero_copy_only=False)] = -1
+            parts.append(out)
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    col = _as_str(col)
+    return pc.index_in(col, value_set=value_set).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _read(rf: ReleaseFiles, name: str, columns: list[str] | None = None, dict_cols: tuple = ()) -> pa.Table | None:
+    path = rf.path / f"{name}.parquet"
+    if not path.exists():
+        return None
+    schema_names = pq.read_schema(path).names
+    cols = [c for c in columns if c in schema_names] if columns else None
+    return pq.read_table(path, columns=cols, read_dictionary=[c for c in dict_cols if c in schema_names] or None)
+
+
+def _num(table: pa.Table, name: str, dtype, default=np.nan) -> np.ndarray:
+    if name not in table.column_names:
+        return np.full(table.num_rows, default, dtype=dtype)
+    col = table.column(name)
+    try:
+        col = col.cast(pa.float64()) if np.dtype(dtype).kind == "f" else col
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return np.full(table.num_rows, default, dtype=dtype)
+    arr = col.to_numpy() if col.null_count == 0 else col.fill_null(default).to_numpy()
+    return np.asarray(arr, dtype=dtype)
+
+
+def _codes(table: pa.Table, name: str) -> tuple[np.ndarray, list, dict]:
+    n = table.num_rows
+    if name not in table.column_names:
+        return np.full(n, -1, np.int32), [], {}
+    col = _as_str(table.column(name)).combine_chunks().dictionary_encode()
+    names = col.dictionary.to_pylist()
+    codes = col.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+    return codes, names, {s: i for i, s in enumerate(names)}
+
+
+def _log_norm(x: np.ndarray) -> np.ndarray:
+    x = np.log1p(np.clip(np.nan_to_num(x, nan=0.0), 0, None))
+    m = x.max() if x.size else 0.0
+    return (x / m).astype(np.float32) if m > 0 else np.zeros_like(x, dtype=np.float32)
+
+
+def _array(rf: ReleaseFiles, name: str, rows: int, mmap: bool) -> np.ndarray | None:
+    if not (rf.path / f"{name}.npy").exists():
+        return None
+    arr = rf.array(name, mmap=mmap)
+    if arr.ndim != 2 or arr.shape[0] != rows:
+        log.warning("release %s: %s has shape %s, expected %d rows; ignored", rf.version, name, arr.shape, rows)
+        return None
+    if not mmap:
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    return arr
+
+
+# ------------------------------------------------------------------------------------------
+# load
+
+
+def load_release(home: Path | str, version: str | None = None, *, mmap: bool = False, verify: bool = False) -> LoadedRelease:
+    t0 = time.perf_counter()
+    rf = open_release(home, version)
+    if verify:
+        rf.verify()
+    params = rf.manifest.get("parameters") or {}
+
+    # ---- items
+    items = _read(rf, "items")
+    if "idx" in items.column_names:
+        items = items.sort_by("idx")
+    n_items = items.num_rows
+    item_arr = _as_str(items.column("item_id")).combine_chunks()
+    item_ids = item_arr.to_pylist()
+    item_index = {s: i for i, s in enumerate(item_ids)}
+    titles = _as_str(items.column("title")).to_pylist() if "title" in items.column_names else [""] * n_items
+    brand_codes, brand_names, brand_index = _codes(items, "brand")
+    category_codes, category_names, category_index = _codes(items, "category")
+    price = _num(items, "price", np.float64)
+    id_sorted_order = np.argsort(np.asarray(item_ids, dtype=object).astype(str), kind="stable")
+    id_sorted = np.asarray(item_ids, dtype=str)[id_sorted_order]
+    id_rank = np.empty(n_items, np.int64)
+    id_rank[id_sorted_order] = np.arange(n_items)
+    pop_raw = _num(items, "popularity", np.float64, 0.0)
+    trend_raw = _num(items, "trending", np.float64, 0.0)
+
+    # ---- popularity lists
+    pop_lists: dict = {}
+    pop = _read(rf, "popularity", dict_cols=("scope", "key", "item_id"))
+    if pop is not None and pop.num_rows:
+        iidx = _lookup(pop.column("item_id"), item_arr)
+        scope = _as_str(pop.column("scope")).to_numpy(zero_copy_only=False).astype(str)
+        key = _as_str(pop.column("key")).fill_null("").to_numpy(zero_copy_only=False).astype(str)
+        rank = _num(pop, "rank", np.float64, 0.0)
+        score = _num(pop, "score", np.float64, 0.0)
+        order = np.lexsort((iidx, -score, rank, key, scope))
+        scope, key, iidx = scope[order], key[order], iidx[order]
+        ok = iidx >= 0
+        scope, key, iidx = scope[ok], key[ok], iidx[ok]
+        if scope.size:
+            brk = np.flatnonzero((scope[1:] != scope[:-1]) | (key[1:] != key[:-1])) + 1
+            for a, b in zip(np.r_[0, brk], np.r_[brk, scope.size]):
+                seen = iidx[a:b]
+                _, first = np.unique(seen, return_index=True)
+                pop_lists[(str(scope[a]), "" if scope[a] in ("global", "trending") else str(key[a]))] = seen[np.sort(first)].astype(np.int32)
+        # items.popularity may be absent: derive scores from the global list
+        if not np.any(pop_raw > 0) and ("global", "") in pop_lists:
+            g = pop_lists[("global", "")]
+            pop_raw[g] = np.arange(g.size, 0, -1)
+        if not np.any(trend_raw > 0) and ("trending", "") in pop_lists:
+            t = pop_lists[("trending", "")]
+            trend_raw[t] = np.arange(t.size, 0, -1)
+    pop_norm = _log_norm(pop_raw)
+    trend_norm = _log_norm(trend_raw)
+    pop_order = np.lexsort((np.arange(n_items), -pop_norm)).astype(np.int32)
+    if ("global", "") not in pop_lists:
+        pop_lists[("global", "")] = pop_order[:1000]
+    if ("trending", "") not in pop_lists:
+        pop_lists[("trending", "")] = np.lexsort((np.arange(n_items), -trend_norm)).astype(np.int32)[:1000]
+
+    # ---- users
+    users = _read(rf, "users")
+    if "idx" in users.column_names:
+        users = users.sort_by("idx")
+    user_arr = _as_str(users.column("user_id")).combine_chunks()
+    user_ids = user_arr.to_pylist()
+    user_index = {s: i for i, s in enumerate(user_ids)}
+    n_users = len(user_ids)
+
+    # ---- top-N (dense)
+    topn = _read(rf, "topn", ["user_id", "rank", "item_id", "score"], dict_cols=("user_id", "item_id"))
+    u = _lookup(topn.column("user_id"), user_arr)
+    i = _lookup(topn.column("item_id"), item_arr)
+    rank = _num(topn, "rank", np.float64, 0.0).astype(np.int64)
+    sc = _num(topn, "score", np.float32, 0.0)
+    del topn
+    ok = (u >= 0) & (i >= 0)
+    u, i, rank, sc = u[ok], i[ok], rank[ok], sc[ok]
+    base = int(rank.min()) if rank.size else 0
+    pos = rank - base
+    width = int(min(MAX_TOPN, pos.max() + 1)) if pos.size else 1
+    keep = (pos >= 0) & (pos < width)
+    topn_ids = np.full((n_users, width), -1, np.int32)
+    topn_scores = np.full((n_users, width), -np.inf, np.float32)
+    topn_ids[u[keep], pos[keep]] = i[keep]
+    topn_scores[u[keep], pos[keep]] = sc[keep]
+    del u, i, rank, sc, pos, keep, ok
+
+    # ---- history
+    ui = _read(rf, "user_items", ["user_id", "item_id", "weight", "purchases"], dict_cols=("user_id", "item_id"))
+    hu = _lookup(ui.column("user_id"), user_arr)
+    hi = _lookup(ui.column("item_id"), item_arr)
+    hw = _num(ui, "weight", np.float32, 1.0)
+    hp = _num(ui, "purchases", np.float64, 1.0) > 0
+    del ui
+    ok = (hu >= 0) & (hi >= 0)
+    hu, hi, hw, hp = hu[ok], hi[ok], hw[ok], hp[ok]
+    order = np.lexsort((hi, hu))
+    hu, hi, hw, hp = hu[order], hi[order].astype(np.int32), np.clip(np.nan_to_num(hw[order]), 0, None), hp[order]
+    hist_indptr = np.zeros(n_users + 1, np.int64)
+    np.cumsum(np.bincount(hu, minlength=n_users), out=hist_indptr[1:])
+    pu = hu[hp]
+    buyers = _buyers(n_items, hi[hp], pu)
+    del hu, order, pu
+
+    # ---- models
+    als_user = _array(rf, "als_user_factors", n_users, mmap)
+    als_item = _array(rf, "als_item_factors", n_items, mmap)
+    if als_user is not None and als_item is not None and als_user.shape[1] != als_item.shape[1]:
+        als_user = als_item = None
+    als_yty = np.ascontiguousarray(als_item.T @ als_item, dtype=np.float32) if als_item is not None else None
+    bpr_user = _array(rf, "bpr_user_factors", n_users, mmap)
+    bpr_item = _array(rf, "bpr_item_factors", n_items, mmap)
+    if bpr_user is None or bpr_item is None or bpr_user.shape[1] != bpr_item.shape[1]:
+        bpr_user = bpr_item = None
+    emb = _array(rf, "item_embeddings", n_items, False)
+    if emb is not None:
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        emb = (emb / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+    # ---- neighbours
+    sim_factors = sim_content = Adjacency.empty(n_items)
+    sim = _read(rf, "similar_items", ["item_id", "similar_item_id", "score", "source"], dict_cols=("item_id", "similar_item_id", "source"))
+    if sim is not None and sim.num_rows:
+        a = _lookup(sim.column("item_id"), item_arr)
+        b = _lookup(sim.column("similar_item_id"), item_arr)
+        s = _num(sim, "score", np.float32, 0.0)
+        src = _as_str(sim.column("source")).to_numpy(zero_copy_only=False).astype(str) if "source" in sim.column_names else np.full(a.size, "factors")
+        is_content = src == "content"
+        sim_factors = Adjacency.build(n_items, a[~is_content], b[~is_content], s[~is_content], 50)
+        sim_content = Adjacency.build(n_items, a[is_content], b[is_content], s[is_content], 50)
+    covis = Adjacency.empty(n_items)
+    cv = _read(rf, "covisitation", ["item_id", "neighbor_id", "score"], dict_cols=("item_id", "neighbor_id"))
+    if cv is not None and cv.num_rows:
+        covis = Adjacency.build(n_items, _lookup(cv.column("item_id"), item_arr), _lookup(cv.column("neighbor_id"), item_arr), _num(cv, "score", np.float32, 0.0), 50)
+    rules, multi = Adjacency.empty(n_items), []
+    rl = _read(rf, "rules", ["antecedents", "consequents", "confidence", "lift"])
+    if rl is not None and rl.num_rows:
+        ante = rl.column("antecedents").combine_chunks()
+        cons = rl.column("consequents").combine_chunks()
+        conf = _num(rl, "confidence", np.float32, 0.0)
+        a_len = pc.list_value_length(ante).fill_null(0).to_numpy(zero_copy_only=False)
+        c_len = pc.list_value_length(cons).fill_null(0).to_numpy(zero_copy_only=False)
+        a_flat = _lookup(pa.chunked_array([pc.list_flatten(ante)]), item_arr)
+        c_flat = _lookup(pa.chunked_array([pc.list_flatten(cons)]), item_arr)
+        a_ptr = np.r_[0, np.cumsum(a_len)]
+        c_ptr = np.r_[0, np.cumsum(c_len)]
+        single = a_len == 1
+        # single-antecedent rules: one edge per consequent
+        r_ids = np.flatnonzero(single)
+        src = np.repeat(a_flat[a_ptr[r_ids]], c_len[r_ids])
+        dst = c_flat[np.concatenate([np.arange(c_ptr[r], c_ptr[r + 1]) for r in r_ids])] if r_ids.size else np.zeros(0, np.int64)
+        rules = Adjacency.build(n_items, src, dst, np.repeat(conf[r_ids], c_len[r_ids]), 50)
+        for r in np.flatnonzero(~single & (a_len > 1))[:100_000]:
+            a_items = a_flat[a_ptr[r]:a_ptr[r + 1]]
+            c_items = c_flat[c_ptr[r]:c_ptr[r + 1]]
+            if (a_items >= 0).all() and (c_items >= 0).any():
+                multi.append((frozenset(int(x) for x in a_items), c_items[c_items >= 0].astype(np.int32), float(conf[r])))
+
+    als_params = params.get("als") or {}
+    blend = dict(DEFAULT_BLEND)
+    for k, v in (params.get("blend") or {}).items():
+        if k in blend and isinstance(v, (int, float)) and np.isfinite(v) and v >= 0:
+            blend[k] = float(v)
+    lam = params.get("mmr_lambda", DEFAULT_MMR_LAMBDA)
+    lam = float(lam) if isinstance(lam, (int, float)) and 0.0 <= lam <= 1.0 else DEFAULT_MMR_LAMBDA
+
+    rel = LoadedRelease(
+        version=rf.version, path=rf.path, manifest=rf.manifest, loaded_at=time.time(),
+        item_ids=item_ids, item_index=item_index, n_items=n_items, titles=titles,
+        brand_codes=brand_codes, brand_names=brand_names, brand_index=brand_index,
+        category_codes=category_codes, category_names=category_names, category_index=category_index,
+        price=price, id_sorted=id_sorted, id_rank=id_rank,
+        pop_norm=pop_norm, trend_norm=trend_norm, pop_order=pop_order, popularity_lists=pop_lists,
+        user_ids=user_ids, user_index=user_index, n_users=n_users,
+        topn_ids=topn_ids, topn_scores=topn_scores,
+        hist_indptr=hist_indptr, hist_items=hi, hist_weight=hw.astype(np.float32), hist_purchased=hp, buyers=buyers,
+        als_user=als_user, als_item=als_item, als_yty=als_yty,
+        als_reg=float(als_params.get("regularization", 0.01) or 0.01), als_alpha=float(als_params.get("alpha", 40.0)),
+        bpr_user=bpr_user, bpr_item=bpr_item, emb=emb,
+        sim_factors=sim_factors, sim_content=sim_content, covis=covis, rules=rules, multi_rules=tuple(multi),
+        blend=blend, mmr_lambda=lam,
+    )
+    log.info("loaded release %s (%d items, %d users) in %.2fs", rf.version, n_items, n_users, time.perf_counter() - t0)
+    return rel
+
+
+def _buyers(n_items: int, items: np.ndarray, users: np.ndarray) -> Adjacency:
+    order = np.lexsort((users, items))
+    items, users = items[order], users[order]
+    indptr = np.zeros(n_items + 1, np.int64)
+    np.cumsum(np.bincount(items, minlength=n_items), out=indptr[1:])
+    return Adjacency(indptr, users.astype(np.int32), np.ones(users.size, np.float32))

@@ -1,0 +1,49 @@
+"""Maximal marginal relevance re-ranking, batched over users (numpy only).
+
+Greedy: at each step pick the candidate maximising
+``lam * relevance - (1 - lam) * max cosine to what is already picked``.
+Relevance is min-max normalised per row, so ``lam`` means the same for every source mix.
+Ties go to the lower candidate position (candidates arrive in relevance order), which makes
+the result deterministic.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def mmr_batch(relevance: np.ndarray, vectors: np.ndarray | None, k: int, lam: float) -> np.ndarray:
+    """Pick up to ``k`` positions per row.
+
+    relevance: [B, M] float, ``-inf`` marks unusable slots. vectors: [B, M, d] L2-normalised
+    (or None: pure relevance order). Returns [B, k] int positions, -1 where a row ran out.
+    """
+    B, M = relevance.shape
+    k = min(k, M)
+    out = np.full((B, k), -1, np.int64)
+    if M == 0 or k == 0:
+        return out
+    avail = np.isfinite(relevance)
+    if vectors is None or lam >= 1.0:
+        key = np.where(avail, relevance, -np.inf)
+        order = np.argsort(-key, axis=1, kind="stable")[:, :k]
+        ok = np.take_along_axis(avail, order, 1)
+        return np.where(ok, order, -1)
+    rel = np.where(avail, relevance, np.nan)
+    lo = np.nanmin(np.where(avail, rel, np.inf), axis=1, keepdims=True)
+    hi = np.nanmax(np.where(avail, rel, -np.inf), axis=1, keepdims=True)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    rel = np.where(avail, (np.nan_to_num(rel) - np.where(np.isfinite(lo), lo, 0.0)) / span, 0.0)
+    sims = np.matmul(vectors, vectors.transpose(0, 2, 1))  # [B, M, M]
+    maxsim = np.zeros((B, M), np.float64)
+    rows = np.arange(B)
+    for step in range(k):
+        obj = lam * rel - (1.0 - lam) * maxsim
+        obj[~avail] = -np.inf
+        j = np.argmax(obj, axis=1)
+        ok = avail[rows, j]
+        out[:, step] = np.where(ok, j, -1)
+        if not ok.any():
+            break
+        avail[rows, j] = False
+        maxsim = np.maximum(maxsim, sims[rows, j, :])
+    return out

@@ -1,0 +1,588 @@
+"""The in-process recommender: candidate sources -> blend -> hard filters -> MMR -> reasons.
+
+``Recommender(home)`` loads the current release fully into memory and keeps a single
+reference to it. A watcher thread polls ``CURRENT`` (a stat-sized read, every
+``poll_interval`` seconds); when it changes, the new release is loaded beside the old one and
+the reference swapped in one assignment. Each call reads the reference once at its start, so a
+request in flight finishes on the release it began with, and every answer names that
+release's ``artifact_version``.
+
+Determinism: no wall clock and no randomness enter an answer. Recency is measured from the
+newest timestamp in the request; ties are broken by item index everywhere.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import release as release_format
+from .filters import CompiledFilter, compile_filter
+from .loader import LoadedRelease, load_release
+from .mmr import mmr_batch
+from .schemas import (
+    BatchRecommendRequest,
+    BatchRecommendResponse,
+    CartAddonsRequest,
+    Customer,
+    CustomersResponse,
+    RecommendItem,
+    RecommendRequest,
+    RecommendResponse,
+)
+from .scoring import SOURCES, ReleaseStats, score_candidates
+
+try:  # the exact fold-in row solver without the O(n_items) input validation of als.fold_in
+    from recs_kernels.als import _exact_row as _als_exact_row
+except ImportError:  # pragma: no cover
+    _als_exact_row = None
+from recs_kernels import als as _als
+from recs_kernels import topk as _topk
+
+log = logging.getLogger("recs_serving")
+
+MAX_SEEDS = 30
+MAX_HISTORY_FOR_COVIS = 50
+NEIGHBOURS_PER_SEED = 20
+
+
+class NotReady(RuntimeError):
+    """No release is loaded (none published yet, or the first load failed)."""
+
+
+class UnknownItem(KeyError):
+    def __init__(self, item_id: str):
+        super().__init__(item_id)
+        self.item_id = item_id
+
+    def __str__(self) -> str:
+        return f"unknown item_id {self.item_id!r}"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("RECS_HOME", Path(__file__).resolve().parents[1] / "var")).resolve()
+
+
+@dataclass(frozen=True)
+class _State:
+    rel: LoadedRelease
+    stats: ReleaseStats
+
+
+@dataclass
+class _Query:
+    k: int
+    user: int  # -1 when unknown
+    seeds: np.ndarray  # int64 item idx, heaviest first
+    seed_w: np.ndarray
+    exclude: np.ndarray  # sorted unique int64 item idx never to return
+    filt: CompiledFilter
+    lam: float
+    brand: str | None
+    category: str | None
+    weights: dict
+
+
+def _rec_items(picks: list[tuple[int, float, list[str]]], rel: LoadedRelease) -> list[RecommendItem]:
+    ids = rel.item_ids
+    return [
+        RecommendItem.model_construct(item_id=ids[i], score=round(float(s), 6), rank=r + 1, reasons=reasons)
+        for r, (i, s, reasons) in enumerate(picks)
+    ]
+
+
+class Recommender:
+    def __init__(
+        self,
+        home: Path | str | None = None,
+        *,
+        watch: bool = True,
+        poll_interval: float = 1.0,
+        mmap: bool = False,
+        scan_items: int = 50_000,
+        require_release: bool = False,
+    ):
+        self.home = Path(home).resolve() if home is not None else default_home()
+        self.poll_interval = float(poll_interval)
+        self.mmap = mmap
+        self.scan_items = scan_items
+        self._state: _State | None = None
+        self._lock = threading.Lock()  # serialises loads, never requests
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._failed: str | None = None
+        self.reloads = 0
+        self.reload_errors = 0
+        try:
+            self.reload()
+        except release_format.ReleaseError:
+            if require_release:
+                raise
+            log.warning("no release under %s yet; serving will be ready once one is published", self.home)
+        if watch:
+            self.start_watching()
+
+    # ------------------------------------------------------------------ release lifecycle
+    @property
+    def ready(self) -> bool:
+        return self._state is not None
+
+    @property
+    def release(self) -> LoadedRelease:
+        return self._current().rel
+
+    @property
+    def version(self) -> str | None:
+        st = self._state
+        return st.rel.version if st else None
+
+    def _current(self) -> _State:
+        st = self._state
+        if st is None:
+            raise NotReady(f"no release loaded from {self.home}")
+        return st
+
+    def reload(self, force: bool = False) -> bool:
+        """Load ``CURRENT`` if it differs from the loaded release; True when swapped."""
+        with self._lock:
+            target = release_format.current_version(self.home)
+            if target is None:
+                raise release_format.ReleaseError(f"no current release under {release_format.releases_dir(self.home)}")
+            st = self._state
+            if st is not None and st.rel.version == target and not force:
+                return False
+            rel = load_release(self.home, target, mmap=self.mmap)
+            new = _State(rel, ReleaseStats.of(rel))
+            self._state = new  # the swap: one reference assignment
+            self.reloads += 1
+            self._failed = None
+            return True
+
+    def start_watching(self) -> None:
+        if self._watcher is not None and self._watcher.is_alive():
+            return
+        self._stop.clear()
+        self._watcher = threading.Thread(target=self._watch, name="recs-release-watcher", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            try:
+                target = release_format.current_version(self.home)
+                if target is None or target == self.version or target == self._failed:
+                    continue
+                self.reload()
+            except Exception:  # keep serving the previous release
+                self.reload_errors += 1
+                self._failed = release_format.current_version(self.home)
+                log.exception("failed to load release %s; keeping %s", self._failed, self.version)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+            self._watcher = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ request parsing
+    def _query(self, st: _State, *, k: int, user_id: str | None, recent: Iterable, brand: str | None,
+               exclusions: Iterable[str], filters: dict, lam: float | None, meta: dict,
+               extra_seeds: Iterable[str] = (), seed_event: str = "add") -> _Query:
+        rel = st.rel
+        index = rel.item_index
+        user = rel.user_index.get(user_id, -1) if user_id is not None else -1
+        ew = rel.event_weights
+        half = rel.recency_half_life_ms
+        recent = list(recent)
+        seed_acc: dict[int, float] = {}
+        excl: list[int] = []
+        unknown: list[str] = []
+        if recent:
+            t_ref = max(r.timestamp for r in recent)
+            for r in recent:
+                i = index.get(r.item_id)
+                if i is None:
+                    if r.item_id not in unknown:
+                        unknown.append(r.item_id)
+                    continue
+                decay = 0.5 ** ((t_ref - r.timestamp) / half)
+                seed_acc[i] = seed_acc.get(i, 0.0) + ew.get(r.event, 1.0) * decay
+                excl.append(i)  # what the request shows was just seen/added/bought is not re-offered
+        for item_id in extra_seeds:
+            i = index.get(item_id)
+            if i is None:
+                if item_id not in unknown:
+                    unknown.append(item_id)
+                continue
+            seed_acc[i] = seed_acc.get(i, 0.0) + ew.get(seed_event, 1.0)
+            excl.append(i)
+        for item_id in exclusions:
+            i = index.get(item_id)
+            if i is not None:
+                excl.append(i)
+        if user >= 0:
+            items, _, bought = rel.history(user)
+            if bought.any():
+                excl.extend(items[bought].tolist())
+        if unknown:
+            meta["unknown_items"] = unknown
+        if seed_acc:
+            pairs = sorted(seed_acc.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_SEEDS]
+            seeds = np.array([p[0] for p in pairs], np.int64)
+            seed_w = np.array([p[1] for p in pairs], np.float64)
+        else:
+            seeds = np.zeros(0, np.int64)
+            seed_w = np.zeros(0, np.float64)
+        cats = filters.get("category")
+        return _Query(
+            k=k, user=user, seeds=seeds, seed_w=seed_w,
+            exclude=np.unique(np.array(excl, np.int64)), filt=compile_filter(rel, brand, filters),
+            lam=rel.mmr_lambda if lam is None else float(lam), brand=brand,
+            category=cats[0] if cats and len(cats) == 1 else None, weights=rel.blend,
+        )
+
+    # ------------------------------------------------------------------ answering
+    def _fold_in(self, rel: LoadedRelease, ids: np.ndarray, w: np.ndarray) -> np.ndarray | None:
+        if rel.als_item is None or ids.size == 0:
+            return None
+        keep = w > 0
+        ids, w = ids[keep], w[keep].astype(np.float64)
+        if ids.size == 0:
+            return None
+        if _als_exact_row is None or self.mmap:
+            return _als.fold_in(rel.als_item, ids, w, regularization=rel.als_reg, alpha=rel.als_alpha, yty=rel.als_yty)
+        uniq, inv = np.unique(ids, return_inverse=True)
+        w = np.bincount(inv, weights=w)
+        out = np.zeros(rel.als_item.shape[1], np.float32)
+        _als_exact_row(uniq.astype(np.int64), w, rel.als_item, rel.als_yty, float(rel.als_reg), float(rel.als_alpha), out)
+        return out
+
+    def _reason(self, rel: LoadedRelease, q: _Query, item: int, contrib: np.ndarray, anchors: dict, row: int) -> list[str]:
+        reasons: list[str] = []
+        order = np.argsort(-contrib, kind="stable")
+        top = float(contrib[order[0]])
+        for j in order:
+            c = float(contrib[j])
+            if reasons and (c <= 0 or c < 0.5 * top):
+                break
+            src = SOURCES[j]
+            if src in ("als", "bpr"):
+                r = "for_you"
+            elif src in ("covis", "rules"):
+                a = anchors.get(src)
+                r = f"bought_with:{rel.item_ids[a[row]]}" if a is not None and a[row] >= 0 else "bought_together"
+            elif src == "content":
+                a = anchors.get("content")
+                r = f"similar_to:{rel.item_ids[a[row]]}" if a is not None and a[row] >= 0 else "similar"
+            else:
+                r = self._pop_reason(rel, q, item)
+            if r not in reasons:
+                reasons.append(r)
+            if len(reasons) == 2:
+                break
+        return reasons
+
+    @staticmethod
+    def _pop_reason(rel: LoadedRelease, q: _Query, item: int) -> str:
+        if q.brand:
+            return f"popular_in_brand:{q.brand}"
+        if q.category:
+            return f"popular_in_category:{q.category}"
+        return "trending" if rel.trend_norm[item] >= rel.pop_norm[item] and rel.trend_norm[item] > 0 else "popular"
+
+    def _candidates(self, rel: LoadedRelease, q: _Query, u_als: np.ndarray | None, refreshed: bool) -> np.ndarray:
+        parts = []
+        if q.user >= 0:
+            row = rel.topn_ids[q.user]
+            parts.append(row[row >= 0])
+        if refreshed and u_als is not None and rel.n_items <= self.scan_items:
+            scores = rel.als_item @ u_als
+            ids, _ = _topk.topk_scores(scores, min(rel.n_items, 2 * q.k + 20))
+            parts.append(ids[ids >= 0])
+        for adj in (rel.covis, rel.rules, rel.sim_factors, rel.sim_content):
+            for s in q.seeds:
+                a = adj.indptr[s]
+                parts.append(adj.indices[a:min(adj.indptr[s + 1], a + NEIGHBOURS_PER_SEED)])
+        if q.seeds.size >= 2 and rel.multi_rules:
+            present = set(q.seeds.tolist())
+            for ante, cons, _ in rel.multi_rules:
+                if ante <= present:
+                    parts.append(cons)
+        lists = rel.popularity_lists
+        if q.brand and ("brand", q.brand) in lists:
+            parts.append(lists[("brand", q.brand)][: 2 * q.k])
+        if q.category and ("category", q.category) in lists:
+            parts.append(lists[("category", q.category)][: 2 * q.k])
+        parts.append(lists[("trending", "")][: q.k])
+        if q.user < 0 and q.seeds.size == 0:
+            parts.append(lists[("global", "")][: 2 * q.k])
+        cand = np.unique(np.concatenate(parts).astype(np.int64)) if parts else np.zeros(0, np.int64)
+        return cand
+
+    def _blend(self, st: _State, q: _Query, meta: dict) -> list[tuple[int, float, list[str]]]:
+        rel = st.rel
+        u_als = None
+        bpr_u = None
+        hist = None
+        refreshed = False
+        if q.user >= 0:
+            h_items, h_w, _ = rel.history(q.user)
+            if q.seeds.size and rel.als_item is not None:
+                u_als = self._fold_in(rel, np.concatenate([h_items.astype(np.int64), q.seeds]), np.concatenate([h_w.astype(np.float64), q.seed_w]))
+                refreshed = True
+            elif rel.als_user is not None:
+                u_als = np.asarray(rel.als_user[q.user])
+            if rel.bpr_user is not None:
+                bpr_u = np.asarray(rel.bpr_user[q.user])
+            if h_items.size:
+                if h_items.size > MAX_HISTORY_FOR_COVIS:
+                    top = np.lexsort((h_items, -h_w))[:MAX_HISTORY_FOR_COVIS]
+                    hist = (h_items[top], h_w[top])
+                else:
+                    hist = (h_items, h_w)
+        elif q.seeds.size:
+            u_als = self._fold_in(rel, q.seeds, q.seed_w)
+            refreshed = u_als is not None
+        cand = self._candidates(rel, q, u_als, refreshed)
+        n_gen = cand.size
+        if q.exclude.size and cand.size:
+            cand = cand[~np.isin(cand, q.exclude, assume_unique=True)]
+        if not q.filt.empty and cand.size:
+            cand = cand[q.filt.mask(rel, cand)]
+        meta["candidates"] = int(n_gen)
+        meta["eligible"] = int(cand.size)
+        if cand.size == 0:
+            return []
+        total, contrib, anchors = score_candidates(
+            rel, st.stats, cand, weights=q.weights, als_user=u_als, bpr_user=bpr_u,
+            seeds=q.seeds, seed_weights=q.seed_w, history=hist,
+        )
+        order = np.lexsort((cand, -total))
+        m = min(cand.size, max(3 * q.k, q.k + 20))
+        top = order[:m]
+        vecs = rel.emb[cand[top]][None] if rel.emb is not None else None
+        picks = mmr_batch(total[top][None].astype(np.float64), vecs, q.k, q.lam)[0]
+        out = []
+        for p in picks:
+            if p < 0:
+                break
+            row = top[p]
+            item = int(cand[row])
+            out.append((item, float(total[row]), self._reason(rel, q, item, contrib[row], anchors, row)))
+        return out
+
+    def _plain(self, st: _State, users: np.ndarray, queries: list[_Query]) -> list[list[tuple[int, float, list[str]]]]:
+        """Known users without recent events: the precomputed top-N, filtered, MMR re-ranked."""
+        rel = st.rel
+        ids = rel.topn_ids[users]
+        sc = rel.topn_scores[users].astype(np.float64)
+        valid = ids >= 0
+        safe = np.where(valid, ids, 0)
+        for b, q in enumerate(queries):
+            if q.exclude.size:
+                valid[b] &= ~np.isin(ids[b], q.exclude)
+            if not q.filt.empty:
+                valid[b] &= q.filt.mask(rel, safe[b])
+        rel_sc = np.where(valid, sc, -np.inf)
+        vecs = rel.emb[safe] if rel.emb is not None else None
+        k = max(q.k for q in queries)
+        lam = queries[0].lam
+        picks = mmr_batch(rel_sc, vecs, k, lam)
+        out = []
+        for b, q in enumerate(queries):
+            row = []
+            for p in picks[b, : q.k]:
+                if p < 0:
+                    break
+                row.append((int(ids[b, p]), float(sc[b, p]), ["for_you"]))
+            out.append(row)
+        return out
+
+    def _fill(self, st: _State, q: _Query, picks: list, meta: dict) -> list:
+        """Top up to k from popularity lists (brand, category, trending, global), then a full scan."""
+        need = q.k - len(picks)
+        if need <= 0:
+            return picks
+        rel = st.rel
+        w_pop = float(q.weights.get("popularity", 0.0)) or 1.0
+        taken = np.array([p[0] for p in picks] + q.exclude.tolist(), np.int64)
+        lists = rel.popularity_lists
+        sources = []
+        if q.brand:
+            sources.append((lists.get(("brand", q.brand)), f"popular_in_brand:{q.brand}"))
+        if q.category:
+            sources.append((lists.get(("category", q.category)), f"popular_in_category:{q.category}"))
+        if not q.brand and not q.category:
+            sources.append((lists.get(("trending", "")), "trending"))
+            sources.append((lists.get(("global", "")), "popular"))
+        added: list = []
+        for arr, reason in sources:
+            if arr is None or need <= 0:
+                continue
+            arr = arr.astype(np.int64)
+            ok = ~np.isin(arr, taken)
+            if not q.filt.empty:
+                ok &= q.filt.mask(rel, arr)
+            got = arr[ok][:need]
+            for i in got.tolist():
+                added.append((i, reason))
+            taken = np.concatenate([taken, got])
+            need -= got.size
+        if need > 0:
+            mask = q.filt.full_mask(rel) if not q.filt.empty else np.ones(rel.n_items, bool)
+            if taken.size:
+                mask[taken] = False
+            got = rel.pop_order[mask[rel.pop_order]][:need]
+            reason = f"popular_in_brand:{q.brand}" if q.brand else "popular"
+            added.extend((int(i), reason) for i in got)
+        if not added:
+            return picks
+        stats = st.stats
+        last = picks[-1][1] if picks else np.inf
+        out = list(picks)
+        for i, reason in added:
+            s = min(last, w_pop * float(stats.popularity_z[i]))
+            out.append((i, s, [reason]))
+            last = s
+        meta["filled_from_popularity"] = len(added)
+        return out
+
+    def _respond(self, st: _State, picks: list, meta: dict) -> RecommendResponse:
+        return RecommendResponse.model_construct(items=_rec_items(picks, st.rel), artifact_version=st.rel.version, metadata=meta)
+
+    # ------------------------------------------------------------------ public API
+    def recommend(self, request: RecommendRequest | dict | None = None, **kw: Any) -> RecommendResponse:
+        req = _coerce(RecommendRequest, request, kw)
+        st = self._current()
+        meta: dict = {}
+        q = self._query(st, k=req.k, user_id=req.user_id, recent=req.recent, brand=req.brand,
+                        exclusions=req.exclusions, filters=req.filters, lam=req.mmr_lambda, meta=meta)
+        meta["user_known"] = q.user >= 0
+        if q.user >= 0 and q.seeds.size == 0 and rel_has_topn(st.rel, q.user):
+            meta["strategy"] = "topn"
+            picks = self._plain(st, np.array([q.user]), [q])[0]
+        elif q.user >= 0 or q.seeds.size:
+            meta["strategy"] = "blend"
+            picks = self._blend(st, q, meta)
+        else:
+            meta["strategy"] = "popular"
+            picks = self._blend(st, q, meta)
+        picks = self._fill(st, q, picks, meta)
+        return self._respond(st, picks, meta)
+
+    def similar_items(self, item_id: str, k: int = 20, *, brand: str | None = None, filters: dict | None = None,
+                      exclusions: Iterable[str] = (), mmr_lambda: float | None = None) -> RecommendResponse:
+        st = self._current()
+        if item_id not in st.rel.item_index:
+            raise UnknownItem(item_id)
+        meta: dict = {"strategy": "similar"}
+        q = self._query(st, k=_check_k(k), user_id=None, recent=(), brand=brand, exclusions=exclusions,
+                        filters=_check_filters(filters), lam=mmr_lambda, meta=meta, extra_seeds=[item_id], seed_event="view")
+        q.weights = {**q.weights, "popularity": 0.5 * q.weights.get("popularity", 0.0)}
+        picks = self._fill(st, q, self._blend(st, q, meta), meta)
+        return self._respond(st, picks, meta)
+
+    def cart_addons(self, item_ids: Iterable[str] | CartAddonsRequest | dict, k: int = 10, **kw: Any) -> RecommendResponse:
+        if isinstance(item_ids, (CartAddonsRequest, dict)):
+            req = _coerce(CartAddonsRequest, item_ids, kw)
+        else:
+            req = CartAddonsRequest(item_ids=list(item_ids), k=k, **kw)
+        st = self._current()
+        meta: dict = {"strategy": "cart"}
+        q = self._query(st, k=req.k, user_id=req.user_id, recent=(), brand=req.brand, exclusions=req.exclusions,
+                        filters=req.filters, lam=None, meta=meta, extra_seeds=req.item_ids, seed_event="add")
+        # add-ons lean on what is bought together
+        q.weights = {**q.weights, "rules": 2.0 * q.weights.get("rules", 0.0), "covis": 1.5 * q.weights.get("covis", 0.0)}
+        picks = self._fill(st, q, self._blend(st, q, meta), meta)
+        return self._respond(st, picks, meta)
+
+    def top_customers(self, item_id: str, k: int = 20) -> CustomersResponse:
+        st = self._current()
+        rel = st.rel
+        i = rel.item_index.get(item_id)
+        if i is None:
+            raise UnknownItem(item_id)
+        k = _check_k(k)
+        meta: dict = {"strategy": "als"}
+        customers: list[Customer] = []
+        if rel.als_user is not None and rel.n_users:
+            s = np.asarray(rel.als_user @ rel.als_item[i], dtype=np.float32)
+            a, b = rel.buyers.indptr[i], rel.buyers.indptr[i + 1]
+            s[rel.buyers.indices[a:b]] = -np.inf  # already bought it: not a target
+            ids, scores = _topk.topk_scores(s, min(k, rel.n_users))
+            customers = [
+                Customer.model_construct(user_id=rel.user_ids[u], score=round(float(v), 6), rank=r + 1)
+                for r, (u, v) in enumerate(zip(ids.tolist(), scores.tolist())) if u >= 0
+            ]
+            meta["excluded_buyers"] = int(b - a)
+        return CustomersResponse.model_construct(item_id=item_id, customers=customers, artifact_version=rel.version, metadata=meta)
+
+    def recommend_batch(self, user_ids: Iterable[str] | BatchRecommendRequest | dict, k: int = 20, **kw: Any) -> BatchRecommendResponse:
+        if isinstance(user_ids, (BatchRecommendRequest, dict)):
+            req = _coerce(BatchRecommendRequest, user_ids, kw)
+        else:
+            req = BatchRecommendRequest(user_ids=list(user_ids), k=k, **kw)
+        st = self._current()
+        rel = st.rel
+        uniq = list(dict.fromkeys(req.user_ids))
+        queries = []
+        for uid in uniq:
+            queries.append(self._query(st, k=req.k, user_id=uid, recent=(), brand=req.brand, exclusions=req.exclusions,
+                                       filters=req.filters, lam=None, meta={}))
+        known = [j for j, q in enumerate(queries) if q.user >= 0 and rel_has_topn(rel, q.user)]
+        results: dict[str, list] = {}
+        picks_by: dict[int, list] = {}
+        if known:
+            plain = self._plain(st, np.array([queries[j].user for j in known]), [queries[j] for j in known])
+            picks_by = dict(zip(known, plain))
+        n_unknown = 0
+        for j, (uid, q) in enumerate(zip(uniq, queries)):
+            m: dict = {}
+            if j in picks_by:
+                picks = picks_by[j]
+            else:
+                n_unknown += q.user < 0
+                picks = self._blend(st, q, m)
+            results[uid] = _rec_items(self._fill(st, q, picks, m), rel)
+        return BatchRecommendResponse.model_construct(
+            results=results, artifact_version=rel.version, metadata={"users": len(uniq), "unknown_users": n_unknown}
+        )
+
+
+def rel_has_topn(rel: LoadedRelease, u: int) -> bool:
+    return bool(rel.topn_ids.shape[1]) and rel.topn_ids[u, 0] >= 0
+
+
+def _coerce(model, obj, kw):
+    if obj is None:
+        return model(**kw)
+    if isinstance(obj, model):
+        return obj.model_copy(update=kw) if kw else obj
+    if isinstance(obj, dict):
+        return model.model_validate({**obj, **kw})
+    raise TypeError(f"expected {model.__name__} or dict, got {type(obj).__name__}")
+
+
+def _check_k(k: int) -> int:
+    from .schemas import MAX_K
+
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_K:
+        raise ValueError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
+    return int(k)
+
+
+def _check_filters(filters: dict | None) -> dict:
+    from .schemas import validate_filters
+
+    return validate_filters(filters or {})
