@@ -1,0 +1,326 @@
+"""Association rules A -> C from frequent itemsets, with mlxtend's metric conventions.
+
+Every frequent itemset I with |I| >= 2 yields one candidate rule per nonempty proper subset
+A of I (C = I minus A). Supports of A and C are looked up in a hash table over the itemsets
+(frequent itemsets are downward closed, so they are always there). Metrics follow
+``mlxtend.frequent_patterns.association_rules`` (no null values) to the bit, including its
+edge cases, because downstream comparisons and thresholds are written against it:
+
+* confidence  = (s(AC) * n) / (s(A) * n)   (mlxtend's arithmetic; equal to s(AC)/s(A))
+* lift        = confidence / s(C)
+* leverage    = s(AC) - s(A) * s(C)
+* conviction  = (1 - s(C)) / (1 - confidence), and +inf when confidence >= 1
+* zhangs_metric = leverage / max(s(AC)(1 - s(A)), s(A)(s(C) - s(AC))), 0 when that is 0
+* jaccard     = s(AC) / (s(A) + s(C) - s(AC))
+* certainty   = (confidence - s(C)) / (1 - s(C)), 0 when s(C) == 1
+* kulczynski  = (conf(A->C) + conf(C->A)) / 2
+
+Rules are kept when ``metric >= min_threshold``. Order is deterministic: by input itemset
+order, then antecedent length descending, then antecedent lexicographic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from itertools import chain
+
+import numpy as np
+from numba import njit
+
+__all__ = ["Rules", "association_rules", "METRICS"]
+
+METRICS = (
+    "antecedent_support",
+    "consequent_support",
+    "support",
+    "confidence",
+    "lift",
+    "leverage",
+    "conviction",
+    "zhangs_metric",
+    "jaccard",
+    "certainty",
+    "kulczynski",
+)
+_ALIASES = {"antecedent support": "antecedent_support", "consequent support": "consequent_support"}
+
+
+@dataclass
+class Rules:
+    """Columnar rules: ``antecedents[i] -> consequents[i]`` with metric arrays (float64)."""
+
+    antecedents: list
+    consequents: list
+    antecedent_support: np.ndarray
+    consequent_support: np.ndarray
+    support: np.ndarray
+    confidence: np.ndarray
+    lift: np.ndarray
+    leverage: np.ndarray
+    conviction: np.ndarray
+    zhangs_metric: np.ndarray
+    jaccard: np.ndarray
+    certainty: np.ndarray
+    kulczynski: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.antecedents)
+
+    def to_dict(self) -> dict:
+        """Plain ``{column: list | ndarray}``; ``polars.DataFrame(rules.to_dict())`` works
+        (tuples become list columns)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@njit(cache=True, inline="always")
+def _hash(items, s, L):
+    h = np.uint64(1469598103934665603)
+    for k in range(L):
+        h = (h ^ np.uint64(items[s + k] + 1)) * np.uint64(1099511628211)
+    return h
+
+
+@njit(cache=True)
+def _build_table(items, off, lens):
+    n = lens.shape[0]
+    size = 1
+    while size < 2 * n + 2:
+        size *= 2
+    table = np.full(size, -1, dtype=np.int64)
+    dup = -1
+    for i in range(n):
+        slot = np.int64(_hash(items, off[i], lens[i]) & np.uint64(size - 1))
+        while table[slot] >= 0:
+            j = table[slot]
+            if lens[j] == lens[i]:
+                same = True
+                for k in range(lens[i]):
+                    if items[off[j] + k] != items[off[i] + k]:
+                        same = False
+                        break
+                if same:
+                    dup = i
+                    break
+            slot = (slot + 1) & (size - 1)
+        if dup >= 0:
+            break
+        table[slot] = i
+    return table, dup
+
+
+@njit(cache=True)
+def _lookup(table, items, off, lens, buf, L):
+    size = table.shape[0]
+    slot = np.int64(_hash(buf, 0, L) & np.uint64(size - 1))
+    while table[slot] >= 0:
+        j = table[slot]
+        if lens[j] == L:
+            same = True
+            for k in range(L):
+                if items[off[j] + k] != buf[k]:
+                    same = False
+                    break
+            if same:
+                return j
+        slot = (slot + 1) & (size - 1)
+    return -1
+
+
+@njit(cache=True)
+def _metrics(sAC, sA, sC, n, out):
+    conf = (sAC * n) / (sA * n)
+    out[0] = sA
+    out[1] = sC
+    out[2] = sAC
+    out[3] = conf
+    out[4] = conf / sC
+    lev = sAC - sA * sC
+    out[5] = lev
+    out[6] = (1.0 - sC) / (1.0 - conf) if conf < 1.0 else np.inf
+    den = max(sAC * (1.0 - sA), sA * (sC - sAC))
+    out[7] = 0.0 if den == 0.0 else lev / den
+    out[8] = sAC / (sA + sC - sAC)
+    out[9] = 0.0 if (1.0 - sC) == 0.0 else (conf - sC) / (1.0 - sC)
+    out[10] = (conf + (sAC * n) / (sC * n)) / 2.0
+
+
+@njit(cache=True)
+def _rules(items, off, lens, sup, n, metric_idx, thr, table):
+    n_sets = lens.shape[0]
+    cap = 1024
+    ant_items = np.empty(cap * 2, dtype=np.int64)
+    con_items = np.empty(cap * 2, dtype=np.int64)
+    ant_len = np.empty(cap, dtype=np.int64)
+    con_len = np.empty(cap, dtype=np.int64)
+    vals = np.empty((cap, 11), dtype=np.float64)
+    n_rules = 0
+    n_ai = 0
+    n_ci = 0
+    maxL = 0
+    for i in range(n_sets):
+        if lens[i] > maxL:
+            maxL = lens[i]
+    comb = np.empty(maxL + 1, dtype=np.int64)
+    inA = np.zeros(maxL + 1, dtype=np.bool_)
+    abuf = np.empty(maxL + 1, dtype=np.int64)
+    cbuf = np.empty(maxL + 1, dtype=np.int64)
+    m = np.empty(11, dtype=np.float64)
+    missing = -1
+    for i in range(n_sets):
+        L = lens[i]
+        if L < 2:
+            continue
+        s = off[i]
+        sAC = sup[i]
+        for r in range(L - 1, 0, -1):
+            for j in range(r):
+                comb[j] = j
+            while True:
+                for j in range(L):
+                    inA[j] = False
+                for j in range(r):
+                    inA[comb[j]] = True
+                na = 0
+                nc = 0
+                for j in range(L):
+                    if inA[j]:
+                        abuf[na] = items[s + j]
+                        na += 1
+                    else:
+                        cbuf[nc] = items[s + j]
+                        nc += 1
+                ia = _lookup(table, items, off, lens, abuf, na)
+                ic = _lookup(table, items, off, lens, cbuf, nc)
+                if ia < 0 or ic < 0:
+                    missing = i
+                    return (ant_items[:0], ant_len[:0], con_items[:0], con_len[:0],
+                            vals[:0], missing)
+                _metrics(sAC, sup[ia], sup[ic], n, m)
+                if m[metric_idx] >= thr:
+                    if n_rules == ant_len.shape[0]:
+                        new = 2 * ant_len.shape[0]
+                        t1 = np.empty(new, dtype=np.int64)
+                        t1[:n_rules] = ant_len[:n_rules]
+                        ant_len = t1
+                        t2 = np.empty(new, dtype=np.int64)
+                        t2[:n_rules] = con_len[:n_rules]
+                        con_len = t2
+                        t3 = np.empty((new, 11), dtype=np.float64)
+                        t3[:n_rules] = vals[:n_rules]
+                        vals = t3
+                    if n_ai + na > ant_items.shape[0]:
+                        t4 = np.empty(2 * ant_items.shape[0] + na, dtype=np.int64)
+                        t4[:n_ai] = ant_items[:n_ai]
+                        ant_items = t4
+                    if n_ci + nc > con_items.shape[0]:
+                        t5 = np.empty(2 * con_items.shape[0] + nc, dtype=np.int64)
+                        t5[:n_ci] = con_items[:n_ci]
+                        con_items = t5
+                    for j in range(na):
+                        ant_items[n_ai + j] = abuf[j]
+                    for j in range(nc):
+                        con_items[n_ci + j] = cbuf[j]
+                    n_ai += na
+                    n_ci += nc
+                    ant_len[n_rules] = na
+                    con_len[n_rules] = nc
+                    for q in range(11):
+                        vals[n_rules, q] = m[q]
+                    n_rules += 1
+                j = r - 1
+                while j >= 0 and comb[j] == L - r + j:
+                    j -= 1
+                if j < 0:
+                    break
+                comb[j] += 1
+                for q in range(j + 1, r):
+                    comb[q] = comb[q - 1] + 1
+    return (ant_items[:n_ai], ant_len[:n_rules], con_items[:n_ci], con_len[:n_rules],
+            vals[:n_rules], missing)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _split(flat, lens):
+    """Flat items + lengths -> list of tuples (Python ints)."""
+    if lens.size == 0:
+        return []
+    vals = flat.tolist()
+    out = []
+    pos = 0
+    for L in lens.tolist():
+        out.append(tuple(vals[pos: pos + L]))
+        pos += L
+    return out
+
+
+def association_rules(itemsets, support, n_baskets, *, metric="confidence", min_threshold=0.5):
+    """All rules A -> C (A, C nonempty, disjoint, A | C a frequent itemset) passing
+    ``metric >= min_threshold``.
+
+    Parameters
+    ----------
+    itemsets : sequence of tuples of item indices (as returned by
+        ``recs_kernels.fpgrowth.frequent_itemsets``); every subset of an itemset must be present
+        (true of any frequent-itemset output).
+    support : float array, fraction of baskets holding each itemset.
+    n_baskets : int >= 1, the basket count the supports are fractions of.
+    metric : one of ``METRICS`` (mlxtend's "antecedent support"/"consequent support" spellings
+        are accepted too).
+    min_threshold : float.
+
+    Returns
+    -------
+    Rules (columnar); ``Rules.to_dict()`` gives a plain dict for a DataFrame.
+    """
+    metric = _ALIASES.get(metric, metric)
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+    if isinstance(n_baskets, bool) or not isinstance(n_baskets, (int, np.integer)) or n_baskets < 1:
+        raise ValueError(f"n_baskets must be an int >= 1, got {n_baskets!r}")
+    try:
+        thr = float(min_threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"min_threshold must be a number, got {min_threshold!r}") from None
+    if np.isnan(thr):
+        raise ValueError("min_threshold must not be NaN")
+    itemsets = list(itemsets)
+    if len(itemsets) == 0:
+        raise ValueError("itemsets is empty")
+    sup = np.asarray(support)
+    if sup.ndim != 1 or sup.shape[0] != len(itemsets):
+        raise ValueError(
+            f"support must be 1-D with one value per itemset ({len(itemsets)}), got shape {sup.shape}")
+    if not np.issubdtype(sup.dtype, np.floating) and not np.issubdtype(sup.dtype, np.integer):
+        raise ValueError(f"support must be numeric, got dtype {sup.dtype}")
+    sup = sup.astype(np.float64)
+    if not np.all(np.isfinite(sup)) or np.any(sup <= 0) or np.any(sup > 1):
+        raise ValueError("support values must be fractions in (0, 1]")
+    lens = np.fromiter((len(t) for t in itemsets), dtype=np.int64, count=len(itemsets))
+    if np.any(lens == 0):
+        raise ValueError("itemsets must not contain an empty itemset")
+    flat = np.fromiter(chain.from_iterable(itemsets), dtype=np.int64, count=int(lens.sum()))
+    off = np.zeros(lens.size, dtype=np.int64)
+    np.cumsum(lens[:-1], out=off[1:])
+    # canonical (sorted) item order inside each itemset so lookups are order-free
+    grp = np.repeat(np.arange(lens.size), lens)
+    same = grp[1:] == grp[:-1]
+    if np.any(np.diff(flat)[same] <= 0):
+        flat = np.concatenate([np.sort(flat[o:o + L]) for o, L in zip(off, lens)])
+        if np.any(np.diff(flat)[same] == 0):
+            raise ValueError("an itemset holds the same item twice")
+    table, dup = _build_table(flat, off, lens)
+    if dup >= 0:
+        raise ValueError(f"itemset {itemsets[dup]!r} is listed twice")
+    ai, al, ci, cl, vals, missing = _rules(flat, off, lens, sup, float(n_baskets),
+                                           METRICS.index(metric), thr, table)
+    if missing >= 0:
+        raise ValueError(
+            f"a subset of itemset {itemsets[missing]!r} is missing from itemsets; rules need "
+            "the supports of every antecedent and consequent")
+    cols = {name: np.ascontiguousarray(vals[:, k]) for k, name in enumerate(METRICS)}
+    return Rules(antecedents=_split(ai, al), consequents=_split(ci, cl), **cols)
