@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from litestar import Litestar, Request, Response, get, post
-from litestar.config.app import ExperimentalFeatures  # noqa: F401  (kept for users tuning the app)
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.middleware import DefineMiddleware
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_503_SERVICE_UNAVAILABLE
 from pydantic import ValidationError
 
@@ -40,7 +39,7 @@ from .schemas import (
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a full request (200 recent events, 1000 users) fits easily
 ADMIN_TOKEN_ENV = "RECS_ADMIN_TOKEN"
 
-KQuery = Annotated[int, Parameter(ge=1, le=MAX_K, description=f"number of results, 1..{MAX_K}")]
+KQuery = Annotated[int, QueryParameter(ge=1, le=MAX_K, description=f"number of results, 1..{MAX_K}")]
 
 
 def _rec(request: Request) -> Recommender:
@@ -48,27 +47,27 @@ def _rec(request: Request) -> Recommender:
 
 
 @post("/v1/recommend", sync_to_thread=False, status_code=200, summary="Recommendations for a user (known, anonymous with recent events, or cold)")
-def recommend(request: Request, data: RecommendRequest) -> RecommendResponse:
+def recommend(request: Request, data: JSONBody[RecommendRequest]) -> RecommendResponse:
     return _rec(request).recommend(data)
 
 
 @get("/v1/items/{item_id:str}/similar", sync_to_thread=False, summary="Items similar to an item (item page)")
-def similar(request: Request, item_id: str, k: KQuery = 20, brand: str | None = None) -> RecommendResponse:
+def similar(request: Request, item_id: FromPath[str], k: KQuery = 20, brand: FromQuery[str | None] = None) -> RecommendResponse:
     return _rec(request).similar_items(item_id, k, brand=brand)
 
 
 @post("/v1/cart/addons", sync_to_thread=False, status_code=200, summary="Add-ons for a cart (bought-together rules and co-visitation)")
-def cart_addons(request: Request, data: CartAddonsRequest) -> RecommendResponse:
+def cart_addons(request: Request, data: JSONBody[CartAddonsRequest]) -> RecommendResponse:
     return _rec(request).cart_addons(data)
 
 
 @get("/v1/items/{item_id:str}/customers", sync_to_thread=True, summary="Customers most likely to want an item (targeting)")
-def customers(request: Request, item_id: str, k: KQuery = 20) -> CustomersResponse:
+def customers(request: Request, item_id: FromPath[str], k: KQuery = 20) -> CustomersResponse:
     return _rec(request).top_customers(item_id, k)
 
 
 @post("/v1/recommend/batch", sync_to_thread=False, status_code=200, summary="Recommendations for many users at once")
-def recommend_batch(request: Request, data: BatchRecommendRequest) -> BatchRecommendResponse:
+def recommend_batch(request: Request, data: JSONBody[BatchRecommendRequest]) -> BatchRecommendResponse:
     return _rec(request).recommend_batch(data)
 
 

@@ -1,0 +1,185 @@
+"""In-process Recommender: hot swap under load, release reading, SQL views, invariants."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from release_factory import build_release
+from serving_fixtures import client, fresh_home, recommender, release_home  # noqa: F401
+
+from recs_serving import RecommendRequest, Recommender
+from recs_serving.release import current_version
+
+T0 = 1_323_000_000_000
+
+
+def test_loader_round_trip(recommender, release_home):
+    from release_factory import build_tables
+
+    rel = recommender.release
+    built = build_tables()
+    assert rel.version == current_version(release_home)
+    assert rel.n_items == built.tables["items"].height
+    assert rel.n_users == built.tables["users"].height
+    assert rel.item_ids == built.tables["items"]["item_id"].to_list()
+    np.testing.assert_array_equal(rel.als_item, built.arrays["als_item_factors"])
+    topn = built.tables["topn"]
+    first = topn.filter(topn["user_id"] == rel.user_ids[0]).sort("rank")["item_id"].to_list()
+    assert [rel.item_ids[i] for i in rel.topn_ids[0] if i >= 0] == first
+
+
+def test_scores_match_dense_blend(recommender):
+    """The candidate scoring equals the dense z-scored blend restricted to the candidates."""
+    from recs_serving.scoring import SOURCES, score_candidates
+
+    rel = recommender.release
+    st = recommender._current()
+    u = 3
+    seeds = np.array([rel.item_index[i] for i in rel.item_ids[:3]], np.int64)
+    sw = np.array([1.0, 2.0, 0.5])
+    cand = np.arange(rel.n_items)
+    weights = {s: 1.0 for s in SOURCES}
+    _, C, _ = score_candidates(rel, st.stats, cand, weights=weights, als_user=rel.als_user[u], bpr_user=rel.bpr_user[u],
+                               seeds=seeds, seed_weights=sw)
+    dense = rel.als_item @ rel.als_user[u]
+    z = (dense - dense.mean()) / dense.std()
+    np.testing.assert_allclose(C[:, 0], z, rtol=1e-3, atol=1e-3)
+    cov = np.zeros(rel.n_items)
+    swn = sw / sw.max()
+    for s, w in zip(seeds, swn):
+        nb, sc = rel.covis.row(s)
+        np.add.at(cov, nb, w * sc)
+    zc = (cov - cov.mean()) / cov.std()
+    np.testing.assert_allclose(C[:, 2], zc, rtol=1e-3, atol=1e-3)
+
+
+def test_history_purchases_never_returned(recommender):
+    rel = recommender.release
+    for u in range(0, rel.n_users, 97):
+        items, _, bought = rel.history(u)
+        res = recommender.recommend(RecommendRequest(user_id=rel.user_ids[u], k=30, recent=[
+            {"item_id": rel.item_ids[(u * 7) % rel.n_items], "timestamp": T0, "event": "view"}]))
+        assert not {rel.item_ids[i] for i in items[bought]} & {it.item_id for it in res.items}
+
+
+def test_in_process_api_matches_http(recommender, client):
+    rel = recommender.release
+    req = {"user_id": rel.user_ids[10], "k": 7, "recent": [{"item_id": rel.item_ids[5], "timestamp": T0, "event": "add"}]}
+    a = recommender.recommend(RecommendRequest(**req)).model_dump()
+    b = client.post("/v1/recommend", json=req).json()
+    assert a == b
+
+
+def test_hot_swap_under_concurrent_requests(fresh_home):
+    rec = Recommender(fresh_home, watch=True, poll_interval=0.05)
+    from litestar.testing import TestClient
+
+    from recs_serving.app import create_app
+
+    old = rec.version
+    errors: list = []
+    versions: list[list[str]] = [[] for _ in range(4)]
+    stop = threading.Event()
+    rel0 = rec.release
+    users = rel0.user_ids[:50]
+
+    def hammer(slot: int, use_http: bool, c=None):
+        n = 0
+        while not stop.is_set() or n < 20:
+            u = users[n % len(users)]
+            try:
+                if use_http:
+                    r = c.post("/v1/recommend", json={"user_id": u, "k": 10, "recent": [
+                        {"item_id": rel0.item_ids[n % 100], "timestamp": T0, "event": "view"}]})
+                    if r.status_code != 200:
+                        errors.append(r.text)
+                        continue
+                    body = r.json()
+                    v, items = body["artifact_version"], body["items"]
+                else:
+                    res = rec.recommend(user_id=u, k=10)
+                    v, items = res.artifact_version, res.items
+                if len(items) != 10:
+                    errors.append(f"short answer {len(items)}")
+                versions[slot].append(v)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(repr(exc))
+            n += 1
+
+    with TestClient(create_app(rec)) as c:
+        threads = [threading.Thread(target=hammer, args=(s, s >= 2, c)) for s in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        new_dir = build_release(fresh_home, run_id="second")
+        new = new_dir.name
+        deadline = time.time() + 10
+        while rec.version != new and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join(30)
+    rec.close()
+    assert not errors, errors[:5]
+    assert rec.version == new != old
+    for vs in versions:
+        assert vs and vs[0] == old and vs[-1] == new
+        # versions only ever move forward: old ... old new ... new
+        switch = vs.index(new)
+        assert set(vs[:switch]) == {old} and set(vs[switch:]) == {new}
+
+
+def test_watcher_keeps_old_release_when_new_one_is_broken(fresh_home):
+    import json
+
+    from recs_serving import release as rf
+
+    rec = Recommender(fresh_home, watch=True, poll_interval=0.05)
+    old = rec.version
+    bad = rf.releases_dir(fresh_home) / "29990101T000000000000Z-broken"
+    bad.mkdir()
+    (bad / rf.MANIFEST).write_text(json.dumps({"schema_version": rf.SCHEMA_VERSION, "version": bad.name}))
+    rf.set_current(fresh_home, bad.name)
+    time.sleep(0.4)
+    assert rec.version == old and rec.reload_errors >= 1
+    assert rec.recommend(k=3).artifact_version == old
+    rec.close()
+
+
+def test_not_ready_without_release(tmp_path):
+    from litestar.testing import TestClient
+
+    from recs_serving.app import create_app
+
+    rec = Recommender(tmp_path, watch=False)
+    assert not rec.ready
+    with TestClient(create_app(rec)) as c:
+        assert c.get("/readyz").status_code == 503
+        assert c.post("/v1/recommend", json={"k": 3}).status_code == 503
+        assert c.get("/healthz").status_code == 200
+
+
+def test_sql_views_over_current_release(release_home, recommender):
+    from recs_serving.sql import connect
+
+    con = connect(release_home)
+    (v,), = con.execute("SELECT version FROM recs.release").fetchall()
+    assert v == recommender.version
+    (n,), = con.execute("SELECT count(*) FROM recs.items").fetchall()
+    assert n == recommender.release.n_items
+    rows = con.execute("SELECT antecedents, consequents, lift FROM recs.rules WHERE lift > ? ORDER BY lift DESC LIMIT 3", [3]).fetchall()
+    assert rows and all(r[2] > 3 for r in rows)
+    con.close()
+
+
+def test_layering_no_dagster():
+    import subprocess
+    import sys
+
+    code = ("import sys, recs_serving.app, recs_serving.recommender, recs_serving.sql; "
+            "bad=[m for m in sys.modules if m.split('.')[0] in ('dagster','recs_assets')]; print(bad); sys.exit(bool(bad))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
