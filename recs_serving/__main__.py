@@ -11,6 +11,11 @@ import logging
 import os
 import sys
 
+# Requests are small (a GEMV at most): multithreaded BLAS only adds synchronisation latency,
+# and the event loop is the unit of concurrency. Set before numpy is imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m recs_serving", description="Serve recommendations from the current release.")

@@ -48,17 +48,17 @@ def _rec(request: Request) -> Recommender:
 
 @post("/v1/recommend", sync_to_thread=False, status_code=200, summary="Recommendations for a user (known, anonymous with recent events, or cold)")
 def recommend(request: Request, data: JSONBody[RecommendRequest]) -> RecommendResponse:
-    return _rec(request).recommend(data)
+    return _rec(request).recommend(data, as_dict=True)  # type: ignore[return-value]
 
 
 @get("/v1/items/{item_id:str}/similar", sync_to_thread=False, summary="Items similar to an item (item page)")
 def similar(request: Request, item_id: FromPath[str], k: KQuery = 20, brand: FromQuery[str | None] = None) -> RecommendResponse:
-    return _rec(request).similar_items(item_id, k, brand=brand)
+    return _rec(request).similar_items(item_id, k, brand=brand, as_dict=True)  # type: ignore[return-value]
 
 
 @post("/v1/cart/addons", sync_to_thread=False, status_code=200, summary="Add-ons for a cart (bought-together rules and co-visitation)")
 def cart_addons(request: Request, data: JSONBody[CartAddonsRequest]) -> RecommendResponse:
-    return _rec(request).cart_addons(data)
+    return _rec(request).cart_addons(data, as_dict=True)  # type: ignore[return-value]
 
 
 @get("/v1/items/{item_id:str}/customers", sync_to_thread=True, summary="Customers most likely to want an item (targeting)")
@@ -68,7 +68,7 @@ def customers(request: Request, item_id: FromPath[str], k: KQuery = 20) -> Custo
 
 @post("/v1/recommend/batch", sync_to_thread=False, status_code=200, summary="Recommendations for many users at once")
 def recommend_batch(request: Request, data: JSONBody[BatchRecommendRequest]) -> BatchRecommendResponse:
-    return _rec(request).recommend_batch(data)
+    return _rec(request).recommend_batch(data, as_dict=True)  # type: ignore[return-value]
 
 
 @get("/v1/release", sync_to_thread=False, summary="Manifest of the release being served")

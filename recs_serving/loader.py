@@ -25,6 +25,7 @@ log = logging.getLogger("recs_serving")
 DEFAULT_BLEND = {"als": 1.0, "bpr": 0.5, "covis": 1.0, "rules": 0.8, "content": 0.4, "popularity": 0.15}
 DEFAULT_MMR_LAMBDA = 0.8
 MAX_TOPN = 200
+MMR_DIM = 64  # MMR only needs pairwise cosines; a PCA-64 view keeps them and makes batch MMR cheap
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class LoadedRelease:
     bpr_user: np.ndarray | None
     bpr_item: np.ndarray | None
     emb: np.ndarray | None  # L2-normalised item embeddings
+    mmr_vecs: np.ndarray | None  # the same, PCA-reduced to <= MMR_DIM and renormalised (MMR only)
     sim_factors: Adjacency
     sim_content: Adjacency
     covis: Adjacency
@@ -341,6 +343,7 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
     if emb is not None:
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         emb = (emb / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    mmr_vecs = _reduce(emb, MMR_DIM) if emb is not None else None
 
     # ---- neighbours
     sim_factors = sim_content = Adjacency.empty(n_items)
@@ -401,7 +404,7 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
         hist_indptr=hist_indptr, hist_items=hi, hist_weight=hw.astype(np.float32), hist_purchased=hp, buyers=buyers,
         als_user=als_user, als_item=als_item, als_yty=als_yty,
         als_reg=float(als_params.get("regularization", 0.01) or 0.01), als_alpha=float(als_params.get("alpha", 40.0)),
-        bpr_user=bpr_user, bpr_item=bpr_item, emb=emb,
+        bpr_user=bpr_user, bpr_item=bpr_item, emb=emb, mmr_vecs=mmr_vecs,
         sim_factors=sim_factors, sim_content=sim_content, covis=covis, rules=rules, multi_rules=tuple(multi),
         blend=blend, mmr_lambda=lam,
     )
@@ -415,3 +418,19 @@ def _buyers(n_items: int, items: np.ndarray, users: np.ndarray) -> Adjacency:
     indptr = np.zeros(n_items + 1, np.int64)
     np.cumsum(np.bincount(items, minlength=n_items), out=indptr[1:])
     return Adjacency(indptr, users.astype(np.int32), np.ones(users.size, np.float32))
+
+
+def _reduce(emb: np.ndarray, dim: int) -> np.ndarray:
+    """Deterministic PCA projection to ``dim`` columns (from a strided sample), rows renormalised."""
+    n, d = emb.shape
+    if d <= dim:
+        return emb
+    step = max(1, n // 20_000)
+    sample = emb[::step].astype(np.float64)
+    sample -= sample.mean(axis=0)
+    _, vecs = np.linalg.eigh(sample.T @ sample)
+    V = vecs[:, ::-1][:, :dim].astype(np.float32)
+    V *= np.where(V[np.abs(V).argmax(axis=0), np.arange(dim)] < 0, -1.0, 1.0).astype(np.float32)  # sign-stable
+    out = emb @ V
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.ascontiguousarray(out / np.where(norms > 0, norms, 1.0), dtype=np.float32)

@@ -28,13 +28,14 @@ def mmr_batch(relevance: np.ndarray, vectors: np.ndarray | None, k: int, lam: fl
         order = np.argsort(-key, axis=1, kind="stable")[:, :k]
         ok = np.take_along_axis(avail, order, 1)
         return np.where(ok, order, -1)
-    rel = np.where(avail, relevance, np.nan)
-    lo = np.nanmin(np.where(avail, rel, np.inf), axis=1, keepdims=True)
-    hi = np.nanmax(np.where(avail, rel, -np.inf), axis=1, keepdims=True)
+    relevance = relevance.astype(np.float32, copy=False)
+    lo = np.where(avail, relevance, np.inf).min(axis=1, keepdims=True)
+    hi = np.where(avail, relevance, -np.inf).max(axis=1, keepdims=True)
+    lo = np.where(np.isfinite(lo), lo, 0.0)
     span = np.where(hi > lo, hi - lo, 1.0)
-    rel = np.where(avail, (np.nan_to_num(rel) - np.where(np.isfinite(lo), lo, 0.0)) / span, 0.0)
+    rel = np.where(avail, (np.where(avail, relevance, 0.0) - lo) / span, 0.0).astype(np.float32)
     sims = np.matmul(vectors, vectors.transpose(0, 2, 1))  # [B, M, M]
-    maxsim = np.zeros((B, M), np.float64)
+    maxsim = np.zeros((B, M), np.float32)
     rows = np.arange(B)
     for step in range(k):
         obj = lam * rel - (1.0 - lam) * maxsim

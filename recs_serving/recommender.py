@@ -89,12 +89,23 @@ class _Query:
     weights: dict
 
 
-def _rec_items(picks: list[tuple[int, float, list[str]]], rel: LoadedRelease) -> list[RecommendItem]:
+def _trusted(cls, data: dict):
+    """A pydantic model instance from already-valid data, without validation (what
+    ``model_construct`` does, minus its per-field default handling: every field is given)."""
+    m = cls.__new__(cls)
+    object.__setattr__(m, "__dict__", data)
+    object.__setattr__(m, "__pydantic_fields_set__", set(data))
+    object.__setattr__(m, "__pydantic_extra__", None)
+    object.__setattr__(m, "__pydantic_private__", None)
+    return m
+
+
+def _rec_items(picks: list[tuple[int, float, list[str]]], rel: LoadedRelease, as_dict: bool = False) -> list:
     ids = rel.item_ids
-    return [
-        RecommendItem.model_construct(item_id=ids[i], score=round(float(s), 6), rank=r + 1, reasons=reasons)
-        for r, (i, s, reasons) in enumerate(picks)
-    ]
+    items = [{"item_id": ids[i], "score": round(float(s), 6), "rank": r + 1, "reasons": reasons} for r, (i, s, reasons) in enumerate(picks)]
+    if as_dict:
+        return items
+    return [_trusted(RecommendItem, d) for d in items]
 
 
 class Recommender:
@@ -371,8 +382,8 @@ class Recommender:
         order = np.lexsort((cand, -total))
         m = min(cand.size, max(3 * q.k, q.k + 20))
         top = order[:m]
-        vecs = rel.emb[cand[top]][None] if rel.emb is not None else None
-        picks = mmr_batch(total[top][None].astype(np.float64), vecs, q.k, q.lam)[0]
+        vecs = rel.mmr_vecs[cand[top]][None] if rel.mmr_vecs is not None else None
+        picks = mmr_batch(total[top][None], vecs, q.k, q.lam)[0]
         out = []
         for p in picks:
             if p < 0:
@@ -386,7 +397,7 @@ class Recommender:
         """Known users without recent events: the precomputed top-N, filtered, MMR re-ranked."""
         rel = st.rel
         ids = rel.topn_ids[users]
-        sc = rel.topn_scores[users].astype(np.float64)
+        sc = rel.topn_scores[users]
         valid = ids >= 0
         safe = np.where(valid, ids, 0)
         for b, q in enumerate(queries):
@@ -395,7 +406,7 @@ class Recommender:
             if not q.filt.empty:
                 valid[b] &= q.filt.mask(rel, safe[b])
         rel_sc = np.where(valid, sc, -np.inf)
-        vecs = rel.emb[safe] if rel.emb is not None else None
+        vecs = rel.mmr_vecs[safe] if rel.mmr_vecs is not None else None
         k = max(q.k for q in queries)
         lam = queries[0].lam
         picks = mmr_batch(rel_sc, vecs, k, lam)
@@ -458,11 +469,15 @@ class Recommender:
         meta["filled_from_popularity"] = len(added)
         return out
 
-    def _respond(self, st: _State, picks: list, meta: dict) -> RecommendResponse:
+    def _respond(self, st: _State, picks: list, meta: dict, as_dict: bool = False):
+        if as_dict:
+            return {"items": _rec_items(picks, st.rel, True), "artifact_version": st.rel.version, "metadata": meta}
         return RecommendResponse.model_construct(items=_rec_items(picks, st.rel), artifact_version=st.rel.version, metadata=meta)
 
     # ------------------------------------------------------------------ public API
-    def recommend(self, request: RecommendRequest | dict | None = None, **kw: Any) -> RecommendResponse:
+    def recommend(self, request: RecommendRequest | dict | None = None, *, as_dict: bool = False, **kw: Any) -> RecommendResponse:
+        """Recommendations for one user. ``as_dict=True`` returns the JSON-ready dict instead of the
+        pydantic model (the HTTP layer uses it to skip model construction)."""
         req = _coerce(RecommendRequest, request, kw)
         st = self._current()
         meta: dict = {}
@@ -479,10 +494,10 @@ class Recommender:
             meta["strategy"] = "popular"
             picks = self._blend(st, q, meta)
         picks = self._fill(st, q, picks, meta)
-        return self._respond(st, picks, meta)
+        return self._respond(st, picks, meta, as_dict)
 
     def similar_items(self, item_id: str, k: int = 20, *, brand: str | None = None, filters: dict | None = None,
-                      exclusions: Iterable[str] = (), mmr_lambda: float | None = None) -> RecommendResponse:
+                      exclusions: Iterable[str] = (), mmr_lambda: float | None = None, as_dict: bool = False) -> RecommendResponse:
         st = self._current()
         if item_id not in st.rel.item_index:
             raise UnknownItem(item_id)
@@ -491,9 +506,9 @@ class Recommender:
                         filters=_check_filters(filters), lam=mmr_lambda, meta=meta, extra_seeds=[item_id], seed_event="view")
         q.weights = {**q.weights, "popularity": 0.5 * q.weights.get("popularity", 0.0)}
         picks = self._fill(st, q, self._blend(st, q, meta), meta)
-        return self._respond(st, picks, meta)
+        return self._respond(st, picks, meta, as_dict)
 
-    def cart_addons(self, item_ids: Iterable[str] | CartAddonsRequest | dict, k: int = 10, **kw: Any) -> RecommendResponse:
+    def cart_addons(self, item_ids: Iterable[str] | CartAddonsRequest | dict, k: int = 10, *, as_dict: bool = False, **kw: Any) -> RecommendResponse:
         if isinstance(item_ids, (CartAddonsRequest, dict)):
             req = _coerce(CartAddonsRequest, item_ids, kw)
         else:
@@ -505,7 +520,7 @@ class Recommender:
         # add-ons lean on what is bought together
         q.weights = {**q.weights, "rules": 2.0 * q.weights.get("rules", 0.0), "covis": 1.5 * q.weights.get("covis", 0.0)}
         picks = self._fill(st, q, self._blend(st, q, meta), meta)
-        return self._respond(st, picks, meta)
+        return self._respond(st, picks, meta, as_dict)
 
     def top_customers(self, item_id: str, k: int = 20) -> CustomersResponse:
         st = self._current()
@@ -528,7 +543,7 @@ class Recommender:
             meta["excluded_buyers"] = int(b - a)
         return CustomersResponse.model_construct(item_id=item_id, customers=customers, artifact_version=rel.version, metadata=meta)
 
-    def recommend_batch(self, user_ids: Iterable[str] | BatchRecommendRequest | dict, k: int = 20, **kw: Any) -> BatchRecommendResponse:
+    def recommend_batch(self, user_ids: Iterable[str] | BatchRecommendRequest | dict, k: int = 20, *, as_dict: bool = False, **kw: Any) -> BatchRecommendResponse:
         if isinstance(user_ids, (BatchRecommendRequest, dict)):
             req = _coerce(BatchRecommendRequest, user_ids, kw)
         else:
@@ -554,10 +569,11 @@ class Recommender:
             else:
                 n_unknown += q.user < 0
                 picks = self._blend(st, q, m)
-            results[uid] = _rec_items(self._fill(st, q, picks, m), rel)
-        return BatchRecommendResponse.model_construct(
-            results=results, artifact_version=rel.version, metadata={"users": len(uniq), "unknown_users": n_unknown}
-        )
+            results[uid] = _rec_items(self._fill(st, q, picks, m), rel, as_dict)
+        meta = {"users": len(uniq), "unknown_users": n_unknown}
+        if as_dict:
+            return {"results": results, "artifact_version": rel.version, "metadata": meta}
+        return BatchRecommendResponse.model_construct(results=results, artifact_version=rel.version, metadata=meta)
 
 
 def rel_has_topn(rel: LoadedRelease, u: int) -> bool:

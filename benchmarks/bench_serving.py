@@ -1,0 +1,451 @@
+"""Serving benchmark: in-process and HTTP latency, throughput and memory on a synthetic release.
+
+    python benchmarks/bench_serving.py                 # 100K items x 1M users (builds once, ~1-2 min)
+    python benchmarks/bench_serving.py --quick         # 10K items x 100K users
+    python benchmarks/bench_serving.py --skip-http     # in-process only
+
+The release is written with ``recs_serving.release.publish`` from numpy random factors and
+tables (same format the pipeline publishes), under ``--home`` (default var/bench-serving-<size>),
+and reused on later runs with the same sizes. Seven use cases are mixed: homepage (known user,
+5 recent views), item page (similar items), cart add-ons, brand page, cold start,
+post-purchase, batch of 100 users. HTTP load comes from a separate process on 127.0.0.1
+(an asyncio keep-alive client with pre-built requests); the server is one
+``python -m recs_serving`` process (uvicorn, uvloop/httptools when installed).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# single-threaded BLAS, as the server runs it (python -m recs_serving sets the same)
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / "var" / "numba-cache"))
+
+USE_CASES = ("homepage", "item_page", "cart", "brand_page", "cold_start", "post_purchase", "batch100")
+T_NOW = 1_767_225_600_000  # 2026-01-01 in ms
+
+
+# ----------------------------------------------------------------------------------- release
+
+
+def build_synthetic(home: Path, n_items: int, n_users: int, *, topn: int = 50, factors: int = 64, emb_dim: int = 384,
+                    hist_mean: int = 8, seed: int = 0) -> Path:
+    import pyarrow as pa
+
+    from recs_serving.release import publish
+
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    item_ids = pa.array([f"I{i:07d}" for i in range(n_items)])
+    user_ids = pa.array([f"U{u:08d}" for u in range(n_users)])
+    n_brands, n_cats = max(10, n_items // 200), max(5, n_items // 500)
+    brand_of = rng.integers(0, n_brands, n_items)
+    cat_of = rng.integers(0, n_cats, n_items)
+    brands = pa.array([f"brand{b:04d}" for b in range(n_brands)])
+    cats = pa.array([f"cat{c:03d}" for c in range(n_cats)])
+    pop = rng.zipf(1.6, n_items).astype(np.float64).clip(max=1e6)
+    trend = pop * rng.random(n_items)
+
+    def dict_col(codes, dictionary):
+        return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), dictionary)
+
+    items = pa.table({
+        "idx": pa.array(np.arange(n_items, dtype=np.int64)),
+        "item_id": item_ids,
+        "title": pa.array([f"item {i}" for i in range(n_items)]),
+        "description": pa.array([""] * n_items),
+        "brand": dict_col(brand_of, brands).cast(pa.string()),
+        "category": dict_col(cat_of, cats).cast(pa.string()),
+        "price": pa.array(np.round(rng.lognormal(2.5, 1.0, n_items), 2)),
+        "popularity": pa.array(pop),
+        "trending": pa.array(trend),
+    })
+    users = pa.table({"idx": pa.array(np.arange(n_users, dtype=np.int64)), "user_id": user_ids})
+    # history: popularity-biased items per user
+    lens = rng.poisson(hist_mean, n_users).clip(1, 200)
+    hu = np.repeat(np.arange(n_users), lens)
+    p = pop / pop.sum()
+    hi = rng.choice(n_items, size=hu.size, p=p)
+    key = np.unique(hu.astype(np.int64) * n_items + hi)
+    hu, hi = (key // n_items).astype(np.int32), (key % n_items).astype(np.int32)
+    purchases = (rng.random(hu.size) < 0.3).astype(np.int64)
+    user_items = pa.table({
+        "user_id": dict_col(hu, user_ids), "item_id": dict_col(hi, item_ids),
+        "weight": pa.array(rng.random(hu.size).astype(np.float32) * 3 + 0.5),
+        "purchases": pa.array(purchases), "last_ts": pa.array(T_NOW - rng.integers(0, 90 * 86_400_000, hu.size)),
+    })
+    # top-N per user
+    tu = np.repeat(np.arange(n_users, dtype=np.int32), topn)
+    ti = rng.choice(n_items, size=tu.size, p=p).astype(np.int32)
+    tscore = np.sort(rng.random((n_users, topn)).astype(np.float32), axis=1)[:, ::-1].ravel()
+    topn_t = pa.table({
+        "user_id": dict_col(tu, user_ids), "rank": pa.array(np.tile(np.arange(1, topn + 1, dtype=np.int32), n_users)),
+        "item_id": dict_col(ti, item_ids), "score": pa.array(tscore),
+        "reason": dict_col(np.zeros(tu.size, np.int32), pa.array(["for_you"])),
+    })
+    del tu, ti, tscore
+
+    def neighbours(k: int, src_name: str, dst_name: str, extra: dict | None = None):
+        a = np.repeat(np.arange(n_items, dtype=np.int32), k)
+        b = rng.integers(0, n_items, a.size).astype(np.int32)
+        s = np.sort(rng.random((n_items, k)).astype(np.float32), axis=1)[:, ::-1].ravel()
+        cols = {src_name: dict_col(a, item_ids), **({"rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), n_items))} if extra else {}),
+                dst_name: dict_col(b, item_ids), "score": pa.array(s)}
+        if extra:
+            cols.update(extra)
+        return pa.table(cols), a, b, s
+
+    sim_f, *_ = neighbours(20, "item_id", "similar_item_id", {"source": dict_col(np.zeros(n_items * 20, np.int32), pa.array(["factors"]))})
+    sim_c, *_ = neighbours(20, "item_id", "similar_item_id", {"source": dict_col(np.zeros(n_items * 20, np.int32), pa.array(["content"]))})
+    similar = pa.concat_tables([sim_f, sim_c.cast(sim_f.schema)])
+    covis, *_ = neighbours(20, "item_id", "neighbor_id")
+    _, ra, rb, rs = neighbours(5, "a", "b")
+    offs = pa.array(np.arange(ra.size + 1, dtype=np.int32))
+    rules = pa.table({
+        "antecedents": pa.ListArray.from_arrays(offs, dict_col(ra, item_ids).cast(pa.string())),
+        "consequents": pa.ListArray.from_arrays(offs, dict_col(rb, item_ids).cast(pa.string())),
+        "support": pa.array(rs.astype(np.float64) * 0.01), "confidence": pa.array(rs.astype(np.float64)),
+        "lift": pa.array(1 + 10 * rs.astype(np.float64)),
+    })
+    parts = []
+    order = np.lexsort((np.arange(n_items), -pop))
+    torder = np.lexsort((np.arange(n_items), -trend))
+    for scope, idx, keys in (("global", order[:1000], None), ("trending", torder[:1000], None)):
+        parts.append((np.full(idx.size, scope), np.full(idx.size, ""), idx, pop[idx], np.arange(1, idx.size + 1)))
+    for scope, codes, names in (("brand", brand_of, brands), ("category", cat_of, cats)):
+        o = np.lexsort((np.arange(n_items), -pop, codes))
+        c = codes[o]
+        start = np.searchsorted(c, c, side="left")
+        r = np.arange(o.size) - start
+        keep = r < 100
+        parts.append((np.full(keep.sum(), scope), np.asarray(names.to_pylist(), dtype=object)[c[keep]], o[keep], pop[o[keep]], r[keep] + 1))
+    popularity = pa.table({
+        "scope": pa.array(np.concatenate([x[0] for x in parts]).astype(str)),
+        "key": pa.array(np.concatenate([np.asarray(x[1], dtype=object) for x in parts]).astype(str)),
+        "item_id": dict_col(np.concatenate([x[2] for x in parts]), item_ids).cast(pa.string()),
+        "score": pa.array(np.concatenate([x[3] for x in parts])),
+        "rank": pa.array(np.concatenate([x[4] for x in parts]).astype(np.int32)),
+    })
+    scale = np.float32(0.1)
+    arrays = {
+        "als_user_factors": rng.standard_normal((n_users, factors), dtype=np.float32) * scale,
+        "als_item_factors": rng.standard_normal((n_items, factors), dtype=np.float32) * scale,
+        "bpr_user_factors": rng.standard_normal((n_users, factors + 1), dtype=np.float32) * scale,
+        "bpr_item_factors": rng.standard_normal((n_items, factors + 1), dtype=np.float32) * scale,
+        "item_embeddings": rng.standard_normal((n_items, emb_dim), dtype=np.float32),
+    }
+    path = publish(
+        home,
+        tables={"items": items, "users": users, "user_items": user_items, "topn": topn_t, "similar_items": similar,
+                "covisitation": covis, "rules": rules, "popularity": popularity},
+        arrays=arrays, run_id="bench",
+        parameters={"synthetic": {"n_items": n_items, "n_users": n_users, "topn": topn, "factors": factors, "emb_dim": emb_dim},
+                    "als": {"regularization": 0.05, "alpha": 20.0}},
+    )
+    print(f"built synthetic release {path.name} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return path
+
+
+def ensure_release(home: Path, n_items: int, n_users: int, rebuild: bool, emb_dim: int) -> None:
+    from recs_serving.release import open_release
+
+    try:
+        rf = open_release(home)
+        syn = rf.manifest.get("parameters", {}).get("synthetic", {})
+        if not rebuild and syn.get("n_items") == n_items and syn.get("n_users") == n_users and syn.get("emb_dim") == emb_dim:
+            return
+    except Exception:  # noqa: BLE001
+        pass
+    build_synthetic(home, n_items, n_users, emb_dim=emb_dim)
+
+
+# ----------------------------------------------------------------------------------- requests
+
+
+def make_requests(rel, n: int, seed: int = 1) -> list[tuple[str, str, str, dict | None]]:
+    """(use_case, method, path, json body) tuples, deterministic."""
+    rnd = random.Random(seed)
+    n_items, n_users = rel.n_items, rel.n_users
+    pop = rel.popularity_lists[("global", "")]
+    brands = [k for (s, k) in rel.popularity_lists if s == "brand"]
+
+    def item():  # popularity-biased: half from the head, half uniform
+        return rel.item_ids[int(pop[rnd.randrange(len(pop))]) if rnd.random() < 0.5 else rnd.randrange(n_items)]
+
+    def user():
+        return rel.user_ids[rnd.randrange(n_users)]
+
+    out = []
+    for j in range(n):
+        case = USE_CASES[j % len(USE_CASES)]
+        if case == "homepage":
+            body = {"user_id": user(), "k": 20, "recent": [{"item_id": item(), "timestamp": T_NOW - 60_000 * m, "event": "view"} for m in range(5)]}
+            out.append((case, "POST", "/v1/recommend", body))
+        elif case == "item_page":
+            out.append((case, "GET", f"/v1/items/{item()}/similar?k=20", None))
+        elif case == "cart":
+            out.append((case, "POST", "/v1/cart/addons", {"item_ids": [item() for _ in range(3)], "k": 10, "user_id": user()}))
+        elif case == "brand_page":
+            out.append((case, "POST", "/v1/recommend", {"user_id": user(), "k": 20, "brand": rnd.choice(brands)}))
+        elif case == "cold_start":
+            out.append((case, "POST", "/v1/recommend", {"k": 20}))
+        elif case == "post_purchase":
+            body = {"user_id": f"anon-{j}", "k": 10, "recent": [{"item_id": item(), "timestamp": T_NOW, "event": "purchase", "quantity": 1}]}
+            out.append((case, "POST", "/v1/recommend", body))
+        else:
+            out.append((case, "POST", "/v1/recommend/batch", {"user_ids": [user() for _ in range(100)], "k": 20}))
+    return out
+
+
+def call_in_process(rec, method: str, path: str, body: dict | None):
+    from recs_serving.schemas import BatchRecommendRequest, CartAddonsRequest, RecommendRequest
+
+    if path == "/v1/recommend":
+        return rec.recommend(RecommendRequest.model_validate(body))
+    if path == "/v1/cart/addons":
+        return rec.cart_addons(CartAddonsRequest.model_validate(body))
+    if path == "/v1/recommend/batch":
+        return rec.recommend_batch(BatchRecommendRequest.model_validate(body))
+    item = path.split("/")[3]
+    return rec.similar_items(item, 20)
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def rss_mb(pid: int | str = "self") -> tuple[float, float]:
+    vals = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            vals[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return vals.get("VmRSS", float("nan")), vals.get("VmHWM", float("nan"))
+
+
+# ----------------------------------------------------------------------------------- HTTP load
+
+
+def _raw(method: str, path: str, body: dict | None) -> bytes:
+    if body is None:
+        return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    data = json.dumps(body, separators=(",", ":")).encode()
+    return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+
+
+async def _one(reader, writer, payload: bytes) -> int:
+    writer.write(payload)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    n = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            n = int(line[15:])
+    if n:
+        await reader.readexactly(n)
+    return status
+
+
+async def _load(port: int, reqs: list, duration: float, concurrency: int, rate: float | None):
+    """Closed loop (rate None: each connection sends its next request when the last returns) or
+    open loop at ``rate`` req/s (latency measured from the scheduled send time)."""
+    payloads = [(c, _raw(m, p, b)) for c, m, p, b in reqs]
+    lat: dict[str, list[float]] = {c: [] for c in USE_CASES}
+    bad = [0]
+    counter = [0]
+    t_start = time.perf_counter()
+    t_end = t_start + duration
+    interval = concurrency / rate if rate else 0.0
+
+    async def worker(w: int):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        nxt = t_start + w * (1.0 / rate if rate else 0.0)
+        while True:
+            now = time.perf_counter()
+            if now >= t_end:
+                break
+            if rate:
+                if nxt > now:
+                    await asyncio.sleep(nxt - now)
+                t0 = nxt
+                nxt += interval
+            else:
+                t0 = time.perf_counter()
+            i = counter[0]
+            counter[0] += 1
+            case, payload = payloads[i % len(payloads)]
+            status = await _one(reader, writer, payload)
+            if status != 200:
+                bad[0] += 1
+            lat[case].append(time.perf_counter() - t0)
+        writer.close()
+
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return lat, bad[0], time.perf_counter() - t_start
+
+
+def load_main(args) -> None:  # runs in the load-generator subprocess
+    reqs = json.loads(Path(args.requests_file).read_text())
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    lat, bad, elapsed = asyncio.run(_load(args.port, reqs, args.duration, args.concurrency, args.rate or None))
+    print(json.dumps({"lat": lat, "bad": bad, "elapsed": elapsed}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_http(home: Path, reqs: list, duration: float, concurrency: int, rate: float | None, server_pid_port=None) -> dict:
+    tmp = home / "bench-requests.json"
+    tmp.write_text(json.dumps([list(r) for r in reqs]))
+    port = server_pid_port
+    cmd = [sys.executable, __file__, "--load-only", "--port", str(port), "--requests-file", str(tmp),
+           "--duration", str(duration), "--concurrency", str(concurrency), "--rate", str(rate or 0)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--users", type=int, default=1_000_000)
+    ap.add_argument("--emb-dim", type=int, default=384, help="item embedding width (MiniLM: 384)")
+    ap.add_argument("--quick", action="store_true", help="10K items x 100K users")
+    ap.add_argument("--home", default=None)
+    ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--n", type=int, default=7000, help="in-process requests (spread over the 7 use cases)")
+    ap.add_argument("--duration", type=float, default=15.0, help="seconds per HTTP run")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--rate", type=float, default=1000.0, help="open-loop HTTP rate for the latency run")
+    ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    # load-generator subprocess mode
+    ap.add_argument("--load-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--requests-file", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.load_only:
+        load_main(args)
+        return 0
+    if args.quick:
+        args.items, args.users = 10_000, 100_000
+    home = Path(args.home or REPO / "var" / f"bench-serving-{args.items}x{args.users}")
+    home.mkdir(parents=True, exist_ok=True)
+    ensure_release(home, args.items, args.users, args.rebuild, args.emb_dim)
+
+    from recs_serving import Recommender
+
+    results: dict = {"items": args.items, "users": args.users, "cores": os.cpu_count()}
+    rss0 = rss_mb()[0]
+    t0 = time.perf_counter()
+    rec = Recommender(home, watch=False)
+    results["load_s"] = time.perf_counter() - t0
+    results["in_process_rss_mb"], results["in_process_peak_mb"] = rss_mb()
+    results["in_process_rss_delta_mb"] = results["in_process_rss_mb"] - rss0
+    reqs = make_requests(rec.release, args.n)
+    for r in reqs[:200]:  # warm up (numba, caches)
+        call_in_process(rec, *r[1:])
+    lat: dict[str, list[float]] = {c: [] for c in USE_CASES}
+    for case, m, p, b in reqs:
+        t = time.perf_counter()
+        call_in_process(rec, m, p, b)
+        lat[case].append(time.perf_counter() - t)
+    results["in_process"] = {c: {"n": len(v), "p50_ms": pct(v, 0.5) * 1e3, "p99_ms": pct(v, 0.99) * 1e3, "mean_ms": statistics.fmean(v) * 1e3} for c, v in lat.items()}
+    single = [x for c, v in lat.items() if c != "batch100" for x in v]
+    results["in_process_single"] = {"p50_ms": pct(single, 0.5) * 1e3, "p99_ms": pct(single, 0.99) * 1e3}
+    rec.close()
+    del rec
+
+    if not args.skip_http:
+        port = free_port()
+        env = {**os.environ, "RECS_HOME": str(home)}
+        srv = subprocess.Popen([sys.executable, "-m", "recs_serving", "--port", str(port), "--home", str(home), "--log-level", "warning"],
+                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            import urllib.request
+
+            deadline = time.time() + 600
+            while time.time() < deadline:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+                        if resp.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.5)
+            http_reqs = [(c, m, p, b) for c, m, p, b in make_requests_http(home, reqs)]
+            run_http(home, http_reqs, 3.0, args.concurrency, None, port)  # warm-up
+            closed = run_http(home, http_reqs, args.duration, args.concurrency, None, port)
+            opened = run_http(home, http_reqs, args.duration, args.concurrency, args.rate, port)
+            results["server_rss_mb"], results["server_peak_mb"] = rss_mb(srv.pid)
+            for name, res in (("http_closed", closed), ("http_open", opened)):
+                allv = [x for v in res["lat"].values() for x in v]
+                results[name] = {
+                    "requests": len(allv), "errors": res["bad"], "rps": len(allv) / res["elapsed"],
+                    "p50_ms": pct(allv, 0.5) * 1e3, "p99_ms": pct(allv, 0.99) * 1e3,
+                    "per_case": {c: {"p50_ms": pct(v, 0.5) * 1e3, "p99_ms": pct(v, 0.99) * 1e3} for c, v in res["lat"].items()},
+                }
+        finally:
+            srv.send_signal(signal.SIGINT)
+            try:
+                srv.wait(10)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+    report(results, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def make_requests_http(home: Path, reqs: list) -> list:
+    return reqs
+
+
+def report(r: dict, args) -> None:
+    print(f"\nrecs_serving benchmark: {r['items']:,} items x {r['users']:,} users, {r['cores']} cores; release load {r['load_s']:.1f}s")
+    print(f"in-process RSS after load: {r['in_process_rss_mb']:.0f} MiB (peak {r['in_process_peak_mb']:.0f} MiB)\n")
+    print("| use case | in-process p50 ms | in-process p99 ms |" + (" HTTP p50 ms @closed | HTTP p99 ms @closed | HTTP p50 ms @rate | HTTP p99 ms @rate |" if "http_closed" in r else ""))
+    print("|---|---:|---:|" + ("---:|---:|---:|---:|" if "http_closed" in r else ""))
+    for c in USE_CASES:
+        ip = r["in_process"][c]
+        row = f"| {c} | {ip['p50_ms']:.2f} | {ip['p99_ms']:.2f} |"
+        if "http_closed" in r:
+            hc, ho = r["http_closed"]["per_case"][c], r["http_open"]["per_case"][c]
+            row += f" {hc['p50_ms']:.2f} | {hc['p99_ms']:.2f} | {ho['p50_ms']:.2f} | {ho['p99_ms']:.2f} |"
+        print(row)
+    s = r["in_process_single"]
+    print(f"| single-user requests (all but batch) | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} |" + (" | | | |" if "http_closed" in r else ""))
+    if "http_closed" in r:
+        hc, ho = r["http_closed"], r["http_open"]
+        print(f"\nHTTP closed loop, {args.concurrency} connections: {hc['rps']:.0f} req/s, p50 {hc['p50_ms']:.2f} ms, p99 {hc['p99_ms']:.2f} ms, errors {hc['errors']}")
+        print(f"HTTP open loop at {args.rate:.0f} req/s: achieved {ho['rps']:.0f} req/s, p50 {ho['p50_ms']:.2f} ms, p99 {ho['p99_ms']:.2f} ms, errors {ho['errors']}")
+        print(f"server resident memory: {r['server_rss_mb']:.0f} MiB (peak {r['server_peak_mb']:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
