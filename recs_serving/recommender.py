@@ -170,10 +170,31 @@ class Recommender:
                 return False
             rel = load_release(self.home, target, mmap=self.mmap)
             new = _State(rel, ReleaseStats.of(rel))
+            self._warm(new)
             self._state = new  # the swap: one reference assignment
             self.reloads += 1
             self._failed = None
             return True
+
+    def _warm(self, st: _State) -> None:
+        """Run each request path once on a new release before it goes live, so JIT compilation
+        (numba) and first-touch page faults are not paid by the first real requests."""
+        rel = st.rel
+        if rel.n_items == 0:
+            return
+        try:
+            from .schemas import Interaction
+
+            recent = [Interaction(item_id=rel.item_ids[0], timestamp=0, event="view")]
+            users = [rel.user_ids[0]] if rel.n_users else []
+            for uid, rec in ((None, recent), (users[0] if users else None, recent), (users[0] if users else None, [])):
+                meta: dict = {}
+                q = self._query(st, k=5, user_id=uid, recent=rec, brand=None, exclusions=(), filters={}, lam=None, meta=meta)
+                picks = self._plain(st, np.array([q.user]), [q])[0] if q.user >= 0 and not rec and rel_has_topn(rel, q.user) else self._blend(st, q, meta)
+                self._fill(st, q, picks, meta)
+            _topk.topk_scores(np.zeros(8, np.float32), 2)
+        except Exception:  # noqa: BLE001 - warming must never block a release
+            log.exception("warm-up of release %s failed (serving it anyway)", rel.version)
 
     def start_watching(self) -> None:
         if self._watcher is not None and self._watcher.is_alive():
