@@ -26,10 +26,15 @@ Output order is deterministic: by length, then lexicographic on the (sorted) ite
 from __future__ import annotations
 
 import numbers
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
-from numba import njit
+from numba import get_num_threads, njit
+
+
+def _n_threads() -> int:
+    return max(1, get_num_threads())
 
 __all__ = ["frequent_itemsets", "frequent_itemsets_arrays", "itemsets_to_tuples", "min_count_for"]
 
@@ -145,8 +150,97 @@ def _emit(prefix, plen, perf, npf, cnt, max_len, comb, out_items, out_len, out_c
     return out_items, out_len, out_cnt, n_out, n_items_out
 
 
+@njit(cache=True, inline="always")
+def _popcount(x):
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@njit(cache=True, inline="always")
+def _wsum(m, planes, nplanes):
+    # weights split in bit planes: sum of weights = sum_b 2^b * popcount(m & plane_b)
+    tot = 0
+    for b in range(nplanes):
+        tot += _popcount(m & planes[b]) << b
+    return tot
+
+
 @njit(cache=True)
-def _mine(tx_ptr, tx_items, n_rank, minsup, max_len):
+def _mine_bits(ext_items, masks, cnts, planes, nplanes, prefix, depth0, perf, npf0, minsup,
+               max_len, comb, out_items, out_len, out_cnt, n_out, n_items_out):
+    """Eclat on <= 64 weighted baskets: each candidate's baskets are one uint64 mask, so an
+    extension's support is an AND plus a few popcounts. Used once a projected database is
+    this small, which is where dense clusters spend nearly all of the search."""
+    ne = ext_items.shape[0]
+    cap = max(4 * ne, 16)
+    ci = np.empty(cap, dtype=np.int32)
+    cm = np.empty(cap, dtype=np.uint64)
+    cc = np.empty(cap, dtype=np.int64)
+    ci[:ne] = ext_items
+    cm[:ne] = masks
+    cc[:ne] = cnts
+    fcap = ne + 2
+    f_c1 = np.empty(fcap, dtype=np.int64)
+    f_c0 = np.empty(fcap, dtype=np.int64)
+    f_next = np.empty(fcap, dtype=np.int64)
+    f_npf = np.empty(fcap, dtype=np.int64)
+    d = 0
+    f_c0[0] = 0
+    f_c1[0] = ne
+    f_next[0] = 0
+    f_npf[0] = npf0
+    npf = npf0
+    top = ne
+    while d >= 0:
+        a = f_next[d]
+        if a < f_c1[d]:
+            f_next[d] = a + 1
+            m = cm[a]
+            c = cc[a]
+            prefix[depth0 + d] = ci[a]
+            L = depth0 + d + 1
+            new0 = top
+            npc = npf
+            if max_len <= 0 or L < max_len:
+                hi = f_c1[d]
+                if top + (hi - a) > ci.shape[0]:
+                    ci = _grow(ci, top + hi - a)
+                    cm = _grow(cm, top + hi - a)
+                    cc = _grow(cc, top + hi - a)
+                for b in range(a + 1, hi):
+                    mm = m & cm[b]
+                    if mm == 0:
+                        continue
+                    k = _wsum(mm, planes, nplanes)
+                    if k == c:
+                        perf[npc] = ci[b]
+                        npc += 1
+                    elif k >= minsup:
+                        ci[top] = ci[b]
+                        cm[top] = mm
+                        cc[top] = k
+                        top += 1
+            out_items, out_len, out_cnt, n_out, n_items_out = _emit(
+                prefix, L, perf, npc, c, max_len, comb,
+                out_items, out_len, out_cnt, n_out, n_items_out)
+            if top > new0:
+                d += 1
+                f_c0[d] = new0
+                f_c1[d] = top
+                f_next[d] = new0
+                f_npf[d] = npf
+                npf = npc
+        else:
+            top = f_c0[d]
+            npf = f_npf[d]
+            d -= 1
+    return out_items, out_len, out_cnt, n_out, n_items_out
+
+
+@njit(cache=True, nogil=True)
+def _mine(tx_ptr, tx_items, n_rank, minsup, max_len, part, n_parts):
     """Depth-first pattern growth over rank-coded baskets (items sorted ascending by rank).
 
     Each frame is one itemset P with its projected database: weighted baskets holding P,
@@ -310,7 +404,34 @@ def _mine(tx_ptr, tx_items, n_rank, minsup, max_len):
                     kept += 1
                 tx1 = kept
                 f_tx1[depth] = kept
-                if tx1 - tx0 == 1 and depth > 0:
+                if 1 < tx1 - tx0 <= 64 and depth > 0:
+                    # small database: finish this subtree with the bitset miner
+                    bm = np.zeros(ne, dtype=np.uint64)
+                    planes = np.zeros(40, dtype=np.uint64)
+                    nplanes = 0
+                    for t in range(tx0, tx1):
+                        bit = np.uint64(1) << np.uint64(t - tx0)
+                        s = tstart[t]
+                        for k in range(tlen[t]):
+                            bm[live[items[s + k]] - 1 - ext_top] |= bit
+                        wt = tw[t]
+                        b = 0
+                        while wt > 0:
+                            if wt & 1:
+                                planes[b] |= bit
+                            wt >>= 1
+                            b += 1
+                        if b > nplanes:
+                            nplanes = b
+                    for a in range(ext_top, ext_top + ne):
+                        live[ext_item[a]] = 0
+                    out_items, out_len, out_cnt, n_out, n_items_out = _mine_bits(
+                        ext_item[ext_top:ext_top + ne].copy(), bm, ext_cnt[ext_top:ext_top + ne].copy(),
+                        planes, nplanes, prefix, depth, perf, npf, minsup, max_len, comb,
+                        out_items, out_len, out_cnt, n_out, n_items_out)
+                    ne = 0
+                    f_ext1[depth] = ext_top
+                elif tx1 - tx0 == 1 and depth > 0:
                     # One distinct basket left: every nonempty subset of it extends P with
                     # the same support. Emitting them directly replaces a whole subtree of
                     # frames (the "single path" shortcut of FP-growth).
@@ -370,6 +491,11 @@ def _mine(tx_ptr, tx_items, n_rank, minsup, max_len):
                 occ_top += tot
             ext_top += ne
         a = f_next[depth]
+        if depth == 0:
+            # the root's subtrees are independent: this call mines only its share of them
+            while a < f_ext1[0] and ext_item[a] % n_parts != part:
+                a += 1
+            f_next[0] = a
         if a < f_ext1[depth]:
             f_next[depth] = a + 1
             # child's baskets: the suffix after e of each basket holding e (already reduced)
@@ -422,78 +548,125 @@ def _mine(tx_ptr, tx_items, n_rank, minsup, max_len):
     return out_items[:n_items_out], out_len[:n_out], out_cnt[:n_out]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _finalize(out_items, out_len, out_cnt, rank_to_item, n_items):
     """Map ranks to item ids, sort inside each itemset, order itemsets by (length, lex).
 
-    LSD radix sort per length (one counting-sort pass per column over the item alphabet):
-    linear in the output size, where a comparison sort of millions of tuples is not.
+    Each length group is packed into uint64 words (several item ids per word, first item in
+    the high bits, so word order is lexicographic order) and LSD-radix-sorted on 16-bit
+    digits, moving rows physically: linear time and sequential reads, where a comparison sort
+    or an index-chasing radix sort of millions of itemsets is dominated by cache misses.
     """
     n = out_len.shape[0]
-    off = np.empty(n + 1, dtype=np.int64)
-    off[0] = 0
+    bits = 1
+    while (1 << bits) < n_items:
+        bits += 1
+    per = 63 // bits
     maxlen = 0
     for i in range(n):
-        off[i + 1] = off[i] + out_len[i]
         if out_len[i] > maxlen:
             maxlen = out_len[i]
-    items = np.empty(out_items.shape[0], dtype=np.int32)
-    for i in range(n):
-        s = off[i]
-        L = out_len[i]
-        for j in range(L):
-            v = rank_to_item[out_items[s + j]]
-            q = j - 1
-            while q >= 0 and items[s + q] > v:
-                items[s + q + 1] = items[s + q]
-                q -= 1
-            items[s + q + 1] = v
-    # stable grouping by length
     len_cnt = np.zeros(maxlen + 2, dtype=np.int64)
     for i in range(n):
         len_cnt[out_len[i] + 1] += 1
     for k in range(1, maxlen + 2):
         len_cnt[k] += len_cnt[k - 1]
-    order = np.empty(n, dtype=np.int64)
+    sorted_items = np.empty(out_items.shape[0], dtype=np.int32)
+    sorted_len = np.empty(n, dtype=np.int32)
+    sorted_cnt = np.empty(n, dtype=np.int64)
+    # rows of each length, in output order, with a cursor into sorted_items
+    row_of = np.empty(n, dtype=np.int64)
     cur = len_cnt[:-1].copy()
     for i in range(n):
         L = out_len[i]
-        order[cur[L]] = i
+        row_of[i] = cur[L]
         cur[L] += 1
-    tmp = np.empty(n, dtype=np.int64)
-    bucket = np.empty(n_items + 1, dtype=np.int64)
+    buf = np.empty(maxlen + 1, dtype=np.int64)
+    hist = np.empty(65537, dtype=np.int64)
+    item_base = 0
     for L in range(1, maxlen + 1):
         g0 = len_cnt[L]
         g1 = len_cnt[L + 1]
-        if g1 - g0 < 2:
+        m = g1 - g0
+        if m == 0:
             continue
-        for col in range(L - 1, -1, -1):
-            bucket[:] = 0
-            for p in range(g0, g1):
-                bucket[items[off[order[p]] + col] + 1] += 1
-            for v in range(1, n_items + 1):
-                bucket[v] += bucket[v - 1]
-            for p in range(g0, g1):
-                i = order[p]
-                v = items[off[i] + col]
-                tmp[g0 + bucket[v]] = i
-                bucket[v] += 1
-            for p in range(g0, g1):
-                order[p] = tmp[p]
-    sorted_items = np.empty(items.shape[0], dtype=np.int32)
-    sorted_len = np.empty(n, dtype=np.int32)
-    sorted_cnt = np.empty(n, dtype=np.int64)
-    w = 0
-    for p in range(n):
-        i = order[p]
-        L = out_len[i]
-        s = off[i]
-        for j in range(L):
-            sorted_items[w + j] = items[s + j]
-        w += L
-        sorted_len[p] = L
-        sorted_cnt[p] = out_cnt[i]
+        W = (L + per - 1) // per
+        keys = np.zeros((m, W), dtype=np.uint64)
+        idx = np.empty(m, dtype=np.int64)
+        # pack: walk the raw output once, placing each row of this length
+        off = 0
+        for i in range(n):
+            Li = out_len[i]
+            if Li == L:
+                r = row_of[i] - g0
+                for j in range(L):
+                    v = rank_to_item[out_items[off + j]]
+                    q = j - 1
+                    while q >= 0 and buf[q] > v:
+                        buf[q + 1] = buf[q]
+                        q -= 1
+                    buf[q + 1] = v
+                for w in range(W):
+                    x = np.uint64(0)
+                    for j in range(w * per, min(L, (w + 1) * per)):
+                        x = (x << np.uint64(bits)) | np.uint64(buf[j])
+                    keys[r, w] = x
+                idx[r] = out_cnt[i]
+            off += Li
+        keys2 = np.empty_like(keys)
+        idx2 = np.empty_like(idx)
+        for w in range(W - 1, -1, -1):
+            nbits = bits * (min(L, (w + 1) * per) - w * per)
+            for shift in range(0, nbits, 16):
+                hist[:] = 0
+                sh = np.uint64(shift)
+                for r in range(m):
+                    hist[np.int64((keys[r, w] >> sh) & np.uint64(0xFFFF)) + 1] += 1
+                for d in range(1, 65537):
+                    hist[d] += hist[d - 1]
+                for r in range(m):
+                    d = np.int64((keys[r, w] >> sh) & np.uint64(0xFFFF))
+                    t = hist[d]
+                    hist[d] = t + 1
+                    for q in range(W):
+                        keys2[t, q] = keys[r, q]
+                    idx2[t] = idx[r]
+                keys, keys2 = keys2, keys
+                idx, idx2 = idx2, idx
+        mask = np.uint64((1 << bits) - 1)
+        for r in range(m):
+            for w in range(W):
+                cnt_in = min(L, (w + 1) * per) - w * per
+                x = keys[r, w]
+                for j in range(cnt_in - 1, -1, -1):
+                    sorted_items[item_base + r * L + w * per + j] = np.int32(x & mask)
+                    x = x >> np.uint64(bits)
+            sorted_len[g0 + r] = L
+            sorted_cnt[g0 + r] = idx[r]
+        item_base += m * L
     return sorted_items, sorted_len, sorted_cnt
+
+
+@njit(cache=True, nogil=True)
+def _encode(indptr, indices, item_to_rank):
+    """Baskets -> rank-coded baskets (frequent items only, ascending rank)."""
+    n = indptr.shape[0] - 1
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    out = np.empty(indices.shape[0], dtype=np.int32)
+    w = 0
+    for r in range(n):
+        w0 = w
+        for p in range(indptr[r], indptr[r + 1]):
+            v = item_to_rank[indices[p]]
+            if v >= 0:
+                q = w - 1
+                while q >= w0 and out[q] > v:
+                    out[q + 1] = out[q]
+                    q -= 1
+                out[q + 1] = v
+                w += 1
+        ptr[r + 1] = w
+    return ptr, out[:w].copy()
 
 
 # --------------------------------------------------------------------------- public API
@@ -523,18 +696,22 @@ def frequent_itemsets_arrays(baskets, min_support, *, max_len=None):
         return empty
     # rank 0 = least frequent; ties by item id so the search (and its output) is deterministic
     rank_to_item = freq[np.lexsort((freq, item_cnt[freq]))].astype(np.int32)
-    item_to_rank = np.full(n_items, -1, dtype=np.int64)
-    item_to_rank[rank_to_item] = np.arange(rank_to_item.size)
-    r = item_to_rank[csr.indices]
-    keep = r >= 0
-    rows = np.repeat(np.arange(n_baskets), np.diff(csr.indptr))[keep]
-    r = r[keep]
-    o = np.lexsort((r, rows))
-    tx_items = r[o].astype(np.int32)
-    tx_ptr = np.zeros(n_baskets + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_baskets), out=tx_ptr[1:])
-    out_items, out_len, out_cnt = _mine(tx_ptr, tx_items, np.int64(rank_to_item.size),
-                                        np.int64(minsup), np.int64(ml))
+    item_to_rank = np.full(n_items, -1, dtype=np.int32)
+    item_to_rank[rank_to_item] = np.arange(rank_to_item.size, dtype=np.int32)
+    tx_ptr, tx_items = _encode(csr.indptr.astype(np.int64), csr.indices.astype(np.int32), item_to_rank)
+    # Subtrees under different root items share nothing, so they are mined in threads (the
+    # kernels release the GIL); interleaving root items over parts balances cheap and costly
+    # subtrees. The output is sorted afterwards, so it does not depend on the split.
+    n_parts = 1 if tx_items.size < 50_000 else 4 * _n_threads()
+    args = (tx_ptr, tx_items, np.int64(rank_to_item.size), np.int64(minsup), np.int64(ml))
+    if n_parts == 1:
+        out_items, out_len, out_cnt = _mine(*args, np.int64(0), np.int64(1))
+    else:
+        with ThreadPoolExecutor(_n_threads()) as ex:
+            parts = list(ex.map(lambda p: _mine(*args, np.int64(p), np.int64(n_parts)), range(n_parts)))
+        out_items = np.concatenate([p[0] for p in parts])
+        out_len = np.concatenate([p[1] for p in parts])
+        out_cnt = np.concatenate([p[2] for p in parts])
     if out_len.size == 0:
         return empty
     items, lengths, counts = _finalize(out_items, out_len, out_cnt, rank_to_item, np.int64(n_items))
