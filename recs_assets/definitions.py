@@ -1,20 +1,30 @@
 """The one Definitions object: `dagster dev` and `dagster asset materialize` load this."""
-from __future__ import annotations
-
 import dagster as dg
 
+from recs_assets import features, models, orchestration, outputs, quality, release_asset
 from recs_assets.ingest.assets import ingest
-from recs_assets.resources import ArtifactStore, Warehouse
+from recs_assets.resources import ArtifactStore, Embedder, Warehouse
 
-all_assets = [ingest]
+FOLLOW = dg.AutomationCondition.eager()
+
+all_assets = [
+    ingest,
+    features.interaction_matrix, features.baskets, features.popularity, features.covisitation,
+    features.catalog_embeddings, features.item_similarity,
+    models.frequent_itemsets, models.association_rules, models.als_factors, models.bpr_factors,
+    outputs.batch_topn.with_attributes(automation_condition=FOLLOW),
+    *[a.with_attributes(automation_condition=FOLLOW) for a in
+      (outputs.similar_items, outputs.vector_store, quality.evaluation, release_asset.release)],
+]
+
+resources = {"warehouse": Warehouse(), "artifacts": ArtifactStore(), "embedder": Embedder()}
 
 defs = dg.Definitions(
     assets=all_assets,
-    resources={
-        "warehouse": Warehouse(),
-        "artifacts": ArtifactStore(),
-    },
-    # Chained steps in one process: a process per step costs ~2 s each here, more than most
-    # of our steps take; the sharded top-N job opts into the multiprocess executor instead.
+    asset_checks=quality.CHECKS,
+    jobs=[orchestration.models_job, orchestration.topn_job, orchestration.publish_job],
+    schedules=[orchestration.daily],
+    sensors=[orchestration.inbox_sensor],
+    resources=resources,
     executor=dg.in_process_executor,
 )

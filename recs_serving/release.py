@@ -8,10 +8,11 @@ reader never sees a half-written release and a failed run leaves the previous on
 Tables (Parquet; `idx` is the row in every array of the same entity):
   items.parquet       idx, item_id, title, description, brand, category, price, popularity, trending
   users.parquet       idx, user_id
-  user_items.parquet  user_id, item_id, weight, purchases, last_ts     (history, for exclusion)
+  user_items.parquet  user_id, item_id, weight, purchases               (history, for exclusion)
   topn.parquet        user_id, rank, item_id, score, reason            (precomputed per known user)
   similar_items.parquet  item_id, rank, similar_item_id, score, source (factors|content)
-  covisitation.parquet   item_id, neighbor_id, score
+  covisitation.parquet   item_id, neighbor_id, score                  (within baskets/sessions)
+  item_similarity.parquet item_id, neighbor_id, score                 (across a user's history; the blend's "covis")
   rules.parquet       antecedents (list[str]), consequents (list[str]), support, confidence, lift, …
   popularity.parquet  scope (global|trending|brand|category), key, item_id, score, rank
 Arrays (.npy, float32, rows aligned with items.idx / users.idx):
@@ -38,7 +39,8 @@ CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 KEEP_RELEASES = 3
 
-TABLES = ("items", "users", "user_items", "topn", "similar_items", "covisitation", "rules", "popularity")
+TABLES = ("items", "users", "user_items", "topn", "similar_items", "covisitation", "item_similarity", "rules",
+          "popularity")
 ARRAYS = ("als_user_factors", "als_item_factors", "bpr_user_factors", "bpr_item_factors", "item_embeddings")
 REQUIRED_TABLES = ("items", "users", "user_items", "topn", "popularity")
 

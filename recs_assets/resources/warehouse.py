@@ -49,7 +49,10 @@ class Warehouse(dg.ConfigurableResource):
         delay = 0.05
         while True:
             try:
-                con = duckdb.connect(str(target), read_only=read_only)
+                # Always read-write: DuckDB refuses a second in-process connection to the same
+                # file with a different read_only setting, and across processes a reader blocks
+                # a writer just the same.
+                con = duckdb.connect(str(target))
                 break
             except duckdb.Error as exc:
                 if not _is_lock_error(exc):

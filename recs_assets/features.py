@@ -1,0 +1,186 @@
+"""Feature assets: the user x item matrix, baskets, popularity, co-visitation, text embeddings."""
+import hashlib
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from pydantic import Field
+
+from recs_assets import io, markdown, modeling
+from recs_assets.resources import ArtifactStore, Embedder, Warehouse
+
+GROUP = "features"
+MAX_STALE_CACHE = 100_000
+
+
+@dg.asset(group_name=GROUP, kinds={"numpy", "duckdb"}, deps=["interactions", "catalog"], pool="duckdb_writer",
+          description="Users x items: event-weighted, time-decayed confidence (ALS), binary (BPR) and "
+                      "purchase counts, aligned with the catalog; recs.user_items")
+def interaction_matrix(context: dg.AssetExecutionContext, config: modeling.MatrixParams, warehouse: Warehouse,
+                       artifacts: ArtifactStore) -> dg.MaterializeResult:
+    events = io.load_events(warehouse)
+    items = io.load_catalog(warehouse)["item_id"].to_numpy().astype(object)
+    m = modeling.build_matrix(events, items, config)
+    io.save_csr(artifacts, "interaction_matrix", m.weights, meta={"as_of": m.as_of, "params": config.model_dump()},
+                user_ids=m.user_ids, item_ids=m.item_ids)
+    io.save_csr(artifacts, "purchases", m.purchases)
+    coo = m.weights.tocoo()
+    pur = m.purchases.tocsr()
+    table = pl.DataFrame({
+        "user_id": pl.Series(m.user_ids[coo.row], dtype=pl.String),
+        "item_id": pl.Series(m.item_ids[coo.col], dtype=pl.String),
+        "weight": coo.data,
+        "purchases": np.asarray(pur[coo.row, coo.col]).ravel().astype(np.int32),
+    })
+    n = warehouse.replace_table("user_items", table)
+    density = m.weights.nnz / max(1, m.weights.shape[0] * m.weights.shape[1])
+    return dg.MaterializeResult(metadata={
+        "users": len(m.user_ids), "items": len(m.item_ids), "nonzeros": m.weights.nnz,
+        "density": float(density), "as_of": str(m.as_of), "table_rows": n,
+    })
+
+
+def load_matrix(artifacts: ArtifactStore) -> modeling.Matrix:
+    weights = io.load_csr(artifacts, "interaction_matrix")
+    extra = artifacts.load("interaction_matrix", "user_ids", "item_ids")
+    binary = weights.copy()
+    binary.data = np.ones_like(binary.data)
+    from datetime import datetime
+    as_of = datetime.fromisoformat(str(artifacts.meta("interaction_matrix")["as_of"]))
+    return modeling.Matrix(extra["user_ids"], extra["item_ids"], weights, binary, io.load_csr(artifacts, "purchases"), as_of)
+
+
+@dg.asset(group_name=GROUP, kinds={"numpy", "duckdb"}, deps=["interactions", "catalog"], pool="duckdb_writer",
+          description="Baskets x items (purchases, guests included): the input of FP-growth; recs.baskets")
+def baskets(context: dg.AssetExecutionContext, warehouse: Warehouse, artifacts: ArtifactStore) -> dg.MaterializeResult:
+    events = io.load_events(warehouse)
+    items = io.load_catalog(warehouse)["item_id"].to_numpy().astype(object)
+    B, basket_ids = basket_matrix(events, items)
+    io.save_csr(artifacts, "baskets", B, basket_ids=basket_ids)
+    sizes = np.diff(B.indptr)
+    summary = pl.DataFrame({"basket_id": pl.Series(basket_ids, dtype=pl.String), "n_items": sizes.astype(np.int32)})
+    warehouse.replace_table("baskets", summary)
+    return dg.MaterializeResult(metadata={
+        "baskets": B.shape[0], "items": B.shape[1], "mean_items_per_basket": float(sizes.mean()) if len(sizes) else 0.0,
+        "max_items_per_basket": int(sizes.max()) if len(sizes) else 0,
+    })
+
+
+def basket_matrix(events: pl.DataFrame, item_ids: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+    items = pl.DataFrame({"item_id": pl.Series(item_ids, dtype=pl.String), "col": np.arange(len(item_ids), dtype=np.int32)})
+    p = (events.filter((pl.col("event") == "purchase") & pl.col("basket_id").is_not_null())
+         .select("basket_id", "item_id").unique().join(items, on="item_id"))
+    codes = p["basket_id"].cast(pl.Categorical).to_physical().to_numpy()
+    uniq, row = np.unique(codes, return_inverse=True)
+    names = p.select(pl.col("basket_id")).with_columns(row=row).unique("row").sort("row")["basket_id"].to_numpy()
+    B = sp.csr_matrix((np.ones(len(row), dtype=bool), (row, p["col"].to_numpy())), shape=(len(uniq), len(item_ids)))
+    B.sort_indices()
+    return B, names.astype(object)
+
+
+@dg.asset(group_name=GROUP, kinds={"duckdb"}, deps=["interactions", "catalog"], pool="duckdb_writer",
+          description="Popular and trending items, globally and per brand and category; recs.popularity")
+def popularity(context: dg.AssetExecutionContext, config: modeling.PopularityParams, warehouse: Warehouse,
+               artifacts: ArtifactStore) -> dg.MaterializeResult:
+    events = io.load_events(warehouse)
+    catalog = io.load_catalog(warehouse)
+    items = catalog["item_id"].to_numpy().astype(object)
+    glob, trend = modeling.popularity_scores(events, items, config.trending_days)
+    artifacts.save("popularity", meta=config.model_dump(), global_score=glob, trending=trend)
+    table = popularity_table(catalog, glob, trend, config.top_n)
+    n = warehouse.replace_table("popularity", table)
+    top = table.filter(pl.col("scope") == "trending").head(10).join(catalog.select("item_id", "title"), on="item_id")
+    return dg.MaterializeResult(metadata={"table_rows": n, "top_trending": dg.MetadataValue.md(markdown.frame(top))})
+
+
+def popularity_table(catalog: pl.DataFrame, glob: np.ndarray, trend: np.ndarray, top_n: int) -> pl.DataFrame:
+    base = catalog.select("item_id", "brand", "category").with_columns(
+        pl.Series("global", glob), pl.Series("trending", trend))
+    # Trending is broken by global popularity so that a quiet week still has an order.
+    blend_trend = pl.col("trending") + 1e-3 * pl.col("global")
+    parts = [
+        base.select(pl.lit("global").alias("scope"), pl.lit(None, pl.String).alias("key"), "item_id", pl.col("global").alias("score")),
+        base.select(pl.lit("trending").alias("scope"), pl.lit(None, pl.String).alias("key"), "item_id", blend_trend.alias("score")),
+        base.filter(pl.col("brand").is_not_null()).select(pl.lit("brand").alias("scope"), pl.col("brand").alias("key"), "item_id", pl.col("global").alias("score")),
+        base.filter(pl.col("category").is_not_null()).select(pl.lit("category").alias("scope"), pl.col("category").alias("key"), "item_id", pl.col("global").alias("score")),
+    ]
+    out = pl.concat(parts).filter(pl.col("score") > 0).sort(["scope", "key", "score", "item_id"], descending=[False, False, True, False], nulls_last=True)
+    out = out.with_columns(pl.int_range(1, pl.len() + 1).over("scope", "key").alias("rank"))
+    return out.filter(pl.col("rank") <= top_n).with_columns(pl.col("score").cast(pl.Float32), pl.col("rank").cast(pl.Int32))
+
+
+@dg.asset(group_name=GROUP, kinds={"numpy", "duckdb"}, deps=["interactions", "catalog"], pool="duckdb_writer",
+          description="Item-item co-visitation within baskets/sessions, weighted by event type and time gap, "
+                      "top-k neighbours per item; recs.covisitation")
+def covisitation(context: dg.AssetExecutionContext, config: modeling.CovisParams, warehouse: Warehouse,
+                 artifacts: ArtifactStore) -> dg.MaterializeResult:
+    events = io.load_events(warehouse)
+    items = io.load_catalog(warehouse)["item_id"].to_numpy().astype(object)
+    C = sp.csr_matrix(modeling.covisitation(events, items, config))
+    io.save_csr(artifacts, "covisitation", C, meta=config.model_dump())
+    coo = C.tocoo()
+    table = pl.DataFrame({"item_id": pl.Series(items[coo.row], dtype=pl.String),
+                          "neighbor_id": pl.Series(items[coo.col], dtype=pl.String),
+                          "score": coo.data.astype(np.float32)}).sort(["item_id", "score"], descending=[False, True])
+    n = warehouse.replace_table("covisitation", table)
+    return dg.MaterializeResult(metadata={"pairs": n, "items_with_neighbours": int((np.diff(C.indptr) > 0).sum())})
+
+
+class EmbeddingConfig(dg.Config):
+    text_fields: list[str] = Field(default_factory=lambda: ["title", "brand", "category", "description"])
+
+
+def item_text(catalog: pl.DataFrame, fields: list[str]) -> list[str]:
+    cols = [pl.col(f).cast(pl.String).fill_null("") for f in fields if f in catalog.columns]
+    return catalog.select(pl.concat_str(cols, separator=" | ").alias("t"))["t"].to_list()
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "numpy"}, deps=["catalog"],
+          description="L2-normalised sentence-transformers embeddings of title + brand + category + "
+                      "description; cached by a hash of the text, so re-runs embed only changed items")
+def catalog_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, warehouse: Warehouse,
+                       artifacts: ArtifactStore, embedder: Embedder) -> dg.MaterializeResult:
+    catalog = io.load_catalog(warehouse)
+    texts = item_text(catalog, config.text_fields)
+    hashes = np.array([hashlib.sha1(f"{embedder.model}\0{t}".encode()).hexdigest() for t in texts], dtype=object)
+    cache: dict[str, np.ndarray] = {}
+    try:
+        old = artifacts.load("embedding_cache", "hashes", "vectors")
+        cache = dict(zip(old["hashes"].tolist(), old["vectors"]))
+    except FileNotFoundError:
+        pass
+    todo = [i for i, h in enumerate(hashes) if h not in cache]
+    fresh = embedder.encode([texts[i] for i in todo])
+    for j, i in enumerate(todo):
+        cache[hashes[i]] = fresh[j]
+    dim = fresh.shape[1] if len(todo) else (len(next(iter(cache.values()))) if cache else embedder.dimension())
+    vectors = np.stack([cache[h] for h in hashes]) if len(hashes) else np.zeros((0, dim), np.float32)
+    artifacts.save("catalog_embeddings", meta={"model": embedder.model}, vectors=vectors.astype(np.float32),
+                   item_ids=catalog["item_id"].to_numpy().astype(object))
+    # Texts no longer in the catalog stay cached (up to a bound): items often come back.
+    current = set(hashes.tolist())
+    kept = list(current) + [h for h in cache if h not in current][:MAX_STALE_CACHE]
+    artifacts.save("embedding_cache", hashes=np.array(kept, dtype=object),
+                   vectors=np.stack([cache[h] for h in kept]).astype(np.float32) if kept else np.zeros((0, dim), np.float32))
+    context.log.info(f"embedded {len(todo)} items, reused {len(hashes) - len(todo)}")
+    return dg.MaterializeResult(metadata={"items": len(hashes), "embedded": len(todo),
+                                          "reused": len(hashes) - len(todo), "dimension": int(dim),
+                                          "model": embedder.model})
+
+
+@dg.asset(group_name=GROUP, kinds={"numba", "duckdb"}, deps=["interactions", "catalog"], pool="duckdb_writer",
+          description="Item-item similarity from each user's whole history (co-visitation with the user as the "
+                      "session, time-decayed, normalised): the blend's neighbourhood source; recs.item_similarity")
+def item_similarity(context: dg.AssetExecutionContext, config: modeling.SimilarityParams, warehouse: Warehouse,
+                    artifacts: ArtifactStore) -> dg.MaterializeResult:
+    events = io.load_events(warehouse)
+    items = io.load_catalog(warehouse)["item_id"].to_numpy().astype(object)
+    S = modeling.user_similarity(events, items, config)
+    io.save_csr(artifacts, "item_similarity", S, meta=config.model_dump())
+    coo = S.tocoo()
+    table = pl.DataFrame({"item_id": pl.Series(items[coo.row], dtype=pl.String),
+                          "neighbor_id": pl.Series(items[coo.col], dtype=pl.String),
+                          "score": coo.data.astype(np.float32)}).sort(["item_id", "score"], descending=[False, True])
+    n = warehouse.replace_table("item_similarity", table)
+    return dg.MaterializeResult(metadata={"pairs": n, **config.model_dump()})

@@ -1,0 +1,34 @@
+"""Reading the warehouse into frames and arrays for the compute assets."""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recs_assets.resources import ArtifactStore, Warehouse
+
+
+def load_events(warehouse: Warehouse) -> pl.DataFrame:
+    with warehouse.connect(read_only=True) as con:
+        return con.sql(
+            "SELECT user_id, item_id, ts, event, quantity, price, basket_id FROM recs.interactions"
+        ).pl()
+
+
+def load_catalog(warehouse: Warehouse) -> pl.DataFrame:
+    with warehouse.connect(read_only=True) as con:
+        return con.sql(
+            "SELECT item_id, title, description, brand, category, price, attributes FROM recs.catalog ORDER BY item_id"
+        ).pl()
+
+
+def save_csr(store: ArtifactStore, name: str, m: sp.csr_matrix, meta: dict | None = None, **extra) -> None:
+    m = sp.csr_matrix(m)
+    store.save(name, meta={**(meta or {}), "shape": list(m.shape)}, data=m.data, indices=m.indices,
+               indptr=m.indptr, **extra)
+
+
+def load_csr(store: ArtifactStore, name: str) -> sp.csr_matrix:
+    a = store.load(name, "data", "indices", "indptr")
+    shape = tuple(store.meta(name)["shape"])
+    return sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=shape)

@@ -1,0 +1,188 @@
+"""Model building shared by the production assets and the offline evaluation.
+
+The evaluation re-fits everything on the training period with exactly these functions, so
+its numbers describe what the pipeline ships.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+import dagster as dg
+from pydantic import Field
+
+from recs_kernels import als, blend, bpr, covis
+
+EVENT_WEIGHTS = {"view": 1.0, "add": 3.0, "purchase": 5.0}
+
+
+class MatrixParams(dg.Config):
+    decay_days: float = Field(90.0, gt=0, description="Time constant of the exponential decay of interaction weights (days)")
+    view_weight: float = Field(0.2, ge=0)
+    add_weight: float = Field(0.5, ge=0)
+    purchase_weight: float = Field(1.0, ge=0)
+
+
+class ALSParams(dg.Config):
+    factors: int = Field(64, ge=1, le=1024)
+    iterations: int = Field(15, ge=1, le=200)
+    regularization: float = Field(3.0, ge=0)
+    alpha: float = Field(3.0, gt=0)
+    seed: int = 0
+
+
+class BPRParams(dg.Config):
+    factors: int = Field(64, ge=1, le=1024)
+    iterations: int = Field(100, ge=1, le=2000)
+    learning_rate: float = Field(0.05, gt=0)
+    regularization: float = Field(0.01, ge=0)
+    seed: int = 0
+
+
+class CovisParams(dg.Config):
+    time_decay_hours: float = Field(24.0, gt=0)
+    top_k: int = Field(50, ge=1, le=1000)
+
+
+class SimilarityParams(dg.Config):
+    """Item-item similarity from each user's whole history (the blend's neighbourhood source)."""
+
+    decay_days: float = Field(30.0, gt=0, description="Pairs of a user's events further apart in time weigh less")
+    window: int = Field(200, ge=1, description="Each event pairs with at most this many time-nearest events")
+    top_k: int = Field(100, ge=1, le=1000)
+
+
+class PopularityParams(dg.Config):
+    trending_days: float = Field(14.0, gt=0, description="Window of the trending score (days before the last event)")
+    top_n: int = Field(100, ge=1, description="Items kept per scope")
+
+
+class BlendParams(dg.Config):
+    """Weights of the standardised sources (tuned on the Online Retail hold-out)."""
+
+    als: float = 1.0
+    bpr: float = 0.5
+    covis: float = 0.1
+    popularity: float = 1.0
+
+    def weights(self) -> dict[str, float]:
+        return self.model_dump()
+
+
+@dataclass
+class Matrix:
+    """Users x items weighted history; items aligned with the catalog order."""
+
+    user_ids: np.ndarray      # object (str), sorted
+    item_ids: np.ndarray      # object (str), the catalog order
+    weights: sp.csr_matrix    # decayed, event-weighted confidence
+    binary: sp.csr_matrix     # 1 where the user interacted
+    purchases: sp.csr_matrix  # purchase counts (for exclusion and targeting)
+    as_of: datetime
+
+
+def item_index(item_ids) -> dict[str, int]:
+    return {x: i for i, x in enumerate(item_ids)}
+
+
+def build_matrix(events: pl.DataFrame, item_ids: np.ndarray, params: MatrixParams) -> Matrix:
+    """events: user_id, item_id, ts, event (rows without a user are ignored here)."""
+    ev = events.filter(pl.col("user_id").is_not_null())
+    as_of = events["ts"].max() if events.height else datetime(1970, 1, 1)
+    ev_w = {"view": params.view_weight, "add": params.add_weight, "purchase": params.purchase_weight}
+    items = pl.DataFrame({"item_id": pl.Series(item_ids, dtype=pl.String), "col": np.arange(len(item_ids), dtype=np.int32)})
+    users = ev.select(pl.col("user_id").unique().sort())
+    users = users.with_columns(pl.int_range(pl.len(), dtype=pl.Int32).alias("row"))
+    g = (
+        ev.join(items, on="item_id", how="inner").join(users, on="user_id")
+        .with_columns(
+            pl.col("event").replace_strict(ev_w, default=0.0, return_dtype=pl.Float64).alias("w"),
+            ((pl.lit(as_of) - pl.col("ts")).dt.total_seconds() / 86400.0).alias("age"),
+        )
+        .group_by("row", "col")
+        .agg(
+            (pl.col("w").sum().log1p() * (-pl.col("age").min() / params.decay_days).exp()).alias("weight"),
+            (pl.col("event") == "purchase").sum().alias("purchases"),
+        )
+    )
+    shape = (users.height, len(item_ids))
+    r, c = g["row"].to_numpy(), g["col"].to_numpy()
+    W = sp.csr_matrix((g["weight"].to_numpy().astype(np.float32), (r, c)), shape=shape)
+    B = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=shape)
+    P = sp.csr_matrix((g["purchases"].to_numpy().astype(np.float32), (r, c)), shape=shape)
+    P.eliminate_zeros()
+    return Matrix(users["user_id"].to_numpy().astype(object), np.asarray(item_ids, dtype=object), W, B, P, as_of)
+
+
+def fit_als(m: Matrix, p: ALSParams):
+    return als.fit(m.weights, factors=p.factors, iterations=p.iterations, regularization=p.regularization,
+                   alpha=p.alpha, seed=p.seed)
+
+
+def fit_bpr(m: Matrix, p: BPRParams):
+    return bpr.fit(m.binary, factors=p.factors, iterations=p.iterations, learning_rate=p.learning_rate,
+                   regularization=p.regularization, seed=p.seed)
+
+
+def covisitation(events: pl.DataFrame, item_ids: np.ndarray, p: CovisParams,
+                 event_weights: dict[str, float] | None = None) -> sp.csr_matrix:
+    """Item-item co-visitation within baskets/sessions (guests' baskets count too)."""
+    ew = event_weights or EVENT_WEIGHTS
+    items = pl.DataFrame({"item_id": pl.Series(item_ids, dtype=pl.String), "col": np.arange(len(item_ids), dtype=np.int32)})
+    ev = (
+        events.filter(pl.col("basket_id").is_not_null() | pl.col("user_id").is_not_null())
+        .with_columns(pl.coalesce(pl.col("basket_id"), pl.lit("u:") + pl.col("user_id")).alias("session"))
+        .join(items, on="item_id", how="inner")
+        .sort("session", "ts")
+    )
+    session = ev["session"].rank("dense").to_numpy().astype(np.int64)
+    ts = (ev["ts"].dt.epoch("ms").to_numpy() // 1000).astype(np.int64)
+    w = ev["event"].replace_strict(ew, default=0.0, return_dtype=pl.Float32).to_numpy()
+    return covis.counts(session, ev["col"].to_numpy().astype(np.int64), ts, w,
+                        time_decay_seconds=p.time_decay_hours * 3600.0, top_k=p.top_k, n_items=len(item_ids))
+
+
+def user_similarity(events: pl.DataFrame, item_ids: np.ndarray, p: SimilarityParams,
+                    event_weights: dict[str, float] | None = None) -> sp.csr_matrix:
+    """Co-visitation with each user's history as one session, normalised (cosine-like)."""
+    ew = event_weights or EVENT_WEIGHTS
+    items = pl.DataFrame({"item_id": pl.Series(item_ids, dtype=pl.String), "col": np.arange(len(item_ids), dtype=np.int32)})
+    ev = events.filter(pl.col("user_id").is_not_null()).join(items, on="item_id", how="inner").sort("user_id", "ts")
+    if ev.height == 0:
+        return sp.csr_matrix((len(item_ids), len(item_ids)), dtype=np.float32)
+    C = covis.counts(ev["user_id"].rank("dense").to_numpy().astype(np.int64), ev["col"].to_numpy().astype(np.int64),
+                     (ev["ts"].dt.epoch("ms").to_numpy() // 1000).astype(np.int64),
+                     ev["event"].replace_strict(ew, default=0.0, return_dtype=pl.Float32).to_numpy(),
+                     time_decay_seconds=p.decay_days * 86400.0, top_k=p.top_k, n_items=len(item_ids), window=p.window)
+    return normalized_similarity(C)
+
+
+def normalized_similarity(C: sp.csr_matrix) -> sp.csr_matrix:
+    """Cosine-like normalisation so that very popular items do not dominate every row."""
+    C = sp.csr_matrix(C, dtype=np.float32)
+    d = np.sqrt(np.asarray(C.sum(axis=1)).ravel()).astype(np.float32)
+    d[d == 0] = 1.0
+    inv = sp.diags(1.0 / d)
+    return (inv @ C @ inv).tocsr().astype(np.float32)
+
+
+def popularity_scores(events: pl.DataFrame, item_ids: np.ndarray, trending_days: float):
+    """(global, trending): distinct baskets (or users) per item, overall and recently."""
+    items = pl.DataFrame({"item_id": pl.Series(item_ids, dtype=pl.String), "col": np.arange(len(item_ids), dtype=np.int32)})
+    ev = events.with_columns(pl.coalesce(pl.col("basket_id"), pl.col("user_id")).alias("key"))
+    as_of = ev["ts"].max()
+    out = []
+    for frame in (ev, ev.filter(pl.col("ts") >= pl.lit(as_of) - pl.duration(seconds=int(trending_days * 86400)))):
+        cnt = frame.group_by("item_id").agg(pl.col("key").n_unique().alias("n")).join(items, on="item_id")
+        v = np.zeros(len(item_ids), dtype=np.float32)
+        v[cnt["col"].to_numpy()] = cnt["n"].to_numpy()
+        out.append(np.log1p(v))
+    return out[0], out[1]
+
+
+def make_blend(params: BlendParams, als_items, bpr_items, item_sim, trending) -> blend.Blend:
+    return blend.Blend(params.weights(), als_items=als_items, bpr_items=bpr_items,
+                       item_sim=item_sim, popularity=trending)

@@ -1,0 +1,139 @@
+"""The whole graph on a small sample of the bundled data, through real Dagster runs."""
+import json
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+
+from recs_assets import definitions, orchestration, outputs, pipeline, quality
+from recs_assets.resources import ArtifactStore, Embedder, Warehouse
+from recs_serving import release as release_format
+
+from conftest import BUNDLED
+
+pytestmark = pytest.mark.xdist_group("pipeline")
+
+SMALL = {
+    "ops": {
+        "ingest": {"config": {"sources": [{"kind": "online_retail", "path": ""}]}},
+        "als_factors": {"config": {"factors": 16, "iterations": 5}},
+        "bpr_factors": {"config": {"factors": 16, "iterations": 100}},
+        "frequent_itemsets": {"config": {"min_support": 0.02}},
+        "batch_topn": {"config": {"n": 20}},
+        "evaluation": {"config": {"als": {"factors": 16, "iterations": 5}, "bpr": {"factors": 16, "iterations": 100},
+                                  "itemsets": {"min_support": 0.02}}},
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    """One customer in eight (and their invoices), plus guest invoices, keeping the time span."""
+    path = tmp_path_factory.mktemp("data") / "sample.parquet"
+    df = pl.read_parquet(BUNDLED)
+    keep = df.filter((pl.col("CustomerID") % 8 == 0) | (pl.col("CustomerID").is_null() & (pl.col("InvoiceNo").str.slice(-1) == "0")))
+    keep.write_parquet(path)
+    return path
+
+
+def run_config(sample, **overrides):
+    cfg = json.loads(json.dumps(SMALL))
+    cfg["ops"]["ingest"]["config"]["sources"][0]["path"] = str(sample)
+    for op, c in overrides.items():
+        cfg["ops"].setdefault(op, {"config": {}})["config"].update(c)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def built(sample, tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RECS_HOME", str(home))
+    with dg.DagsterInstance.ephemeral() as instance:
+        results = pipeline.materialize_all(instance, run_config=run_config(sample))
+        yield home, results, instance
+    mp.undo()
+
+
+def test_every_asset_and_check_succeeds(built):
+    home, results, _ = built
+    materialized = set()
+    for name, result in results.items():
+        assert result.success, name
+        materialized |= {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        for ev in result.get_asset_check_evaluations():
+            assert ev.passed, ev.check_name
+    expected = {k.to_user_string() for k in definitions.defs.resolve_all_asset_keys()}
+    assert materialized == expected
+
+
+def test_release_round_trips_through_the_reader(built):
+    home, _, _ = built
+    rel = release_format.open_release(home)
+    rel.verify()
+    m = rel.manifest
+    assert m["dagster_run_id"] and m["row_counts"]["items"] > 100
+    items = rel.table("items").to_pydict()
+    assert rel.array("als_item_factors").shape[0] == len(items["item_id"])
+    assert rel.array("item_embeddings").shape == (len(items["item_id"]), 384)
+    topn = pl.from_arrow(rel.table("topn"))
+    assert set(topn["item_id"].unique().to_list()) <= set(items["item_id"])
+    assert {r["model"] for r in m["metrics"]["evaluation"]} == {"popularity", "als", "bpr", "covisitation", "rules", "blend"}
+    assert m["lancedb"]["version"] >= 1
+
+
+def test_warehouse_tables_exist(built):
+    home, _, _ = built
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema='recs'").fetchall()}
+    assert {"interactions", "catalog", "quarantine", "user_items", "baskets", "frequent_itemsets", "association_rules",
+            "covisitation", "popularity", "als_user_factors", "als_item_factors", "bpr_item_factors", "batch_topn",
+            "similar_items", "evaluation"} <= tables
+
+
+def test_second_run_reuses_embedding_cache(built, sample):
+    home, _, instance = built
+    result = dg.materialize([*definitions.all_assets], selection=dg.AssetSelection.assets("catalog_embeddings"),
+                            resources=definitions.resources, instance=instance)
+    meta = result.asset_materializations_for_node("catalog_embeddings")[0].metadata
+    assert meta["embedded"].value == 0 and meta["reused"].value == meta["items"].value > 0
+
+
+def test_failing_check_leaves_previous_release_current(built, sample):
+    home, _, instance = built
+    before = release_format.current_version(home)
+    result = dg.materialize([*definitions.all_assets, *quality.CHECKS], selection=orchestration.PUBLISH,
+                            resources=definitions.resources, instance=instance, raise_on_error=False,
+                            run_config={"ops": {"evaluation": {"config": {**SMALL["ops"]["evaluation"]["config"],
+                                                                          "min_ratio_over_popularity": 1000.0}}}})
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["models_beat_popularity"] is False
+    assert "release" not in {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert release_format.current_version(home) == before
+
+
+SHARD_SCRIPT = """
+import sys, dagster as dg
+from recs_assets import definitions, orchestration
+r = dg.materialize(definitions.all_assets, selection=orchestration.SHARDS, partition_key=sys.argv[1],
+                   resources=definitions.resources, run_config={"ops": {"batch_topn": {"config": {"n": 5}}}})
+sys.exit(0 if r.success else 1)
+"""
+
+
+def test_two_shards_materialize_in_parallel(built):
+    """Two shard runs at once, in two processes sharing the warehouse (as two workers would)."""
+    home, _, _ = built
+    env = {**os.environ, "RECS_HOME": str(home)}
+    procs = [subprocess.Popen([sys.executable, "-c", SHARD_SCRIPT, key], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+             for key in outputs.shards.get_partition_keys()[:2]]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT shard, max(rank) FROM recs.batch_topn GROUP BY 1 ORDER BY 1").fetchall()
+    assert rows == [(0, 5), (1, 5)]
