@@ -150,10 +150,13 @@ def build_synthetic(home: Path, n_items: int, n_users: int, *, topn: int = 50, f
         "bpr_item_factors": rng.standard_normal((n_items, factors + 1), dtype=np.float32) * scale,
         "item_embeddings": rng.standard_normal((n_items, emb_dim), dtype=np.float32),
     }
+    def plain(t: pa.Table) -> pa.Table:  # string columns, as the pipeline writes them (Parquet dictionary-encodes pages itself)
+        return pa.table({n: (c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c) for n, c in zip(t.column_names, t.columns)})
+
     path = publish(
         home,
-        tables={"items": items, "users": users, "user_items": user_items, "topn": topn_t, "similar_items": similar,
-                "covisitation": covis, "rules": rules, "popularity": popularity},
+        tables={k: plain(v) for k, v in {"items": items, "users": users, "user_items": user_items, "topn": topn_t, "similar_items": similar,
+                "covisitation": covis, "rules": rules, "popularity": popularity}.items()},
         arrays=arrays, run_id="bench",
         parameters={"synthetic": {"n_items": n_items, "n_users": n_users, "topn": topn, "factors": factors, "emb_dim": emb_dim},
                     "als": {"regularization": 0.05, "alpha": 20.0}},

@@ -149,23 +149,29 @@ def _as_str(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
     return col
 
 
-def _lookup(col: pa.ChunkedArray, value_set: pa.Array) -> np.ndarray:
-    """Positions of ``col``'s values in ``value_set`` (-1 when absent), via Arrow hash lookup.
+def _lookup(col: pa.ChunkedArray, value_set: pa.Array, index: dict | None = None) -> np.ndarray:
+    """Positions of ``col``'s values in ``value_set`` (-1 when absent).
 
-    Dictionary-encoded columns are looked up once per distinct value.
+    Dictionary-encoded chunks (Parquet row groups read with ``read_dictionary``) are mapped
+    through their dictionaries, one probe per distinct value, via ``index`` (a Python dict of
+    value -> position) so no hash table is rebuilt per chunk; plain columns go through one
+    Arrow hash lookup over the whole column.
     """
-    if pa.types.is_dictionary(col.type):
+    if pa.types.is_dictionary(col.type) and index is not None:
         parts = []
         for chunk in col.chunks:
-            dic = _as_str(chunk.dictionary)
-            pos = pc.index_in(dic, value_set=value_set).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+            dic = _as_str(chunk.dictionary).to_pylist()
+            get = index.get
+            pos = np.fromiter((get(v, -1) for v in dic), dtype=np.int64, count=len(dic))
             idx = chunk.indices.fill_null(0).to_numpy(zero_copy_only=False)
-            out = pos[idx]
+            out = pos[idx] if pos.size else np.full(idx.size, -1, np.int64)
             if chunk.null_count:
                 out[chunk.is_null().to_numpy(zero_copy_only=False)] = -1
             parts.append(out)
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
     col = _as_str(col)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
     return pc.index_in(col, value_set=value_set).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
@@ -206,7 +212,7 @@ def _log_norm(x: np.ndarray) -> np.ndarray:
     return (x / m).astype(np.float32) if m > 0 else np.zeros_like(x, dtype=np.float32)
 
 
-def _array(rf: ReleaseFiles, name: str, rows: int, mmap: bool) -> np.ndarray | None:
+def _array(rf: ReleaseFiles, name: str, rows: int, mmap: bool, dtype=np.float32) -> np.ndarray | None:
     if not (rf.path / f"{name}.npy").exists():
         return None
     arr = rf.array(name, mmap=mmap)
@@ -217,6 +223,8 @@ def _array(rf: ReleaseFiles, name: str, rows: int, mmap: bool) -> np.ndarray | N
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if not np.isfinite(arr).all():
             arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+        if dtype != np.float32:
+            arr = arr.astype(dtype)
     return arr
 
 
@@ -224,8 +232,13 @@ def _array(rf: ReleaseFiles, name: str, rows: int, mmap: bool) -> np.ndarray | N
 # load
 
 
-def load_release(home: Path | str, version: str | None = None, *, mmap: bool = False, verify: bool = False) -> LoadedRelease:
+def load_release(home: Path | str, version: str | None = None, *, mmap: bool = False, verify: bool = False,
+                 compact: bool = True) -> LoadedRelease:
+    """Load a release into memory. ``compact`` keeps the per-user matrices (user factors,
+    top-N scores) in float16: half the memory, and they are only ever read a row at a time
+    and cast back to float32 (item-side arrays stay float32)."""
     t0 = time.perf_counter()
+    user_dtype = np.float16 if compact and not mmap else np.float32
     rf = open_release(home, version)
     if verify:
         rf.verify()
@@ -254,7 +267,7 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
     pop_lists: dict = {}
     pop = _read(rf, "popularity", dict_cols=("scope", "key", "item_id"))
     if pop is not None and pop.num_rows:
-        iidx = _lookup(pop.column("item_id"), item_arr)
+        iidx = _lookup(pop.column("item_id"), item_arr, item_index)
         scope = _as_str(pop.column("scope")).to_numpy(zero_copy_only=False).astype(str)
         key = _as_str(pop.column("key")).fill_null("").to_numpy(zero_copy_only=False).astype(str)
         rank = _num(pop, "rank", np.float64, 0.0)
@@ -295,8 +308,8 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
 
     # ---- top-N (dense)
     topn = _read(rf, "topn", ["user_id", "rank", "item_id", "score"], dict_cols=("user_id", "item_id"))
-    u = _lookup(topn.column("user_id"), user_arr)
-    i = _lookup(topn.column("item_id"), item_arr)
+    u = _lookup(topn.column("user_id"), user_arr, user_index)
+    i = _lookup(topn.column("item_id"), item_arr, item_index)
     rank = _num(topn, "rank", np.float64, 0.0).astype(np.int64)
     sc = _num(topn, "score", np.float32, 0.0)
     del topn
@@ -307,15 +320,15 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
     width = int(min(MAX_TOPN, pos.max() + 1)) if pos.size else 1
     keep = (pos >= 0) & (pos < width)
     topn_ids = np.full((n_users, width), -1, np.int32)
-    topn_scores = np.full((n_users, width), -np.inf, np.float32)
+    topn_scores = np.full((n_users, width), -np.inf, user_dtype)
     topn_ids[u[keep], pos[keep]] = i[keep]
     topn_scores[u[keep], pos[keep]] = sc[keep]
     del u, i, rank, sc, pos, keep, ok
 
     # ---- history
     ui = _read(rf, "user_items", ["user_id", "item_id", "weight", "purchases"], dict_cols=("user_id", "item_id"))
-    hu = _lookup(ui.column("user_id"), user_arr)
-    hi = _lookup(ui.column("item_id"), item_arr)
+    hu = _lookup(ui.column("user_id"), user_arr, user_index)
+    hi = _lookup(ui.column("item_id"), item_arr, item_index)
     hw = _num(ui, "weight", np.float32, 1.0)
     hp = _num(ui, "purchases", np.float64, 1.0) > 0
     del ui
@@ -330,12 +343,12 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
     del hu, order, pu
 
     # ---- models
-    als_user = _array(rf, "als_user_factors", n_users, mmap)
+    als_user = _array(rf, "als_user_factors", n_users, mmap, user_dtype)
     als_item = _array(rf, "als_item_factors", n_items, mmap)
     if als_user is not None and als_item is not None and als_user.shape[1] != als_item.shape[1]:
         als_user = als_item = None
     als_yty = np.ascontiguousarray(als_item.T @ als_item, dtype=np.float32) if als_item is not None else None
-    bpr_user = _array(rf, "bpr_user_factors", n_users, mmap)
+    bpr_user = _array(rf, "bpr_user_factors", n_users, mmap, user_dtype)
     bpr_item = _array(rf, "bpr_item_factors", n_items, mmap)
     if bpr_user is None or bpr_item is None or bpr_user.shape[1] != bpr_item.shape[1]:
         bpr_user = bpr_item = None
@@ -349,8 +362,8 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
     sim_factors = sim_content = Adjacency.empty(n_items)
     sim = _read(rf, "similar_items", ["item_id", "similar_item_id", "score", "source"], dict_cols=("item_id", "similar_item_id", "source"))
     if sim is not None and sim.num_rows:
-        a = _lookup(sim.column("item_id"), item_arr)
-        b = _lookup(sim.column("similar_item_id"), item_arr)
+        a = _lookup(sim.column("item_id"), item_arr, item_index)
+        b = _lookup(sim.column("similar_item_id"), item_arr, item_index)
         s = _num(sim, "score", np.float32, 0.0)
         src = _as_str(sim.column("source")).to_numpy(zero_copy_only=False).astype(str) if "source" in sim.column_names else np.full(a.size, "factors")
         is_content = src == "content"
@@ -359,7 +372,7 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
     covis = Adjacency.empty(n_items)
     cv = _read(rf, "covisitation", ["item_id", "neighbor_id", "score"], dict_cols=("item_id", "neighbor_id"))
     if cv is not None and cv.num_rows:
-        covis = Adjacency.build(n_items, _lookup(cv.column("item_id"), item_arr), _lookup(cv.column("neighbor_id"), item_arr), _num(cv, "score", np.float32, 0.0), 50)
+        covis = Adjacency.build(n_items, _lookup(cv.column("item_id"), item_arr, item_index), _lookup(cv.column("neighbor_id"), item_arr, item_index), _num(cv, "score", np.float32, 0.0), 50)
     rules, multi = Adjacency.empty(n_items), []
     rl = _read(rf, "rules", ["antecedents", "consequents", "confidence", "lift"])
     if rl is not None and rl.num_rows:
@@ -408,6 +421,7 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
         sim_factors=sim_factors, sim_content=sim_content, covis=covis, rules=rules, multi_rules=tuple(multi),
         blend=blend, mmr_lambda=lam,
     )
+    _release_memory()
     log.info("loaded release %s (%d items, %d users) in %.2fs", rf.version, n_items, n_users, time.perf_counter() - t0)
     return rel
 
@@ -434,3 +448,17 @@ def _reduce(emb: np.ndarray, dim: int) -> np.ndarray:
     out = emb @ V
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return np.ascontiguousarray(out / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+
+
+def _release_memory() -> None:
+    """Hand the loader's temporaries back to the OS (Arrow's pool and glibc's heap keep them)."""
+    try:
+        pa.default_memory_pool().release_unused()
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except Exception:  # noqa: BLE001
+        pass

@@ -374,9 +374,9 @@ class Recommender:
                 u_als = self._fold_in(rel, np.concatenate([h_items.astype(np.int64), q.seeds]), np.concatenate([h_w.astype(np.float64), q.seed_w]))
                 refreshed = True
             elif rel.als_user is not None:
-                u_als = np.asarray(rel.als_user[q.user])
+                u_als = np.asarray(rel.als_user[q.user], dtype=np.float32)
             if rel.bpr_user is not None:
-                bpr_u = np.asarray(rel.bpr_user[q.user])
+                bpr_u = np.asarray(rel.bpr_user[q.user], dtype=np.float32)
             if h_items.size:
                 if h_items.size > MAX_HISTORY_FOR_COVIS:
                     top = np.lexsort((h_items, -h_w))[:MAX_HISTORY_FOR_COVIS]
@@ -418,7 +418,7 @@ class Recommender:
         """Known users without recent events: the precomputed top-N, filtered, MMR re-ranked."""
         rel = st.rel
         ids = rel.topn_ids[users]
-        sc = rel.topn_scores[users]
+        sc = rel.topn_scores[users].astype(np.float32)
         valid = ids >= 0
         safe = np.where(valid, ids, 0)
         for b, q in enumerate(queries):
@@ -553,7 +553,11 @@ class Recommender:
         meta: dict = {"strategy": "als"}
         customers: list[Customer] = []
         if rel.als_user is not None and rel.n_users:
-            s = np.asarray(rel.als_user @ rel.als_item[i], dtype=np.float32)
+            y = rel.als_item[i]
+            s = np.empty(rel.n_users, np.float32)
+            for a0 in range(0, rel.n_users, 1 << 17):  # chunks: float16 rows are cast block by block
+                a1 = min(rel.n_users, a0 + (1 << 17))
+                s[a0:a1] = np.asarray(rel.als_user[a0:a1], dtype=np.float32) @ y
             a, b = rel.buyers.indptr[i], rel.buyers.indptr[i + 1]
             s[rel.buyers.indices[a:b]] = -np.inf  # already bought it: not a target
             ids, scores = _topk.topk_scores(s, min(k, rel.n_users))
