@@ -1,0 +1,107 @@
+"""The association rules as a weighted, directed product graph (networkx).
+
+An edge a -> c carries the strongest rule in which a is in the antecedent and c in the
+consequent. PageRank on that graph ranks the products the rules lead to ("destinations");
+PageRank on the reversed graph ranks the products that lead on to many others ("gateways",
+the entry points of a basket). Communities (Louvain, seeded) are groups of products bought
+together far more than chance, on the undirected graph weighted by lift.
+"""
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+import polars as pl
+
+EDGE_SCHEMA = {"source": pl.String, "target": pl.String, "support": pl.Float64, "confidence": pl.Float64,
+               "lift": pl.Float64, "rules": pl.UInt32}
+
+
+def rule_edges(rules: pl.DataFrame, *, max_rule_items: int = 2, min_lift: float = 1.0) -> pl.DataFrame:
+    """Rules (antecedents, consequents lists, support, confidence, lift) -> one row per (a, c)."""
+    if rules.is_empty():
+        return pl.DataFrame(schema=EDGE_SCHEMA)
+    r = rules.filter((pl.col("antecedents").list.len() + pl.col("consequents").list.len() <= max_rule_items)
+                     & (pl.col("lift") >= min_lift))
+    e = (r.select("antecedents", "consequents", "support", "confidence", "lift")
+         .explode("antecedents").explode("consequents")
+         .rename({"antecedents": "source", "consequents": "target"})
+         .group_by("source", "target")
+         .agg(pl.col("support").max(), pl.col("confidence").max(), pl.col("lift").max(), pl.len().alias("rules")))
+    return e.cast(EDGE_SCHEMA).sort("source", "target")
+
+
+def analyze(edges: pl.DataFrame, *, weight: str = "lift", resolution: float = 1.0, seed: int = 0,
+            damping: float = 0.85):
+    """Nodes (item_id, pagerank, gateway, in/out degree, community, community_size) and the
+    edges with their communities; communities are numbered by size, 0 the largest."""
+    G = nx.DiGraph()
+    for s, t, c in zip(edges["source"], edges["target"], edges["confidence"]):
+        G.add_edge(s, t, confidence=float(c))
+    nodes_schema = {"item_id": pl.String, "pagerank": pl.Float64, "gateway": pl.Float64, "in_degree": pl.Int32,
+                    "out_degree": pl.Int32, "community": pl.Int32, "community_size": pl.Int32}
+    if G.number_of_nodes() == 0:
+        return pl.DataFrame(schema=nodes_schema), edges.with_columns(
+            pl.lit(None, pl.Int32).alias("source_community"), pl.lit(None, pl.Int32).alias("target_community"))
+    pr = nx.pagerank(G, alpha=damping, weight="confidence")
+    gw = nx.pagerank(G.reverse(copy=False), alpha=damping, weight="confidence")
+    # Undirected weights: the strongest of the two directions.
+    und = (edges.with_columns(pl.min_horizontal("source", "target").alias("u"), pl.max_horizontal("source", "target").alias("v"))
+           .group_by("u", "v").agg(pl.col(weight).max().alias("w")))
+    H = nx.Graph()
+    H.add_nodes_from(sorted(G.nodes))
+    H.add_weighted_edges_from(zip(und["u"], und["v"], und["w"].cast(pl.Float64)))
+    comms = nx.community.louvain_communities(H, weight="weight", resolution=resolution, seed=seed)
+    comms = sorted((sorted(c) for c in comms), key=lambda c: (-len(c), c[0]))
+    label = {n: i for i, c in enumerate(comms) for n in c}
+    size = {i: len(c) for i, c in enumerate(comms)}
+    ids = sorted(G.nodes)
+    nodes = pl.DataFrame({
+        "item_id": ids, "pagerank": [pr[n] for n in ids], "gateway": [gw[n] for n in ids],
+        "in_degree": [G.in_degree(n) for n in ids], "out_degree": [G.out_degree(n) for n in ids],
+        "community": [label[n] for n in ids], "community_size": [size[label[n]] for n in ids],
+    }, schema=nodes_schema)
+    comm = pl.DataFrame({"item_id": ids, "c": [label[n] for n in ids]}, schema={"item_id": pl.String, "c": pl.Int32})
+    e = (edges.join(comm.rename({"item_id": "source", "c": "source_community"}), on="source", how="left")
+         .join(comm.rename({"item_id": "target", "c": "target_community"}), on="target", how="left"))
+    return nodes, e
+
+
+def plot_communities(nodes: pl.DataFrame, edges: pl.DataFrame, titles: dict[str, str], *, top: int = 6,
+                     max_nodes: int = 40, seed: int = 0) -> str:
+    """A PNG (markdown data URI) of the largest communities: size ~ PageRank, colour = community."""
+    import base64
+    import io as _io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if nodes.is_empty():
+        return "_(no rules, no graph)_"
+    keep = (nodes.filter(pl.col("community") < top).sort("pagerank", descending=True)
+            .with_columns(pl.int_range(pl.len()).over("community").alias("r")).filter(pl.col("r") < max_nodes))
+    ids = set(keep["item_id"].to_list())
+    G = nx.Graph()
+    G.add_nodes_from(ids)
+    G.add_edges_from((s, t) for s, t in zip(edges["source"], edges["target"]) if s in ids and t in ids)
+    pos = nx.spring_layout(G, seed=seed, k=1.5 / np.sqrt(max(len(ids), 1)))
+    comm = dict(zip(keep["item_id"], keep["community"]))
+    pr = dict(zip(keep["item_id"], keep["pagerank"]))
+    order = sorted(G.nodes)
+    fig, ax = plt.subplots(figsize=(9, 7))
+    nx.draw_networkx_edges(G, pos, ax=ax, alpha=0.15, width=0.6)
+    cmap = plt.get_cmap("tab10")
+    mx = max(pr.values())
+    nx.draw_networkx_nodes(G, pos, nodelist=order, ax=ax, node_color=[cmap(comm[n] % 10) for n in order],
+                           node_size=[30 + 400 * pr[n] / mx for n in order], alpha=0.85)
+    leaders = keep.filter(pl.col("r") < 2)
+    nx.draw_networkx_labels(G, pos, ax=ax, font_size=6,
+                            labels={n: (titles.get(n) or n)[:24] for n in leaders["item_id"]})
+    ax.set_title(f"Product graph: the {min(top, int(nodes['community'].max()) + 1)} largest communities "
+                 "(size = PageRank)")
+    ax.axis("off")
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=70)
+    plt.close(fig)
+    return "![product graph](data:image/png;base64," + base64.b64encode(buf.getvalue()).decode() + ")"
