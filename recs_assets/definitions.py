@@ -1,7 +1,7 @@
 """The one Definitions object: `dagster dev` and `dagster asset materialize` load this."""
 import dagster as dg
 
-from recs_assets import features, models, orchestration, outputs, quality, release_asset
+from recs_assets import analytics, features, models, orchestration, outputs, quality, release_asset
 from recs_assets.ingest.assets import ingest
 from recs_assets.resources import ArtifactStore, Embedder, Warehouse
 
@@ -12,6 +12,7 @@ all_assets = [
     features.interaction_matrix, features.baskets, features.popularity, features.covisitation,
     features.catalog_embeddings, features.item_similarity,
     models.frequent_itemsets, models.association_rules, models.als_factors, models.bpr_factors,
+    *analytics.ASSETS,
     outputs.batch_topn.with_attributes(automation_condition=FOLLOW),
     *[a.with_attributes(automation_condition=FOLLOW) for a in
       (outputs.similar_items, outputs.vector_store, quality.evaluation, release_asset.release)],
