@@ -11,7 +11,7 @@ from recs_assets import modeling
 from recs_kernels import rules as rules_kernel
 from recs_kernels import topk
 
-MODELS = ("popularity", "als", "bpr", "covisitation", "rules", "blend")
+MODELS = ("popularity", "trending", "als", "bpr", "covisitation", "rules", "blend")
 
 
 def split(events: pl.DataFrame, cut: datetime):
@@ -87,7 +87,9 @@ def evaluate(events: pl.DataFrame, item_ids: np.ndarray, cut: datetime, *, matri
     n_items = len(item_ids)
     results: dict[str, dict] = {}
     glob, trending = modeling.popularity_scores(train, item_ids, pop_p.trending_days)
-    results["popularity"] = metrics(rank_from_scores(np.tile(trending, (len(rows), 1)), exclude, k), truth, n_items, k)
+    results["popularity"] = metrics(rank_from_scores(np.tile(glob, (len(rows), 1)), exclude, k), truth, n_items, k)
+    results["trending"] = metrics(rank_from_scores(np.tile(trending + 1e-3 * glob, (len(rows), 1)), exclude, k),
+                                  truth, n_items, k)
     ua, va = modeling.fit_als(m, als_p)
     results["als"] = metrics(rank_from_scores(ua[rows] @ va.T, exclude, k), truth, n_items, k)
     ub, vb = modeling.fit_bpr(m, bpr_p)

@@ -114,8 +114,9 @@ def vector_store(context: dg.AssetExecutionContext, config: VectorStoreConfig, w
     E = artifacts.load("catalog_embeddings", "vectors")["vectors"]
     V = artifacts.load("als_factors", "item_factors")["item_factors"]
     data = pa.table({
-        "item_id": catalog["item_id"].to_arrow(), "title": catalog["title"].to_arrow(),
-        "brand": catalog["brand"].to_arrow(), "category": catalog["category"].to_arrow(),
+        # Plain utf8 (polars hands over large_utf8), which LanceDB's scalar indexes accept.
+        "item_id": catalog["item_id"].to_arrow().cast(pa.string()), "title": catalog["title"].to_arrow().cast(pa.string()),
+        "brand": catalog["brand"].to_arrow().cast(pa.string()), "category": catalog["category"].to_arrow().cast(pa.string()),
         "price": catalog["price"].to_arrow(),
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(E.ravel()), E.shape[1]),
         "factor": pa.FixedSizeListArray.from_arrays(pa.array(V.astype(np.float32).ravel()), V.shape[1]),

@@ -82,7 +82,7 @@ def test_release_round_trips_through_the_reader(built):
     assert rel.array("item_embeddings").shape == (len(items["item_id"]), 384)
     topn = pl.from_arrow(rel.table("topn"))
     assert set(topn["item_id"].unique().to_list()) <= set(items["item_id"])
-    assert {r["model"] for r in m["metrics"]["evaluation"]} == {"popularity", "als", "bpr", "covisitation", "rules", "blend"}
+    assert {r["model"] for r in m["metrics"]["evaluation"]} == {"popularity", "trending", "als", "bpr", "covisitation", "rules", "blend"}
     assert m["lancedb"]["version"] >= 1
 
 
