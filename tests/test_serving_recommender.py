@@ -17,17 +17,21 @@ T0 = 1_323_000_000_000
 
 
 def test_loader_round_trip(recommender, release_home):
-    from release_factory import build_tables
+    import polars as pl
+
+    from recs_serving.release import open_release
 
     rel = recommender.release
-    built = build_tables()
-    assert rel.version == current_version(release_home)
-    assert rel.n_items == built.tables["items"].height
-    assert rel.n_users == built.tables["users"].height
-    assert rel.item_ids == built.tables["items"]["item_id"].to_list()
-    np.testing.assert_array_equal(rel.als_item, built.arrays["als_item_factors"])
-    topn = built.tables["topn"]
-    first = topn.filter(topn["user_id"] == rel.user_ids[0]).sort("rank")["item_id"].to_list()
+    rf = open_release(release_home)
+    rf.verify()
+    assert rel.version == current_version(release_home) == rf.version
+    items = pl.from_arrow(rf.table("items")).sort("idx")
+    assert rel.n_items == items.height
+    assert rel.n_users == rf.table("users").num_rows
+    assert rel.item_ids == items["item_id"].to_list()
+    np.testing.assert_array_equal(rel.als_item, rf.array("als_item_factors"))
+    topn = pl.from_arrow(rf.table("topn"))
+    first = topn.filter(pl.col("user_id") == rel.user_ids[0]).sort("rank")["item_id"].to_list()
     assert [rel.item_ids[i] for i in rel.topn_ids[0] if i >= 0] == first
 
 
