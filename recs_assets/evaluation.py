@@ -64,21 +64,32 @@ def rules_matrix(itemsets, support, n_baskets: int, n_items: int, min_confidence
                          shape=(n_items, n_items))
 
 
-def rank_from_scores(scores: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
-    S = np.ascontiguousarray(scores, dtype=np.float32)
-    ids = np.full((S.shape[0], k), -1, np.int32)
-    vals = np.full((S.shape[0], k), -np.inf, np.float32)
+def rank_blocked(score_block, n_rows: int, n_items: int, exclude: sp.csr_matrix, k: int,
+                 block_bytes: int = 64 << 20) -> np.ndarray:
+    """Top k per row of scores produced a block of rows at a time, so memory stays bounded."""
+    ids = np.full((n_rows, k), -1, np.int32)
+    vals = np.full((n_rows, k), -np.inf, np.float32)
     ex = sp.csr_matrix(exclude)
     ex.sort_indices()
-    topk._select_block(S, ex.indptr.astype(np.int64), ex.indices.astype(np.int32), 0, k, ids, vals)
+    indptr, indices = ex.indptr.astype(np.int64), ex.indices.astype(np.int32)
+    block = max(1, block_bytes // (4 * max(n_items, 1)))
+    for b0 in range(0, n_rows, block):
+        b1 = min(n_rows, b0 + block)
+        S = np.ascontiguousarray(score_block(slice(b0, b1)), dtype=np.float32)
+        topk._select_block(S, indptr, indices, b0, k, ids[b0:b1], vals[b0:b1])
     return ids
 
 
 def evaluate(events: pl.DataFrame, item_ids: np.ndarray, cut: datetime, *, matrix_p, als_p, bpr_p, covis_p,
-             pop_p, blend_p, baskets_fn, fpgrowth_fn, sim_p=None, k: int = 10) -> tuple[pl.DataFrame, dict]:
+             pop_p, blend_p, baskets_fn, fpgrowth_fn, sim_p=None, k: int = 10,
+             max_test_users: int = 20_000, seed: int = 0) -> tuple[pl.DataFrame, dict]:
     train, test = split(events, cut)
     m = modeling.build_matrix(train, item_ids, matrix_p)
     rows, truth = ground_truth(m, test)
+    if len(rows) > max_test_users:
+        # Scores are dense per test user: a seeded sample keeps memory bounded at any scale.
+        pick = np.sort(np.random.default_rng(seed).choice(len(rows), max_test_users, replace=False))
+        rows, truth = rows[pick], [truth[i] for i in pick]
     info = {"cut": cut.isoformat(), "train_events": train.height, "test_events": test.height,
             "test_users": int(len(rows)), "test_pairs": int(sum(len(t) for t in truth))}
     if len(rows) == 0:
@@ -87,21 +98,28 @@ def evaluate(events: pl.DataFrame, item_ids: np.ndarray, cut: datetime, *, matri
     n_items = len(item_ids)
     results: dict[str, dict] = {}
     glob, trending = modeling.popularity_scores(train, item_ids, pop_p.trending_days)
-    results["popularity"] = metrics(rank_from_scores(np.tile(glob, (len(rows), 1)), exclude, k), truth, n_items, k)
-    results["trending"] = metrics(rank_from_scores(np.tile(trending + 1e-3 * glob, (len(rows), 1)), exclude, k),
-                                  truth, n_items, k)
+
+    def rank(score_block):
+        return rank_blocked(score_block, len(rows), n_items, exclude, k)
+
+    def constant(v):
+        return lambda sl: np.broadcast_to(v, (sl.stop - sl.start, n_items))
+
+    results["popularity"] = metrics(rank(constant(glob)), truth, n_items, k)
+    results["trending"] = metrics(rank(constant(trending + 1e-3 * glob)), truth, n_items, k)
     ua, va = modeling.fit_als(m, als_p)
-    results["als"] = metrics(rank_from_scores(ua[rows] @ va.T, exclude, k), truth, n_items, k)
+    results["als"] = metrics(rank(lambda sl: ua[rows[sl]] @ va.T), truth, n_items, k)
     ub, vb = modeling.fit_bpr(m, bpr_p)
-    results["bpr"] = metrics(rank_from_scores(ub[rows] @ vb.T, exclude, k), truth, n_items, k)
+    results["bpr"] = metrics(rank(lambda sl: ub[rows[sl]] @ vb.T), truth, n_items, k)
     sim = modeling.normalized_similarity(modeling.covisitation(train, item_ids, covis_p))
     hist = m.weights[rows]
-    results["covisitation"] = metrics(rank_from_scores((hist @ sim).toarray(), exclude, k), truth, n_items, k)
+    results["covisitation"] = metrics(rank(lambda sl: (hist[sl] @ sim).toarray()), truth, n_items, k)
     baskets, n_baskets = baskets_fn(train)
     itemsets, support = fpgrowth_fn(baskets)
     R = rules_matrix(itemsets, support, n_baskets, n_items, min_confidence=0.05)
-    rule_scores = (m.binary[rows] @ R).toarray() + 1e-3 * trending  # ties (no rule) fall back to trending
-    results["rules"] = metrics(rank_from_scores(rule_scores, exclude, k), truth, n_items, k)
+    seen = m.binary[rows]
+    # Items no rule reaches fall back to trending, a hair below any rule score.
+    results["rules"] = metrics(rank(lambda sl: (seen[sl] @ R).toarray() + 1e-3 * trending), truth, n_items, k)
     user_sim = modeling.user_similarity(train, item_ids, sim_p or modeling.SimilarityParams())
     bl = modeling.make_blend(blend_p, va, vb, user_sim, trending)
     ids, _ = bl.top_k(k, als_users=ua[rows], bpr_users=ub[rows], history=hist, exclude=exclude)

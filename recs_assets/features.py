@@ -26,12 +26,11 @@ def interaction_matrix(context: dg.AssetExecutionContext, config: modeling.Matri
                 user_ids=m.user_ids, item_ids=m.item_ids)
     io.save_csr(artifacts, "purchases", m.purchases)
     coo = m.weights.tocoo()
-    pur = m.purchases.tocsr()
     table = pl.DataFrame({
         "user_id": pl.Series(m.user_ids[coo.row], dtype=pl.String),
         "item_id": pl.Series(m.item_ids[coo.col], dtype=pl.String),
         "weight": coo.data,
-        "purchases": np.asarray(pur[coo.row, coo.col]).ravel().astype(np.int32),
+        "purchases": aligned_values(coo, m.purchases).astype(np.int32),
     })
     n = warehouse.replace_table("user_items", table)
     density = m.weights.nnz / max(1, m.weights.shape[0] * m.weights.shape[1])
@@ -39,6 +38,19 @@ def interaction_matrix(context: dg.AssetExecutionContext, config: modeling.Matri
         "users": len(m.user_ids), "items": len(m.item_ids), "nonzeros": m.weights.nnz,
         "density": float(density), "as_of": str(m.as_of), "table_rows": n,
     })
+
+
+def aligned_values(pattern, values: sp.csr_matrix) -> np.ndarray:
+    """values[pattern.row, pattern.col] (0 where absent) without scipy's slow fancy indexing."""
+    n_cols = values.shape[1]
+    v = values.tocoo()
+    keys = v.row.astype(np.int64) * n_cols + v.col
+    order = np.argsort(keys)
+    keys, data = keys[order], v.data[order]
+    want = pattern.row.astype(np.int64) * n_cols + pattern.col
+    pos = np.clip(np.searchsorted(keys, want), 0, max(len(keys) - 1, 0))
+    hit = (keys[pos] == want) if len(keys) else np.zeros(len(want), bool)
+    return np.where(hit, data[pos] if len(keys) else 0, 0)
 
 
 def load_matrix(artifacts: ArtifactStore) -> modeling.Matrix:

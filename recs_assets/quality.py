@@ -21,6 +21,7 @@ class EvaluationConfig(dg.Config):
     cut: str = Field(DEFAULT_CUT, description="Train before this date, test after it; if the data does not span "
                                               "it, the last 10% of the time range is held out")
     k: int = Field(10, ge=1, le=100)
+    max_test_users: int = Field(20_000, ge=100, description="A seeded sample of test users beyond this many")
     min_ratio_over_popularity: float = Field(1.0, description="Each model's recall@k must exceed popularity's times this")
     matrix: modeling.MatrixParams = Field(default_factory=modeling.MatrixParams)
     als: modeling.ALSParams = Field(default_factory=modeling.ALSParams)
@@ -78,6 +79,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, ware
         events, items, cut, matrix_p=config.matrix, als_p=config.als, bpr_p=config.bpr, covis_p=config.covis,
         pop_p=config.popularity, blend_p=config.topn.blend, baskets_fn=baskets_fn,
         fpgrowth_fn=lambda B: mine(B, config.itemsets), sim_p=config.similarity, k=config.k,
+        max_test_users=config.max_test_users,
     )
     warehouse.replace_table("evaluation", table.with_columns(pl.lit(cut).alias("cut")))
     rk = f"recall@{config.k}"

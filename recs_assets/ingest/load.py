@@ -72,7 +72,8 @@ def ingest_events(con: duckdb.DuckDBPyConnection, source: Source) -> IngestRepor
         """, key)
         con.execute("""
             INSERT INTO recs.quarantine
-            SELECT ?, row_no, reason, raw, now()::TIMESTAMP FROM _staged WHERE reason IS NOT NULL ORDER BY row_no
+            SELECT ?, s.row_no, s.reason, to_json(r), now()::TIMESTAMP
+            FROM _staged s JOIN _raw r USING (row_no) WHERE s.reason IS NOT NULL ORDER BY s.row_no
         """, key)
         con.register("_derived", derived)
         con.execute("INSERT INTO recs.catalog_sources SELECT ?, 0, * FROM _derived", key)

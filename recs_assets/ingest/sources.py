@@ -1,7 +1,8 @@
 """Source adapters: each turns one source into the staging table `_staged`.
 
-`_staged` has one row per source row: its number, its raw values as JSON, the canonical
-columns, a catalog title when the source carries one, and `reason` (NULL when the row is kept).
+`_staged` has one row per source row: its number, the canonical columns, a catalog title when
+the source carries one, and `reason` (NULL when the row is kept). `_raw` keeps the source rows
+as read, so that only quarantined rows are turned into JSON.
 """
 from __future__ import annotations
 
@@ -124,7 +125,6 @@ def _stage_online_retail(con, relation: str, columns: dict[str, str]) -> None:
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _typed AS
         SELECT row_no,
-               to_json(r) AS raw,
                CAST(CustomerID AS BIGINT)::VARCHAR AS user_id,
                trim(CAST(StockCode AS VARCHAR)) AS item_id,
                TRY_CAST(InvoiceDate AS TIMESTAMP) AS ts,
@@ -179,7 +179,7 @@ def _stage_events(con, relation: str, columns: dict[str, str]) -> None:
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _typed0 AS
-        SELECT row_no, to_json(r) AS raw,
+        SELECT row_no,
                NULLIF(trim(CAST(user_id AS VARCHAR)), '') AS user_id,
                NULLIF(trim(CAST(item_id AS VARCHAR)), '') AS item_id,
                TRY({_ts_expression(columns["ts"])}) AS ts,
@@ -191,7 +191,7 @@ def _stage_events(con, relation: str, columns: dict[str, str]) -> None:
     """)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _typed AS
-        SELECT row_no, raw, user_id, item_id, ts, event,
+        SELECT row_no, user_id, item_id, ts, event,
                coalesce(quantity, 1) AS quantity, price, basket_id,
                CAST(NULL AS VARCHAR) AS title,
                CASE
