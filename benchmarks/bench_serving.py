@@ -30,6 +30,8 @@ from pathlib import Path
 # single-threaded BLAS, as the server runs it (python -m recs_serving sets the same)
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+# Arrow's system pool lets the loader's temporaries go back to the OS (malloc_trim) after a load.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 import numpy as np  # noqa: E402
 

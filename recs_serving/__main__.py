@@ -15,6 +15,8 @@ import sys
 # and the event loop is the unit of concurrency. Set before numpy is imported.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+# Arrow's system pool lets the loader's temporaries go back to the OS (malloc_trim) after a load.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 
 def main(argv: list[str] | None = None) -> int:

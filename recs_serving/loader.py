@@ -306,41 +306,24 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
     user_index = {s: i for i, s in enumerate(user_ids)}
     n_users = len(user_ids)
 
-    # ---- top-N (dense)
-    topn = _read(rf, "topn", ["user_id", "rank", "item_id", "score"], dict_cols=("user_id", "item_id"))
-    u = _lookup(topn.column("user_id"), user_arr, user_index)
-    i = _lookup(topn.column("item_id"), item_arr, item_index)
-    rank = _num(topn, "rank", np.float64, 0.0).astype(np.int64)
-    sc = _num(topn, "score", np.float32, 0.0)
-    del topn
-    ok = (u >= 0) & (i >= 0)
-    u, i, rank, sc = u[ok], i[ok], rank[ok], sc[ok]
-    base = int(rank.min()) if rank.size else 0
-    pos = rank - base
-    width = int(min(MAX_TOPN, pos.max() + 1)) if pos.size else 1
-    keep = (pos >= 0) & (pos < width)
-    topn_ids = np.full((n_users, width), -1, np.int32)
-    topn_scores = np.full((n_users, width), -np.inf, user_dtype)
-    topn_ids[u[keep], pos[keep]] = i[keep]
-    topn_scores[u[keep], pos[keep]] = sc[keep]
-    del u, i, rank, sc, pos, keep, ok
+    # ---- top-N (dense), streamed by row group so a 50M-row table never sits in memory whole
+    topn_ids, topn_scores = _load_topn(rf, n_users, user_arr, user_index, item_arr, item_index, user_dtype)
 
     # ---- history
-    ui = _read(rf, "user_items", ["user_id", "item_id", "weight", "purchases"], dict_cols=("user_id", "item_id"))
-    hu = _lookup(ui.column("user_id"), user_arr, user_index)
-    hi = _lookup(ui.column("item_id"), item_arr, item_index)
-    hw = _num(ui, "weight", np.float32, 1.0)
-    hp = _num(ui, "purchases", np.float64, 1.0) > 0
-    del ui
-    ok = (hu >= 0) & (hi >= 0)
-    hu, hi, hw, hp = hu[ok], hi[ok], hw[ok], hp[ok]
+    hu, hi, hw, hp = _stream_columns(
+        rf, "user_items", [("user_id", user_arr, user_index), ("item_id", item_arr, item_index)],
+        [("weight", np.float32, 1.0), ("purchases", np.float64, 1.0)],
+    )
+    hi = hi.astype(np.int32)
+    hp = hp > 0
     order = np.lexsort((hi, hu))
-    hu, hi, hw, hp = hu[order], hi[order].astype(np.int32), np.clip(np.nan_to_num(hw[order]), 0, None), hp[order]
+    hu, hi, hw, hp = hu[order], hi[order], np.clip(np.nan_to_num(hw[order]), 0, None), hp[order]
+    del order
     hist_indptr = np.zeros(n_users + 1, np.int64)
     np.cumsum(np.bincount(hu, minlength=n_users), out=hist_indptr[1:])
     pu = hu[hp]
     buyers = _buyers(n_items, hi[hp], pu)
-    del hu, order, pu
+    del hu, pu
 
     # ---- models
     als_user = _array(rf, "als_user_factors", n_users, mmap, user_dtype)
@@ -353,10 +336,13 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
     if bpr_user is None or bpr_item is None or bpr_user.shape[1] != bpr_item.shape[1]:
         bpr_user = bpr_item = None
     emb = _array(rf, "item_embeddings", n_items, False)
+    mmr_vecs = None
     if emb is not None:
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
-        emb = (emb / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-    mmr_vecs = _reduce(emb, MMR_DIM) if emb is not None else None
+        emb /= np.where(norms > 0, norms, 1.0)
+        mmr_vecs = _reduce(emb, MMR_DIM)
+        if compact and emb.shape[1] > MMR_DIM:
+            emb = emb.astype(np.float16)  # content scoring casts the few gathered rows back
 
     # ---- neighbours
     sim_factors = sim_content = Adjacency.empty(n_items)
@@ -462,3 +448,51 @@ def _release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except Exception:  # noqa: BLE001
         pass
+
+
+def _stream_columns(rf: ReleaseFiles, name: str, id_cols: list, num_cols: list, batch_rows: int = 1 << 20):
+    """Read ``name`` batch by batch: id columns mapped to positions (rows with an unknown id
+    dropped), numeric columns as numpy. Returns one array per column, in order."""
+    path = rf.path / f"{name}.parquet"
+    pf = pq.ParquetFile(path, read_dictionary=[c for c, _, _ in id_cols])
+    have = set(pf.schema_arrow.names)
+    cols = [c for c, _, _ in id_cols] + [c for c, _, _ in num_cols if c in have]
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(id_cols) + len(num_cols))]
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=cols):
+        t = pa.Table.from_batches([batch])
+        mapped = [_lookup(t.column(c), vs, ix) for c, vs, ix in id_cols]
+        ok = np.ones(t.num_rows, bool)
+        for m in mapped:
+            ok &= m >= 0
+        for j, m in enumerate(mapped):
+            parts[j].append(m[ok].astype(np.int64))
+        for j, (c, dt, default) in enumerate(num_cols):
+            parts[len(id_cols) + j].append(_num(t, c, dt, default)[ok])
+    return [np.concatenate(p) if p else np.zeros(0, np.int64 if j < len(id_cols) else num_cols[j - len(id_cols)][1])
+            for j, p in enumerate(parts)]
+
+
+def _load_topn(rf, n_users, user_arr, user_index, item_arr, item_index, user_dtype):
+    path = rf.path / "topn.parquet"
+    pf = pq.ParquetFile(path, read_dictionary=["user_id", "item_id"])
+    lo = hi = None
+    for batch in pf.iter_batches(batch_size=1 << 22, columns=["rank"]):
+        r = batch.column(0).to_numpy(zero_copy_only=False)
+        if r.size:
+            lo = int(r.min()) if lo is None else min(lo, int(r.min()))
+            hi = int(r.max()) if hi is None else max(hi, int(r.max()))
+    base = lo or 0
+    width = int(min(MAX_TOPN, (hi - base + 1))) if hi is not None else 1
+    topn_ids = np.full((n_users, width), -1, np.int32)
+    topn_scores = np.full((n_users, width), -np.inf, user_dtype)
+    cols = ["user_id", "item_id", "rank"] + (["score"] if "score" in pf.schema_arrow.names else [])
+    for batch in pf.iter_batches(batch_size=1 << 20, columns=cols):
+        t = pa.Table.from_batches([batch])
+        u = _lookup(t.column("user_id"), user_arr, user_index)
+        i = _lookup(t.column("item_id"), item_arr, item_index)
+        pos = _num(t, "rank", np.float64, 0.0).astype(np.int64) - base
+        sc = _num(t, "score", np.float32, 0.0)
+        ok = (u >= 0) & (i >= 0) & (pos >= 0) & (pos < width)
+        topn_ids[u[ok], pos[ok]] = i[ok]
+        topn_scores[u[ok], pos[ok]] = sc[ok]
+    return topn_ids, topn_scores

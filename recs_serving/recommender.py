@@ -569,6 +569,9 @@ class Recommender:
         return CustomersResponse.model_construct(item_id=item_id, customers=customers, artifact_version=rel.version, metadata=meta)
 
     def recommend_batch(self, user_ids: Iterable[str] | BatchRecommendRequest | dict, k: int = 20, *, as_dict: bool = False, **kw: Any) -> BatchRecommendResponse:
+        """Recommendations for many users (no recent events): known users get their
+        precomputed top-N (filtered, exclusions and purchases removed, MMR re-ranked) in one
+        vectorised pass; unknown users get the cold-start answer, computed once."""
         if isinstance(user_ids, (BatchRecommendRequest, dict)):
             req = _coerce(BatchRecommendRequest, user_ids, kw)
         else:
@@ -576,29 +579,76 @@ class Recommender:
         st = self._current()
         rel = st.rel
         uniq = list(dict.fromkeys(req.user_ids))
-        queries = []
-        for uid in uniq:
-            queries.append(self._query(st, k=req.k, user_id=uid, recent=(), brand=req.brand, exclusions=req.exclusions,
-                                       filters=req.filters, lam=None, meta={}))
-        known = [j for j, q in enumerate(queries) if q.user >= 0 and rel_has_topn(rel, q.user)]
+        base = self._query(st, k=req.k, user_id=None, recent=(), brand=req.brand, exclusions=req.exclusions,
+                           filters=req.filters, lam=None, meta={})
+        get = rel.user_index.get
+        uidx = np.fromiter((get(u, -1) for u in uniq), dtype=np.int64, count=len(uniq))
+        has = uidx >= 0
+        if rel.topn_ids.shape[1]:
+            has &= rel.topn_ids[np.maximum(uidx, 0), 0] >= 0
+        known = np.flatnonzero(has)
         results: dict[str, list] = {}
-        picks_by: dict[int, list] = {}
-        if known:
-            plain = self._plain(st, np.array([queries[j].user for j in known]), [queries[j] for j in known])
-            picks_by = dict(zip(known, plain))
+        if known.size:
+            rows = self._plain_many(st, uidx[known], base)
+            for j, picks in zip(known.tolist(), rows):
+                if len(picks) < req.k:
+                    q = self._query(st, k=req.k, user_id=uniq[j], recent=(), brand=req.brand, exclusions=req.exclusions,
+                                    filters=req.filters, lam=None, meta={})
+                    picks = self._fill(st, q, picks, {})
+                results[uniq[j]] = _rec_items(picks, rel, as_dict)
+        cold = None
         n_unknown = 0
-        for j, (uid, q) in enumerate(zip(uniq, queries)):
-            m: dict = {}
-            if j in picks_by:
-                picks = picks_by[j]
-            else:
-                n_unknown += q.user < 0
-                picks = self._blend(st, q, m)
-            results[uid] = _rec_items(self._fill(st, q, picks, m), rel, as_dict)
+        for j in np.flatnonzero(~has).tolist():
+            if uidx[j] < 0:
+                n_unknown += 1
+                if cold is None:
+                    cold = _rec_items(self._fill(st, base, self._blend(st, base, {}), {}), rel, as_dict)
+                results[uniq[j]] = cold if as_dict else list(cold)
+            else:  # known user without a top-N row: the full path
+                q = self._query(st, k=req.k, user_id=uniq[j], recent=(), brand=req.brand, exclusions=req.exclusions,
+                                filters=req.filters, lam=None, meta={})
+                results[uniq[j]] = _rec_items(self._fill(st, q, self._blend(st, q, {}), {}), rel, as_dict)
+        results = {u: results[u] for u in uniq}
         meta = {"users": len(uniq), "unknown_users": n_unknown}
         if as_dict:
             return {"results": results, "artifact_version": rel.version, "metadata": meta}
         return BatchRecommendResponse.model_construct(results=results, artifact_version=rel.version, metadata=meta)
+
+    def _plain_many(self, st: _State, users: np.ndarray, base: _Query) -> list[list[tuple[int, float, list[str]]]]:
+        """``_plain`` for many users sharing filters and exclusions; purchases per user masked
+        with one vectorised membership test."""
+        rel = st.rel
+        B = users.size
+        ids = rel.topn_ids[users]
+        sc = rel.topn_scores[users].astype(np.float32)
+        valid = ids >= 0
+        safe = np.where(valid, ids, 0)
+        if base.exclude.size:
+            valid &= ~np.isin(ids, base.exclude)
+        if not base.filt.empty:
+            valid &= base.filt.mask(rel, safe)
+        lo, hi = rel.hist_indptr[users], rel.hist_indptr[users + 1]
+        lens = hi - lo
+        if lens.sum():
+            row = np.repeat(np.arange(B), lens)
+            offs = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(lo, lens)
+            bought = rel.hist_purchased[offs]
+            keys_h = row[bought].astype(np.int64) * rel.n_items + rel.hist_items[offs][bought]
+            if keys_h.size:
+                keys_t = np.arange(B, dtype=np.int64)[:, None] * rel.n_items + safe
+                valid &= ~np.isin(keys_t, keys_h)
+        rel_sc = np.where(valid, sc, -np.inf)
+        vecs = rel.mmr_vecs[safe] if rel.mmr_vecs is not None else None
+        picks = mmr_batch(rel_sc, vecs, base.k, base.lam)
+        out = []
+        for b in range(B):
+            r = []
+            for p in picks[b].tolist():
+                if p < 0:
+                    break
+                r.append((int(ids[b, p]), float(sc[b, p]), ["for_you"]))
+            out.append(r)
+        return out
 
 
 def rel_has_topn(rel: LoadedRelease, u: int) -> bool:

@@ -35,10 +35,15 @@ class Moments:
     def of(M: np.ndarray | None) -> "Moments | None":
         if M is None or M.shape[0] == 0:
             return None
-        M64 = np.asarray(M, dtype=np.float64)
-        mean = M64.mean(axis=0)
-        cov = (M64.T @ M64) / M64.shape[0] - np.outer(mean, mean)
-        return Moments(mean, cov)
+        n, d = M.shape
+        s = np.zeros(d, np.float64)
+        g = np.zeros((d, d), np.float64)
+        for a in range(0, n, 1 << 15):  # chunked: bounded temporaries whatever the catalogue size
+            blk = np.asarray(M[a:a + (1 << 15)], dtype=np.float64)
+            s += blk.sum(axis=0)
+            g += blk.T @ blk
+        mean = s / n
+        return Moments(mean, g / n - np.outer(mean, mean))
 
     def z_params(self, u: np.ndarray) -> tuple[float, float]:
         u = np.asarray(u, dtype=np.float64)
@@ -113,7 +118,7 @@ def _factor_source(items: np.ndarray, mom: Moments | None, u: np.ndarray | None,
     mean, sd = mom.z_params(u)
     if sd <= 0:
         return np.zeros(cand.shape[0], np.float32)
-    s = items[cand] @ u.astype(np.float32)
+    s = np.asarray(items[cand], dtype=np.float32) @ u.astype(np.float32)
     return ((s - mean) / sd).astype(np.float32)
 
 
@@ -156,9 +161,10 @@ def score_candidates(
     if w[3]:
         C[:, 3], anchors["rules"] = _sparse_source(rel.rules, seeds, sw, cand, rel.n_items)
     if w[4] and rel.emb is not None and seeds.size:
-        u = (rel.emb[seeds].astype(np.float64) * sw[:, None]).sum(axis=0)
+        E_seeds = np.asarray(rel.emb[seeds], dtype=np.float32)
+        u = (E_seeds.astype(np.float64) * sw[:, None]).sum(axis=0)
         C[:, 4] = _factor_source(rel.emb, stats.content, u, cand)
-        sims = rel.emb[cand] @ rel.emb[seeds].T
+        sims = np.asarray(rel.emb[cand], dtype=np.float32) @ E_seeds.T
         anchors["content"] = seeds[np.argmax(sims, axis=1)]
     if w[5]:
         C[:, 5] = stats.popularity_z[cand]
