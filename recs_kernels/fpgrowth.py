@@ -286,6 +286,8 @@ def _mine(tx_ptr, tx_items, n_rank, minsup, max_len, part, n_parts):
     cnt = np.zeros(n_rank, dtype=np.int64)
     cnt_n = np.zeros(n_rank, dtype=np.int64)
     touched = np.empty(n_rank, dtype=np.int32)
+    bmask = np.zeros(n_rank, dtype=np.uint64)
+    planes = np.zeros(64, dtype=np.uint64)
     # open-addressing table for merging identical projected baskets; stamps avoid clearing
     hsize = 1
     while hsize < 2 * n_tx + 2:
@@ -407,7 +409,7 @@ def _mine(tx_ptr, tx_items, n_rank, minsup, max_len, part, n_parts):
                 if 1 < tx1 - tx0 <= 64 and depth > 0:
                     # small database: finish this subtree with the bitset miner
                     bm = np.zeros(ne, dtype=np.uint64)
-                    planes = np.zeros(40, dtype=np.uint64)
+                    fplanes = np.zeros(40, dtype=np.uint64)
                     nplanes = 0
                     for t in range(tx0, tx1):
                         bit = np.uint64(1) << np.uint64(t - tx0)
@@ -418,7 +420,7 @@ def _mine(tx_ptr, tx_items, n_rank, minsup, max_len, part, n_parts):
                         b = 0
                         while wt > 0:
                             if wt & 1:
-                                planes[b] |= bit
+                                fplanes[b] |= bit
                             wt >>= 1
                             b += 1
                         if b > nplanes:
@@ -427,7 +429,7 @@ def _mine(tx_ptr, tx_items, n_rank, minsup, max_len, part, n_parts):
                         live[ext_item[a]] = 0
                     out_items, out_len, out_cnt, n_out, n_items_out = _mine_bits(
                         ext_item[ext_top:ext_top + ne].copy(), bm, ext_cnt[ext_top:ext_top + ne].copy(),
-                        planes, nplanes, prefix, depth, perf, npf, minsup, max_len, comb,
+                        fplanes, nplanes, prefix, depth, perf, npf, minsup, max_len, comb,
                         out_items, out_len, out_cnt, n_out, n_items_out)
                     ne = 0
                     f_ext1[depth] = ext_top
@@ -496,7 +498,70 @@ def _mine(tx_ptr, tx_items, n_rank, minsup, max_len, part, n_parts):
             while a < f_ext1[0] and ext_item[a] % n_parts != part:
                 a += 1
             f_next[0] = a
-        if a < f_ext1[depth]:
+        if a < f_ext1[depth] and ext_n[a] <= 64:
+            # A child held by <= 64 baskets goes straight to the bitset miner: its masks are
+            # built from the parent's suffixes in one read-only pass, with no projected
+            # copy, reduction or merge. Most of the search at low support ends up here.
+            f_next[depth] = a + 1
+            o0 = ext_occ[a]
+            o1 = o0 + ext_n[a]
+            c = ext_cnt[a]
+            prefix[depth] = ext_item[a]
+            nt = 0
+            nplanes = 0
+            for o in range(o0, o1):
+                t = occ_t[o]
+                bit = np.uint64(1) << np.uint64(o - o0)
+                wt = tw[t]
+                b = 0
+                while wt > 0:
+                    if wt & 1:
+                        planes[b] |= bit
+                    wt >>= 1
+                    b += 1
+                if b > nplanes:
+                    nplanes = b
+                wt = tw[t]
+                s = tstart[t]
+                for k in range(occ_p[o] + 1, tlen[t]):
+                    v = items[s + k]
+                    if cnt_n[v] == 0:
+                        cnt_n[v] = 1
+                        touched[nt] = v
+                        nt += 1
+                    cnt[v] += wt
+                    bmask[v] |= bit
+            allow_children = max_len <= 0 or depth + 1 < max_len
+            npc = npf
+            nc = 0
+            c_items = np.empty(nt, dtype=np.int32)
+            c_masks = np.empty(nt, dtype=np.uint64)
+            c_cnts = np.empty(nt, dtype=np.int64)
+            for q in range(nt):
+                v = touched[q]
+                k = cnt[v]
+                if k == c:
+                    perf[npc] = v
+                    npc += 1
+                elif k >= minsup and allow_children:
+                    c_items[nc] = v
+                    c_masks[nc] = bmask[v]
+                    c_cnts[nc] = k
+                    nc += 1
+                cnt[v] = 0
+                cnt_n[v] = 0
+                bmask[v] = 0
+            out_items, out_len, out_cnt, n_out, n_items_out = _emit(
+                prefix, depth + 1, perf, npc, c, max_len, comb,
+                out_items, out_len, out_cnt, n_out, n_items_out)
+            if nc > 0:
+                out_items, out_len, out_cnt, n_out, n_items_out = _mine_bits(
+                    c_items[:nc], c_masks[:nc], c_cnts[:nc], planes, nplanes, prefix, depth + 1,
+                    perf, npc, minsup, max_len, comb, out_items, out_len, out_cnt, n_out,
+                    n_items_out)
+            for b in range(nplanes):
+                planes[b] = 0
+        elif a < f_ext1[depth]:
             f_next[depth] = a + 1
             # child's baskets: the suffix after e of each basket holding e (already reduced)
             o0 = ext_occ[a]
