@@ -28,6 +28,8 @@ def mmr_batch(relevance: np.ndarray, vectors: np.ndarray | None, k: int, lam: fl
         order = np.argsort(-key, axis=1, kind="stable")[:, :k]
         ok = np.take_along_axis(avail, order, 1)
         return np.where(ok, order, -1)
+    if B == 1:
+        return _mmr_one(relevance[0], vectors[0], k, lam, avail[0].copy())[None]
     relevance = relevance.astype(np.float32, copy=False)
     lo = np.where(avail, relevance, np.inf).min(axis=1, keepdims=True)
     hi = np.where(avail, relevance, -np.inf).max(axis=1, keepdims=True)
@@ -47,4 +49,26 @@ def mmr_batch(relevance: np.ndarray, vectors: np.ndarray | None, k: int, lam: fl
             break
         avail[rows, j] = False
         maxsim = np.maximum(maxsim, sims[rows, j, :])
+    return out
+
+
+def _mmr_one(relevance: np.ndarray, vectors: np.ndarray, k: int, lam: float, avail: np.ndarray) -> np.ndarray:
+    """The single-row case with 1-D arrays only (the serving path: fewer, cheaper numpy calls)."""
+    out = np.full(k, -1, np.int64)
+    n_ok = int(avail.sum())
+    if n_ok == 0:
+        return out
+    r = np.where(avail, relevance, 0.0).astype(np.float32)
+    lo, hi = float(r[avail].min()), float(r[avail].max())
+    r = (r - lo) / (hi - lo if hi > lo else 1.0)
+    sims = vectors @ vectors.T
+    base = lam * r
+    base[~avail] = -np.inf
+    maxsim = np.zeros_like(base)
+    w = 1.0 - lam
+    for step in range(min(k, n_ok)):
+        j = int(np.argmax(base - w * maxsim))
+        out[step] = j
+        base[j] = -np.inf
+        np.maximum(maxsim, sims[j], out=maxsim)
     return out

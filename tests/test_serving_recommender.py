@@ -187,3 +187,21 @@ def test_layering_no_dagster():
     code = ("import sys, recs_serving.app, recs_serving.recommender, recs_serving.sql; "
             "bad=[m for m in sys.modules if m.split('.')[0] in ('dagster','recs_assets')]; print(bad); sys.exit(bool(bad))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_mmr_single_row_path_matches_batched():
+    from recs_serving.mmr import mmr_batch
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        M, k = int(rng.integers(1, 60)), int(rng.integers(1, 25))
+        rel = rng.random((1, M)).astype(np.float32)
+        rel[0, rng.random(M) < 0.2] = -np.inf
+        V = rng.standard_normal((1, M, 8)).astype(np.float32)
+        V /= np.linalg.norm(V, axis=2, keepdims=True)
+        lam = float(rng.random())
+        one = mmr_batch(rel, V, k, lam)
+        two = mmr_batch(np.repeat(rel, 2, 0), np.repeat(V, 2, 0), k, lam)
+        assert (one == two[:1]).all() and (one == two[1:]).all()
+        picked = one[0][one[0] >= 0]
+        assert len(set(picked.tolist())) == len(picked) and np.isfinite(rel[0, picked]).all()
