@@ -53,11 +53,18 @@ def materialize_all(instance: dg.DagsterInstance | None = None, *, run_config: d
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Materialize every asset of recs, in order")
+    parser.add_argument("--config", help="Dagster run config (YAML or JSON) with ops.<asset>.config entries")
     args = parser.parse_args(argv)
+    run_config = None
+    if args.config:
+        import yaml
+
+        with open(args.config) as f:
+            run_config = yaml.safe_load(f)
     t0 = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
         try:
-            materialize_all(instance)
+            materialize_all(instance, run_config=run_config)
         except RuntimeError as exc:
             print(f"[recs] {exc}", file=sys.stderr)
             return 1

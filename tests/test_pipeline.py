@@ -1,8 +1,10 @@
 """The whole graph on a small sample of the bundled data, through real Dagster runs."""
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -137,3 +139,28 @@ def test_two_shards_materialize_in_parallel(built):
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         rows = con.execute("SELECT shard, max(rank) FROM recs.batch_topn GROUP BY 1 ORDER BY 1").fetchall()
     assert rows == [(0, 5), (1, 5)]
+
+
+def _readme_queries():
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Querying results with SQL", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sql\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_sql_queries_run(built):
+    home, _, _ = built
+    queries = _readme_queries()
+    assert len(queries) == 5
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        for q in queries:
+            rows = con.execute(q).fetchall()
+            assert rows, q
+
+
+def test_release_views_query_without_the_warehouse(built):
+    from recs_serving import sql
+
+    home, _, _ = built
+    con = sql.connect(home)
+    n = con.execute("SELECT count(*) FROM recs.topn").fetchall()[0][0]
+    assert n > 0
