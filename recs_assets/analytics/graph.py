@@ -81,27 +81,40 @@ def plot_communities(nodes: pl.DataFrame, edges: pl.DataFrame, titles: dict[str,
     keep = (nodes.filter(pl.col("community") < top).sort("pagerank", descending=True)
             .with_columns(pl.int_range(pl.len()).over("community").alias("r")).filter(pl.col("r") < max_nodes))
     ids = set(keep["item_id"].to_list())
+    comm = dict(zip(keep["item_id"], keep["community"]))
+    pr = dict(zip(keep["item_id"], keep["pagerank"]))
     G = nx.Graph()
     G.add_nodes_from(ids)
     G.add_edges_from((s, t) for s, t in zip(edges["source"], edges["target"]) if s in ids and t in ids)
-    pos = nx.spring_layout(G, seed=seed, k=1.5 / np.sqrt(max(len(ids), 1)))
-    comm = dict(zip(keep["item_id"], keep["community"]))
-    pr = dict(zip(keep["item_id"], keep["pagerank"]))
+    # Each community laid out on its own, the communities placed around a circle.
+    shown = sorted(set(comm.values()))
+    pos = {}
+    for j, c in enumerate(shown):
+        members = sorted(n for n in ids if comm[n] == c)
+        sub = nx.spring_layout(G.subgraph(members), seed=seed) if len(members) > 1 else {members[0]: np.zeros(2)}
+        angle = 2 * np.pi * j / max(len(shown), 1)
+        centre = 3.0 * np.array([np.cos(angle), np.sin(angle)]) if len(shown) > 1 else np.zeros(2)
+        pos.update({n: centre + np.asarray(xy) for n, xy in sub.items()})
     order = sorted(G.nodes)
     fig, ax = plt.subplots(figsize=(9, 7))
-    nx.draw_networkx_edges(G, pos, ax=ax, alpha=0.15, width=0.6)
+    inside = [(s, t) for s, t in G.edges if comm[s] == comm[t]]
+    across = [(s, t) for s, t in G.edges if comm[s] != comm[t]]
+    nx.draw_networkx_edges(G, pos, edgelist=across, ax=ax, alpha=0.04, width=0.5)
+    nx.draw_networkx_edges(G, pos, edgelist=inside, ax=ax, alpha=0.2, width=0.6)
     cmap = plt.get_cmap("tab10")
     mx = max(pr.values())
     nx.draw_networkx_nodes(G, pos, nodelist=order, ax=ax, node_color=[cmap(comm[n] % 10) for n in order],
-                           node_size=[30 + 400 * pr[n] / mx for n in order], alpha=0.85)
-    leaders = keep.filter(pl.col("r") < 2)
-    nx.draw_networkx_labels(G, pos, ax=ax, font_size=6,
-                            labels={n: (titles.get(n) or n)[:24] for n in leaders["item_id"]})
-    ax.set_title(f"Product graph: the {min(top, int(nodes['community'].max()) + 1)} largest communities "
-                 "(size = PageRank)")
+                           node_size=[20 + 400 * pr[n] / mx for n in order], alpha=0.85)
+    sizes = dict(zip(nodes["community"], nodes["community_size"]))
+    for c in shown:
+        lead = keep.filter(pl.col("community") == c).row(0, named=True)["item_id"]
+        ax.scatter([], [], color=cmap(c % 10), label=f"{c}: {(titles.get(lead) or lead)[:30]} ({sizes[c]})")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False,
+              title="community: leading product (size)", title_fontsize=7)
+    ax.set_title(f"Product graph: the {len(shown)} largest communities (node size = PageRank)")
     ax.axis("off")
     fig.tight_layout()
     buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=70)
+    fig.savefig(buf, format="png", dpi=60)
     plt.close(fig)
     return "![product graph](data:image/png;base64," + base64.b64encode(buf.getvalue()).decode() + ")"
