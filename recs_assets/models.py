@@ -86,19 +86,20 @@ def _factor_table(ids: np.ndarray, factors: np.ndarray, id_name: str) -> pl.Data
                          "factor": pl.Series(factors.astype(np.float32)).cast(pl.Array(pl.Float32, factors.shape[1]))})
 
 
-def _factor_checks(name: str, U: np.ndarray, V: np.ndarray):
+def _factor_check(U: np.ndarray, V: np.ndarray) -> dg.AssetCheckResult:
     finite = bool(np.isfinite(U).all() and np.isfinite(V).all())
     nonzero = bool(np.abs(V).sum() > 0)
     return dg.AssetCheckResult(check_name="finite_factors", passed=finite and nonzero,
                                metadata={"finite": finite, "nonzero": nonzero})
 
 
-FACTOR_CHECKS = lambda asset: [dg.AssetCheckSpec("finite_factors", asset=asset, blocking=True,
-                                                 description="Every factor is finite and not all zero")]
+def factor_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec("finite_factors", asset=asset, blocking=True,
+                              description="Every factor is finite and not all zero")]
 
 
 @dg.asset(group_name=GROUP, kinds={"numba", "numpy", "duckdb"}, deps=["interaction_matrix"], pool="duckdb_writer",
-          check_specs=FACTOR_CHECKS("als_factors"),
+          check_specs=factor_check_specs("als_factors"),
           description="Implicit ALS (conjugate gradient, numba) on the decayed confidence matrix; "
                       "recs.als_user_factors, recs.als_item_factors")
 def als_factors(context: dg.AssetExecutionContext, config: modeling.ALSParams, warehouse: Warehouse,
@@ -110,11 +111,11 @@ def als_factors(context: dg.AssetExecutionContext, config: modeling.ALSParams, w
         warehouse.replace_table("als_user_factors", _factor_table(m.user_ids, U, "user_id"), con=con)
         warehouse.replace_table("als_item_factors", _factor_table(m.item_ids, V, "item_id"), con=con)
     yield dg.MaterializeResult(metadata={"users": U.shape[0], "items": V.shape[0], **config.model_dump()})
-    yield _factor_checks("als", U, V)
+    yield _factor_check(U, V)
 
 
 @dg.asset(group_name=GROUP, kinds={"numba", "numpy", "duckdb"}, deps=["interaction_matrix"], pool="duckdb_writer",
-          check_specs=FACTOR_CHECKS("bpr_factors"),
+          check_specs=factor_check_specs("bpr_factors"),
           description="BPR (Hogwild SGD, numba) with item bias folded into the factors; "
                       "recs.bpr_user_factors, recs.bpr_item_factors")
 def bpr_factors(context: dg.AssetExecutionContext, config: modeling.BPRParams, warehouse: Warehouse,
@@ -126,4 +127,4 @@ def bpr_factors(context: dg.AssetExecutionContext, config: modeling.BPRParams, w
         warehouse.replace_table("bpr_user_factors", _factor_table(m.user_ids, U, "user_id"), con=con)
         warehouse.replace_table("bpr_item_factors", _factor_table(m.item_ids, V, "item_id"), con=con)
     yield dg.MaterializeResult(metadata={"users": U.shape[0], "items": V.shape[0], **config.model_dump()})
-    yield _factor_checks("bpr", U, V)
+    yield _factor_check(U, V)
