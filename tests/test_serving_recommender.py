@@ -205,3 +205,21 @@ def test_mmr_single_row_path_matches_batched():
         assert (one == two[:1]).all() and (one == two[1:]).all()
         picked = one[0][one[0] >= 0]
         assert len(set(picked.tolist())) == len(picked) and np.isfinite(rel[0, picked]).all()
+
+
+def test_compact_user_ids_answer_like_the_dict(release_home, recommender, monkeypatch):
+    from recs_serving import loader
+    from recs_serving.loader import CompactIndex
+
+    monkeypatch.setattr(loader, "COMPACT_IDS_ABOVE", 0)
+    compact = Recommender(release_home, watch=False)
+    rel, crel = recommender.release, compact.release
+    assert isinstance(crel.user_index, CompactIndex)
+    assert len(crel.user_ids) == rel.n_users and crel.user_ids[:5] == rel.user_ids[:5]
+    for u in (0, 1, rel.n_users // 2, rel.n_users - 1):
+        assert crel.user_index.get(rel.user_ids[u]) == u and crel.user_ids[u] == rel.user_ids[u]
+    assert crel.user_index.get("no-such-user", -1) == -1 and crel.user_index.get("", -1) == -1
+    assert crel.user_index.get("x" * 300, -1) == -1
+    users = list(rel.user_ids[:40]) + ["nobody"]
+    assert compact.recommend_batch(users, 5, as_dict=True)["results"] == recommender.recommend_batch(users, 5, as_dict=True)["results"]
+    assert compact.top_customers(rel.item_ids[0], 5).customers == recommender.top_customers(rel.item_ids[0], 5).customers
