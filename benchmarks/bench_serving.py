@@ -317,6 +317,12 @@ def load_main(args) -> None:  # runs in the load-generator subprocess
     print(json.dumps({"lat": lat, "bad": bad, "elapsed": elapsed}))
 
 
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds (from /proc; no psutil needed)."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -405,7 +411,10 @@ def main() -> int:
                     time.sleep(0.5)
             http_reqs = [(c, m, p, b) for c, m, p, b in make_requests_http(home, reqs)]
             run_http(home, http_reqs, 3.0, args.concurrency, None, port)  # warm-up
+            c0 = cpu_s(srv.pid)
             closed = run_http(home, http_reqs, args.duration, args.concurrency, None, port)
+            n_closed = sum(len(v) for v in closed["lat"].values())
+            results["server_cpu_ms_per_request"] = (cpu_s(srv.pid) - c0) / max(n_closed, 1) * 1e3
             opened = run_http(home, http_reqs, args.duration, args.concurrency, args.rate, port)
             results["server_rss_mb"], results["server_peak_mb"] = rss_mb(srv.pid)
             for name, res in (("http_closed", closed), ("http_open", opened)):
@@ -449,7 +458,13 @@ def report(r: dict, args) -> None:
         hc, ho = r["http_closed"], r["http_open"]
         print(f"\nHTTP closed loop, {args.concurrency} connections: {hc['rps']:.0f} req/s, p50 {hc['p50_ms']:.2f} ms, p99 {hc['p99_ms']:.2f} ms, errors {hc['errors']}")
         print(f"HTTP open loop at {args.rate:.0f} req/s: achieved {ho['rps']:.0f} req/s, p50 {ho['p50_ms']:.2f} ms, p99 {ho['p99_ms']:.2f} ms, errors {ho['errors']}")
+        print(f"server CPU per request (closed loop, whole mix): {r['server_cpu_ms_per_request']:.2f} ms "
+              f"-> capacity of one fully available core ~{1000 / r['server_cpu_ms_per_request']:.0f} req/s")
         print(f"server resident memory: {r['server_rss_mb']:.0f} MiB (peak {r['server_peak_mb']:.0f} MiB)")
+    try:
+        print(f"machine load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

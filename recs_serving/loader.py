@@ -109,7 +109,7 @@ class LoadedRelease:
     als_alpha: float
     bpr_user: np.ndarray | None
     bpr_item: np.ndarray | None
-    emb: np.ndarray | None  # L2-normalised item embeddings
+    emb: np.ndarray | None  # L2-normalised item embeddings, PCA-reduced to <= MMR_DIM columns
     mmr_vecs: np.ndarray | None  # the same, PCA-reduced to <= MMR_DIM and renormalised (MMR only)
     sim_factors: Adjacency
     sim_content: Adjacency
@@ -349,9 +349,10 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
     if emb is not None:
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         emb /= np.where(norms > 0, norms, 1.0)
-        mmr_vecs = _reduce(emb, MMR_DIM)
-        if compact and emb.shape[1] > MMR_DIM:
-            emb = emb.astype(np.float16)  # content scoring casts the few gathered rows back
+        # Content similarity and MMR both run on a PCA view (<= MMR_DIM columns, renormalised):
+        # cosines are kept closely, a request gathers 6x fewer floats, and the full-width
+        # matrix (150 MB at 100K x 384) is not kept.
+        emb = mmr_vecs = _reduce(emb, MMR_DIM)
 
     # ---- neighbours
     sim_factors = sim_content = Adjacency.empty(n_items)
