@@ -647,6 +647,32 @@ def _finalize(out_items, out_len, out_cnt, rank_to_item, n_items):
         cur[L] += 1
     buf = np.empty(maxlen + 1, dtype=np.int64)
     hist = np.empty(65537, dtype=np.int64)
+    # pack every row once into its length group's key block (flat, group-major)
+    kbase = np.zeros(maxlen + 2, dtype=np.int64)
+    for L in range(1, maxlen + 1):
+        kbase[L + 1] = kbase[L] + (len_cnt[L + 1] - len_cnt[L]) * ((L + per - 1) // per)
+    allkeys = np.zeros(kbase[maxlen + 1], dtype=np.uint64)
+    allidx = np.empty(n, dtype=np.int64)
+    off = 0
+    for i in range(n):
+        L = out_len[i]
+        W = (L + per - 1) // per
+        r = row_of[i] - len_cnt[L]
+        for j in range(L):
+            v = rank_to_item[out_items[off + j]]
+            q = j - 1
+            while q >= 0 and buf[q] > v:
+                buf[q + 1] = buf[q]
+                q -= 1
+            buf[q + 1] = v
+        kb = kbase[L] + r * W
+        for w in range(W):
+            x = np.uint64(0)
+            for j in range(w * per, min(L, (w + 1) * per)):
+                x = (x << np.uint64(bits)) | np.uint64(buf[j])
+            allkeys[kb + w] = x
+        allidx[row_of[i]] = out_cnt[i]
+        off += L
     item_base = 0
     for L in range(1, maxlen + 1):
         g0 = len_cnt[L]
@@ -655,28 +681,8 @@ def _finalize(out_items, out_len, out_cnt, rank_to_item, n_items):
         if m == 0:
             continue
         W = (L + per - 1) // per
-        keys = np.zeros((m, W), dtype=np.uint64)
-        idx = np.empty(m, dtype=np.int64)
-        # pack: walk the raw output once, placing each row of this length
-        off = 0
-        for i in range(n):
-            Li = out_len[i]
-            if Li == L:
-                r = row_of[i] - g0
-                for j in range(L):
-                    v = rank_to_item[out_items[off + j]]
-                    q = j - 1
-                    while q >= 0 and buf[q] > v:
-                        buf[q + 1] = buf[q]
-                        q -= 1
-                    buf[q + 1] = v
-                for w in range(W):
-                    x = np.uint64(0)
-                    for j in range(w * per, min(L, (w + 1) * per)):
-                        x = (x << np.uint64(bits)) | np.uint64(buf[j])
-                    keys[r, w] = x
-                idx[r] = out_cnt[i]
-            off += Li
+        keys = allkeys[kbase[L]:kbase[L + 1]].reshape((m, W)).copy()
+        idx = allidx[g0:g1].copy()
         keys2 = np.empty_like(keys)
         idx2 = np.empty_like(idx)
         for w in range(W - 1, -1, -1):
