@@ -101,8 +101,11 @@ def _trusted(cls, data: dict):
 
 
 def _rec_items(picks: list[tuple[int, float, list[str]]], rel: LoadedRelease, as_dict: bool = False) -> list:
+    if not picks:
+        return []
     ids = rel.item_ids
-    items = [{"item_id": ids[i], "score": round(float(s), 6), "rank": r + 1, "reasons": reasons} for r, (i, s, reasons) in enumerate(picks)]
+    scores = np.round(np.fromiter((p[1] for p in picks), np.float64, len(picks)), 6).tolist()
+    items = [{"item_id": ids[p[0]], "score": sc, "rank": r, "reasons": p[2]} for r, (p, sc) in enumerate(zip(picks, scores), 1)]
     if as_dict:
         return items
     return [_trusted(RecommendItem, d) for d in items]
@@ -640,15 +643,12 @@ class Recommender:
         rel_sc = np.where(valid, sc, -np.inf)
         vecs = rel.mmr_vecs[safe] if rel.mmr_vecs is not None else None
         picks = mmr_batch(rel_sc, vecs, base.k, base.lam)
-        out = []
-        for b in range(B):
-            r = []
-            for p in picks[b].tolist():
-                if p < 0:
-                    break
-                r.append((int(ids[b, p]), float(sc[b, p]), ["for_you"]))
-            out.append(r)
-        return out
+        safe_p = np.maximum(picks, 0)
+        sel_ids = np.take_along_axis(ids, safe_p, 1).tolist()
+        sel_sc = np.take_along_axis(sc, safe_p, 1).astype(np.float64).tolist()
+        counts = (picks >= 0).sum(axis=1).tolist()  # picks are left-aligned: -1 only after the last pick
+        reason = ["for_you"]
+        return [list(zip(sel_ids[b][:n], sel_sc[b][:n], [reason] * n)) for b, n in enumerate(counts)]
 
 
 def rel_has_topn(rel: LoadedRelease, u: int) -> bool:
