@@ -37,11 +37,6 @@ from .schemas import (
     RecommendResponse,
 )
 from .scoring import SOURCES, ReleaseStats, score_candidates
-
-try:  # the exact fold-in row solver without the O(n_items) input validation of als.fold_in
-    from recs_kernels.als import _exact_row as _als_exact_row
-except ImportError:  # pragma: no cover
-    _als_exact_row = None
 from recs_kernels import als as _als
 from recs_kernels import topk as _topk
 
@@ -295,13 +290,7 @@ class Recommender:
         ids, w = ids[keep], w[keep].astype(np.float64)
         if ids.size == 0:
             return None
-        if _als_exact_row is None or self.mmap:
-            return _als.fold_in(rel.als_item, ids, w, regularization=rel.als_reg, alpha=rel.als_alpha, yty=rel.als_yty)
-        uniq, inv = np.unique(ids, return_inverse=True)
-        w = np.bincount(inv, weights=w)
-        out = np.zeros(rel.als_item.shape[1], np.float32)
-        _als_exact_row(uniq.astype(np.int64), w, rel.als_item, rel.als_yty, float(rel.als_reg), float(rel.als_alpha), out)
-        return out
+        return _als.fold_in(rel.als_item, ids, w, regularization=rel.als_reg, alpha=rel.als_alpha, yty=rel.als_yty)
 
     def _reason(self, rel: LoadedRelease, q: _Query, item: int, contrib: np.ndarray, anchors: dict, row: int) -> list[str]:
         reasons: list[str] = []
