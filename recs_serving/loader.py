@@ -564,6 +564,21 @@ class CompactIndex:
             return int(self.ids.order[p])
         return default
 
+    def get_many(self, keys: list) -> np.ndarray:
+        """``[get(k) for k in keys]`` as int64 (-1 when absent), with one binary search."""
+        s = self.ids.sorted
+        w = s.dtype.itemsize
+        out = np.full(len(keys), -1, np.int64)
+        if not keys or s.shape[0] == 0:
+            return out
+        enc = [k.encode() if isinstance(k, str) else b"" for k in keys]
+        ok = np.fromiter((0 < len(b) <= w and not b.endswith(b"\x00") for b in enc), bool, len(enc))
+        kb = np.array([b if o else b"" for b, o in zip(enc, ok.tolist())], dtype=s.dtype)
+        p = np.minimum(np.searchsorted(s, kb), s.shape[0] - 1)
+        hit = ok & (s[p] == kb)
+        out[hit] = self.ids.order[p[hit]]
+        return out
+
     def __getitem__(self, key) -> int:
         v = self.get(key, None)
         if v is None:
