@@ -9,6 +9,70 @@ the result deterministic.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def _argmax_row(x):
+    # np.argmax semantics: the first maximum; a NaN wins at its first position.
+    best = 0
+    bv = x[0]
+    if bv != bv:
+        return 0
+    for m in range(1, x.shape[0]):
+        v = x[m]
+        if v != v:
+            return m
+        if v > bv:
+            bv = v
+            best = m
+    return best
+
+
+@njit(cache=True, nogil=True)
+def _greedy_batch(rel, avail, sims, k, lam32, w32, out):
+    """The batched greedy loop of ``mmr_batch`` (float32 throughout, as numpy computes it):
+    per step ``obj = lam*rel - (1-lam)*maxsim`` over available slots, first argmax, then
+    ``maxsim = max(maxsim, sims[j])``. ``out`` is [B, k] filled with -1."""
+    B, M = rel.shape
+    maxsim = np.zeros(M, np.float32)
+    obj = np.empty(M, np.float32)
+    ninf = np.float32(-np.inf)
+    for b in range(B):
+        maxsim[:] = 0
+        for step in range(k):
+            for m in range(M):
+                obj[m] = lam32 * rel[b, m] - w32 * maxsim[m] if avail[b, m] else ninf
+            j = _argmax_row(obj)
+            if not avail[b, j]:
+                break  # this row ran out; the rest stay -1
+            out[b, step] = j
+            avail[b, j] = False
+            for m in range(M):
+                v = sims[b, j, m]
+                if v > maxsim[m] or v != v:
+                    maxsim[m] = v
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _greedy_one(base, sims, n, w32, out):
+    """The loop of ``_mmr_one``: ``j = argmax(base - w*maxsim)``, ``base[j] = -inf``."""
+    M = base.shape[0]
+    maxsim = np.zeros(M, np.float32)
+    obj = np.empty(M, np.float32)
+    ninf = np.float32(-np.inf)
+    for step in range(n):
+        for m in range(M):
+            obj[m] = base[m] - w32 * maxsim[m]
+        j = _argmax_row(obj)
+        out[step] = j
+        base[j] = ninf
+        for m in range(M):
+            v = sims[j, m]
+            if v > maxsim[m] or v != v:
+                maxsim[m] = v
+    return out
 
 
 def mmr_batch(relevance: np.ndarray, vectors: np.ndarray | None, k: int, lam: float) -> np.ndarray:
@@ -37,6 +101,8 @@ def mmr_batch(relevance: np.ndarray, vectors: np.ndarray | None, k: int, lam: fl
     span = np.where(hi > lo, hi - lo, 1.0)
     rel = np.where(avail, (np.where(avail, relevance, 0.0) - lo) / span, 0.0).astype(np.float32)
     sims = np.matmul(vectors, vectors.transpose(0, 2, 1))  # [B, M, M]
+    if sims.dtype == np.float32 and type(lam) in (float, int):  # Python scalars: numpy computes in float32
+        return _greedy_batch(rel, avail, sims, k, np.float32(lam), np.float32(1.0 - lam), out)
     maxsim = np.zeros((B, M), np.float32)
     rows = np.arange(B)
     for step in range(k):
@@ -64,6 +130,8 @@ def _mmr_one(relevance: np.ndarray, vectors: np.ndarray, k: int, lam: float, ava
     sims = vectors @ vectors.T
     base = lam * r
     base[~avail] = -np.inf
+    if base.dtype == np.float32 and sims.dtype == np.float32 and type(lam) in (float, int):
+        return _greedy_one(base, sims, min(k, n_ok), np.float32(1.0 - lam), out)
     maxsim = np.zeros_like(base)
     w = 1.0 - lam
     for step in range(min(k, n_ok)):
