@@ -6,6 +6,8 @@ thread pool, only after they return), so plain dict updates under the GIL are en
 from __future__ import annotations
 
 import time
+from time import perf_counter
+from bisect import bisect_left
 from collections import defaultdict
 
 BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -30,12 +32,7 @@ class Metrics:
         h = self.hist.get(route)
         if h is None:
             h = self.hist[route] = [0] * (len(BUCKETS) + 1)
-        for b, le in enumerate(BUCKETS):
-            if seconds <= le:
-                h[b] += 1
-                break
-        else:
-            h[-1] += 1
+        h[bisect_left(BUCKETS, seconds)] += 1  # first bucket with seconds <= le; past the last: +Inf
         self.sums[route] += seconds
 
     def render(self, recommender=None) -> str:
@@ -79,28 +76,42 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Raw ASGI middleware timing every HTTP request; route label = the handler's path template."""
+    """Raw ASGI middleware timing every HTTP request; route label = the handler's path template.
+
+    Per request: two ``perf_counter`` calls, one closure for ``send``, and a few dict updates
+    (the route label is computed once per handler and cached).
+    """
 
     def __init__(self, app, metrics: Metrics):
         self.app = app
         self.metrics = metrics
+        self._labels: dict = {}
+
+    def _route(self, scope) -> str:
+        handler = scope.get("route_handler")
+        if handler is None:
+            return scope.get("path", "?")
+        label = self._labels.get(handler)
+        if label is None:
+            paths = getattr(handler, "paths", None)
+            label = sorted(paths)[0] if paths else scope.get("path", "?")
+            self._labels[handler] = label
+        return label
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        t0 = time.perf_counter()
-        status = [500]
+        t0 = perf_counter()
+        status = 500
 
         async def _send(message):
+            nonlocal status
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status = message["status"]
             await send(message)
 
         try:
             await self.app(scope, receive, _send)
         finally:
-            handler = scope.get("route_handler")
-            paths = getattr(handler, "paths", None)
-            route = sorted(paths)[0] if paths else scope.get("path", "?")
-            self.metrics.observe(scope.get("method", "?"), route, status[0], time.perf_counter() - t0)
+            self.metrics.observe(scope.get("method", "?"), self._route(scope), status, perf_counter() - t0)
