@@ -4,6 +4,7 @@ import zlib
 
 import dagster as dg
 import lancedb
+from lancedb.index import BTree
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -131,7 +132,7 @@ def vector_store(context: dg.AssetExecutionContext, config: VectorStoreConfig, w
         indexed = True
     for col in ("brand", "category"):
         try:
-            tbl.create_scalar_index(col, replace=True)
+            tbl.create_index(col, config=BTree(), replace=True)
         except Exception as exc:  # scalar indexes are an optimisation only
             context.log.warning(f"scalar index on {col} skipped: {exc}")
     version = int(tbl.version)

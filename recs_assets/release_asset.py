@@ -72,7 +72,7 @@ def release(context: dg.AssetExecutionContext, config: ReleaseConfig, warehouse:
         arrays={"als_user_factors": als["user_factors"], "als_item_factors": als["item_factors"],
                 "bpr_user_factors": bpr["user_factors"], "bpr_item_factors": bpr["item_factors"],
                 "item_embeddings": emb},
-        run_id=context.run_id, parameters=params, metrics={"evaluation": metrics},
+        run_id=context.run.run_id, parameters=params, metrics={"evaluation": metrics},
         lancedb={"uri": str(paths.lancedb_path()), "table": config.vector_table, "version": int(tbl.version)},
         keep=config.keep,
     )
