@@ -391,7 +391,7 @@ class Recommender:
         cand = self._candidates(rel, q, u_als, refreshed)
         n_gen = cand.size
         if q.exclude.size and cand.size:
-            cand = cand[~np.isin(cand, q.exclude, assume_unique=True)]
+            cand = cand[~_member(cand, q.exclude)]
         if not q.filt.empty and cand.size:
             cand = cand[q.filt.mask(rel, cand)]
         meta["candidates"] = int(n_gen)
@@ -425,7 +425,7 @@ class Recommender:
         safe = np.where(valid, ids, 0)
         for b, q in enumerate(queries):
             if q.exclude.size:
-                valid[b] &= ~np.isin(ids[b], q.exclude)
+                valid[b] &= ~_member(ids[b], q.exclude)
             if not q.filt.empty:
                 valid[b] &= q.filt.mask(rel, safe[b])
         rel_sc = np.where(valid, sc, -np.inf)
@@ -465,7 +465,7 @@ class Recommender:
             if arr is None or need <= 0:
                 continue
             arr = arr.astype(np.int64)
-            ok = ~np.isin(arr, taken)
+            ok = ~_member(arr, np.sort(taken))
             if not q.filt.empty:
                 ok &= q.filt.mask(rel, arr)
             got = arr[ok][:need]
@@ -642,7 +642,7 @@ class Recommender:
         valid = ids >= 0
         safe = np.where(valid, ids, 0)
         if base.exclude.size:
-            valid &= ~np.isin(ids, base.exclude)
+            valid &= ~_member(ids, base.exclude)
         if not base.filt.empty:
             valid &= base.filt.mask(rel, safe)
         lo, hi = rel.hist_indptr[users], rel.hist_indptr[users + 1]
@@ -654,7 +654,7 @@ class Recommender:
             keys_h = row[bought].astype(np.int64) * rel.n_items + rel.hist_items[offs][bought]
             if keys_h.size:
                 keys_t = np.arange(B, dtype=np.int64)[:, None] * rel.n_items + safe
-                valid &= ~np.isin(keys_t, keys_h)
+                valid &= ~_member(keys_t, np.sort(keys_h))
         rel_sc = np.where(valid, sc, -np.inf)
         vecs = rel.mmr_vecs[safe] if rel.mmr_vecs is not None else None
         picks = mmr_batch(rel_sc, vecs, base.k, base.lam)
@@ -663,6 +663,16 @@ class Recommender:
         sel_sc = np.take_along_axis(sc, safe_p, 1).astype(np.float64)
         counts = (picks >= 0).sum(axis=1).tolist()  # picks are left-aligned: -1 only after the last pick
         return sel_ids, sel_sc, counts
+
+
+def _member(x: np.ndarray, sorted_: np.ndarray) -> np.ndarray:
+    """``np.isin(x, sorted_)`` for a sorted ``sorted_``: one binary search instead of isin's
+    general machinery (a dozen numpy calls on these small arrays)."""
+    if sorted_.size == 0:
+        return np.zeros(np.shape(x), bool)
+    pos = np.searchsorted(sorted_, x)
+    np.minimum(pos, sorted_.size - 1, out=pos)
+    return sorted_[pos] == x
 
 
 def _lookup_many(index, keys: list) -> np.ndarray:
