@@ -25,23 +25,31 @@ _BLOCK_BYTES = 64 * 1024 * 1024
 
 
 @njit(cache=True, parallel=True)
-def _accumulate_z(out, S, weight):
-    """out += weight * zscore(S) per row; rows with no spread add nothing."""
-    n, m = S.shape
+def _add_row_col(out, row_const, col_const):
+    """out[r, j] += row_const[r] + col_const[j]: the z-score offsets, in one pass."""
+    n, m = out.shape
     for r in prange(n):
-        s = 0.0
-        ss = 0.0
+        c = row_const[r]
         for j in range(m):
-            v = S[r, j]
-            s += v
-            ss += v * v
-        mean = s / m
-        var = ss / m - mean * mean
-        if var <= 1e-20:
+            out[r, j] += c + col_const[j]
+
+
+@njit(cache=True, parallel=True)
+def _scatter_rows(out, indptr, indices, data, scale):
+    """out[r, j] += data * scale[r] at the non-zeros of a CSR block."""
+    n = out.shape[0]
+    for r in prange(n):
+        s = scale[r]
+        if s == 0.0:
             continue
-        scale = weight / np.sqrt(var)
-        for j in range(m):
-            out[r, j] += (S[r, j] - mean) * scale
+        for p in range(indptr[r], indptr[r + 1]):
+            out[r, indices[p]] += data[p] * s
+
+
+def _scale_for(var: np.ndarray, weight: float) -> np.ndarray:
+    """weight / std per row; rows with no spread get 0 (they add nothing)."""
+    sd = np.sqrt(np.maximum(var, 0.0))
+    return np.where(var > 1e-20, weight / np.where(sd > 0, sd, 1.0), 0.0)
 
 
 def _zscore_vector(v: np.ndarray) -> np.ndarray:
@@ -65,8 +73,17 @@ class Blend:
                 if n_items is not None and arr.shape[0] != n_items:
                     raise ValueError(f"{name} has {arr.shape[0]} items, expected {n_items}")
                 n_items = arr.shape[0]
-        self.als_items_t = None if als_items is None else np.ascontiguousarray(np.asarray(als_items, np.float32).T)
-        self.bpr_items_t = None if bpr_items is None else np.ascontiguousarray(np.asarray(bpr_items, np.float32).T)
+        # Each factor source's per-user z-score comes from the item factors' mean and
+        # covariance (mean_u = u.m, var_u = u'Cu), so all sources share one GEMM and the
+        # dense block is touched once instead of twice per source.
+        self._factors = {}
+        for name, arr in (("als", als_items), ("bpr", bpr_items)):
+            if arr is not None:
+                V = np.asarray(arr, dtype=np.float64)
+                mean = V.mean(axis=0)
+                cov = V.T @ V / max(V.shape[0], 1) - np.outer(mean, mean)
+                self._factors[name] = (np.ascontiguousarray(np.asarray(arr, np.float32).T), mean, cov)
+        self._stacked = {}
         if item_sim is not None:
             item_sim = check_csr(item_sim, "item_sim", nonnegative=False)
             n_items = n_items or item_sim.shape[0]
@@ -88,8 +105,14 @@ class Blend:
                 raise ValueError(f"blend weight given for {name!r} but no {name} data")
 
     def _part(self, name):
-        return {"als": self.als_items_t, "bpr": self.bpr_items_t, "covis": self.item_sim,
-                "popularity": self.popularity_z}[name]
+        if name in ("als", "bpr"):
+            return self._factors.get(name)
+        return {"covis": self.item_sim, "popularity": self.popularity_z}[name]
+
+    def _stacked_items(self, names: tuple[str, ...]) -> np.ndarray:
+        if names not in self._stacked:
+            self._stacked[names] = np.ascontiguousarray(np.vstack([self._factors[n][0] for n in names]))
+        return self._stacked[names]
 
     def score(self, *, als_users=None, bpr_users=None, history=None, n_users: int | None = None,
               out: np.ndarray | None = None) -> np.ndarray:
@@ -105,30 +128,40 @@ class Blend:
                 break
         if n is None:
             raise ValueError("score needs the users' factors or history (or n_users for popularity only)")
-        if out is None:
-            out = np.zeros((n, self.n_items), dtype=np.float32)
-        else:
-            out = out[:n]
-            out[:] = 0.0
-        tmp = None
-        for name, w in self.weights.items():
-            if name == "popularity":
-                out += w * self.popularity_z
+        out = np.empty((n, self.n_items), dtype=np.float32) if out is None else out[:n]
+        row_const = np.zeros(n, dtype=np.float64)
+        names, scaled = [], []
+        for name, users in (("als", als_users), ("bpr", bpr_users)):
+            w = self.weights.get(name)
+            if not w or users is None:
                 continue
-            if name == "covis":
-                if history is None:
-                    continue
-                part = np.asarray((history @ self.item_sim).todense(), dtype=np.float32)
-            else:
-                users = als_users if name == "als" else bpr_users
-                if users is None:
-                    continue
-                users = np.asarray(users, dtype=np.float32)
-                if tmp is None or tmp.shape[0] != n:
-                    tmp = np.empty((n, self.n_items), dtype=np.float32)
-                np.matmul(users, self._part(name), out=tmp)
-                part = tmp
-            _accumulate_z(out, part, np.float32(w))
+            _, mean, cov = self._factors[name]
+            U = np.asarray(users, dtype=np.float64)
+            scale = _scale_for(np.einsum("ij,jk,ik->i", U, cov, U), w)
+            row_const -= (U @ mean) * scale
+            names.append(name)
+            scaled.append(U * scale[:, None])
+        if names:
+            np.matmul(np.hstack(scaled).astype(np.float32), self._stacked_items(tuple(names)), out=out)
+        else:
+            out[:] = 0.0
+        sparse_part = None
+        w = self.weights.get("covis")
+        if w and history is not None:
+            H = sp.csr_matrix(history @ self.item_sim, dtype=np.float32)
+            m = float(self.n_items)
+            s1 = np.asarray(H.sum(axis=1), dtype=np.float64).ravel()
+            s2 = np.asarray(H.multiply(H).sum(axis=1), dtype=np.float64).ravel()
+            mean = s1 / m
+            scale = _scale_for(s2 / m - mean * mean, w)
+            row_const -= mean * scale
+            sparse_part = (H, scale)
+        w = self.weights.get("popularity")
+        col_const = (w * self.popularity_z).astype(np.float32) if w else np.zeros(self.n_items, np.float32)
+        _add_row_col(out, row_const.astype(np.float32), col_const)
+        if sparse_part is not None:
+            H, scale = sparse_part
+            _scatter_rows(out, H.indptr, H.indices, H.data, scale.astype(np.float32))
         return out
 
     def top_k(self, k: int, *, als_users=None, bpr_users=None, history=None, exclude=None,
