@@ -1,5 +1,6 @@
 """Feature assets: the user x item matrix, baskets, popularity, co-visitation, text embeddings."""
 import hashlib
+from datetime import datetime
 
 import dagster as dg
 import numpy as np
@@ -58,7 +59,6 @@ def load_matrix(artifacts: ArtifactStore) -> modeling.Matrix:
     extra = artifacts.load("interaction_matrix", "user_ids", "item_ids")
     binary = weights.copy()
     binary.data = np.ones_like(binary.data)
-    from datetime import datetime
     as_of = datetime.fromisoformat(str(artifacts.meta("interaction_matrix")["as_of"]))
     return modeling.Matrix(extra["user_ids"], extra["item_ids"], weights, binary, io.load_csr(artifacts, "purchases"), as_of)
 
