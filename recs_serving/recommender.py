@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+from pydantic import BaseModel
 
 from . import release as release_format
 from .filters import CompiledFilter, compile_filter
@@ -93,14 +94,26 @@ class _Query:
     weights: dict
 
 
-def _trusted(cls, data: dict):
+def _slot_setter(name: str):
+    d = getattr(BaseModel, "__dict__", {}).get(name)
+    setter = getattr(d, "__set__", None)
+    return setter if setter is not None else (lambda m, v: object.__setattr__(m, name, v))
+
+
+_set_fields = _slot_setter("__pydantic_fields_set__")
+_set_extra = _slot_setter("__pydantic_extra__")
+_set_private = _slot_setter("__pydantic_private__")
+
+
+def _trusted(cls, data: dict, _new=object.__new__, _set=object.__setattr__):
     """A pydantic model instance from already-valid data, without validation (what
-    ``model_construct`` does, minus its per-field default handling: every field is given)."""
-    m = cls.__new__(cls)
-    object.__setattr__(m, "__dict__", data)
-    object.__setattr__(m, "__pydantic_fields_set__", set(data))
-    object.__setattr__(m, "__pydantic_extra__", None)
-    object.__setattr__(m, "__pydantic_private__", None)
+    ``model_construct`` does, minus its per-field default handling: every field is given).
+    The slots are written through their descriptors (cheaper than ``object.__setattr__``)."""
+    m = _new(cls)
+    _set(m, "__dict__", data)
+    _set_fields(m, set(data))
+    _set_extra(m, None)
+    _set_private(m, None)
     return m
 
 
