@@ -335,8 +335,16 @@ def run_http(home: Path, reqs: list, duration: float, concurrency: int, rate: fl
     port = server_pid_port
     cmd = [sys.executable, __file__, "--load-only", "--port", str(port), "--requests-file", str(tmp),
            "--duration", str(duration), "--concurrency", str(concurrency), "--rate", str(rate or 0)]
+    import resource
+
+    la0 = os.getloadavg()[0]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["loadgen_cpu_s"] = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    res["loadavg"] = (la0, os.getloadavg()[0])
+    return res
 
 
 # ----------------------------------------------------------------------------------- main
@@ -354,6 +362,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per HTTP run")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rate", type=float, default=1000.0, help="open-loop HTTP rate for the latency run")
+    ap.add_argument("--rates", default=None, help="comma-separated open-loop rates (default: --rate); the table shows the last")
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
     # load-generator subprocess mode
@@ -364,6 +373,8 @@ def main() -> int:
     if args.load_only:
         load_main(args)
         return 0
+    args.rates = [float(x) for x in args.rates.split(",")] if args.rates else [args.rate]
+    args.rate = args.rates[-1]
     if args.quick:
         args.items, args.users = 10_000, 100_000
     home = Path(args.home or REPO / "var" / f"bench-serving-{args.items}x{args.users}")
@@ -414,16 +425,26 @@ def main() -> int:
             c0 = cpu_s(srv.pid)
             closed = run_http(home, http_reqs, args.duration, args.concurrency, None, port)
             n_closed = sum(len(v) for v in closed["lat"].values())
-            results["server_cpu_ms_per_request"] = (cpu_s(srv.pid) - c0) / max(n_closed, 1) * 1e3
-            opened = run_http(home, http_reqs, args.duration, args.concurrency, args.rate, port)
+            closed["server_cpu_s"] = cpu_s(srv.pid) - c0
+            results["server_cpu_ms_per_request"] = closed["server_cpu_s"] / max(n_closed, 1) * 1e3
+            runs = [("http_closed", closed)]
+            for rate in args.rates:
+                c0 = cpu_s(srv.pid)
+                res = run_http(home, http_reqs, args.duration, args.concurrency, rate, port)
+                res["server_cpu_s"] = cpu_s(srv.pid) - c0
+                runs.append((f"http_open_{rate:g}", res))
             results["server_rss_mb"], results["server_peak_mb"] = rss_mb(srv.pid)
-            for name, res in (("http_closed", closed), ("http_open", opened)):
+            for name, res in runs:
                 allv = [x for v in res["lat"].values() for x in v]
                 results[name] = {
                     "requests": len(allv), "errors": res["bad"], "rps": len(allv) / res["elapsed"],
-                    "p50_ms": pct(allv, 0.5) * 1e3, "p99_ms": pct(allv, 0.99) * 1e3,
+                    "p50_ms": pct(allv, 0.5) * 1e3, "p99_ms": pct(allv, 0.99) * 1e3, "p999_ms": pct(allv, 0.999) * 1e3,
+                    "loadgen_cpu_ms_per_request": res["loadgen_cpu_s"] / max(len(allv), 1) * 1e3,
+                    "server_busy": res.get("server_cpu_s", float("nan")) / res["elapsed"],
+                    "loadavg": res["loadavg"],
                     "per_case": {c: {"p50_ms": pct(v, 0.5) * 1e3, "p99_ms": pct(v, 0.99) * 1e3} for c, v in res["lat"].items()},
                 }
+            results["http_open"] = results[f"http_open_{args.rates[-1]:g}"]
         finally:
             srv.send_signal(signal.SIGINT)
             try:
@@ -456,8 +477,12 @@ def report(r: dict, args) -> None:
     print(f"| single-user requests (all but batch) | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} |" + (" | | | |" if "http_closed" in r else ""))
     if "http_closed" in r:
         hc, ho = r["http_closed"], r["http_open"]
-        print(f"\nHTTP closed loop, {args.concurrency} connections: {hc['rps']:.0f} req/s, p50 {hc['p50_ms']:.2f} ms, p99 {hc['p99_ms']:.2f} ms, errors {hc['errors']}")
-        print(f"HTTP open loop at {args.rate:.0f} req/s: achieved {ho['rps']:.0f} req/s, p50 {ho['p50_ms']:.2f} ms, p99 {ho['p99_ms']:.2f} ms, errors {ho['errors']}")
+        print(f"\nHTTP closed loop, {args.concurrency} connections: {hc['rps']:.0f} req/s, p50 {hc['p50_ms']:.2f} ms, p99 {hc['p99_ms']:.2f} ms, errors {hc['errors']}, server busy {hc['server_busy']:.0%} of a core")
+        for rate in args.rates:
+            ho = r[f"http_open_{rate:g}"]
+            print(f"HTTP open loop at {rate:.0f} req/s: achieved {ho['rps']:.0f} req/s, p50 {ho['p50_ms']:.2f} ms, p99 {ho['p99_ms']:.2f} ms, "
+                  f"p99.9 {ho['p999_ms']:.2f} ms, errors {ho['errors']}, server busy {ho['server_busy']:.0%} of a core, load avg {ho['loadavg'][0]:.1f}->{ho['loadavg'][1]:.1f}")
+        print(f"load generator CPU per request: {hc['loadgen_cpu_ms_per_request']:.3f} ms (closed loop; load avg {hc['loadavg'][0]:.1f}->{hc['loadavg'][1]:.1f})")
         print(f"server CPU per request (closed loop, whole mix): {r['server_cpu_ms_per_request']:.2f} ms "
               f"-> capacity of one fully available core ~{1000 / r['server_cpu_ms_per_request']:.0f} req/s")
         print(f"server resident memory: {r['server_rss_mb']:.0f} MiB (peak {r['server_peak_mb']:.0f} MiB)")
