@@ -315,12 +315,14 @@ class Recommender:
             return None
         return _als.fold_in(rel.als_item, ids, w, regularization=rel.als_reg, alpha=rel.als_alpha, yty=rel.als_yty)
 
-    def _reason(self, rel: LoadedRelease, q: _Query, item: int, contrib: np.ndarray, anchors: dict, row: int) -> list[str]:
+    def _reason(self, rel: LoadedRelease, q: _Query, item: int, contrib: list, order: list, anchors: dict, i: int) -> list[str]:
+        """Up to two reasons for one pick: its sources in descending contribution (``order``:
+        the stable argsort of ``-contrib``), cut at the first non-positive one or one under half
+        the top. ``anchors``: source -> list of anchor item idx per pick (``i`` indexes it)."""
         reasons: list[str] = []
-        order = np.argsort(-contrib, kind="stable")
-        top = float(contrib[order[0]])
+        top = contrib[order[0]]
         for j in order:
-            c = float(contrib[j])
+            c = contrib[j]
             if reasons and (c <= 0 or c < 0.5 * top):
                 break
             src = SOURCES[j]
@@ -328,10 +330,10 @@ class Recommender:
                 r = "for_you"
             elif src in ("covis", "rules"):
                 a = anchors.get(src)
-                r = f"bought_with:{rel.item_ids[a[row]]}" if a is not None and a[row] >= 0 else "bought_together"
+                r = f"bought_with:{rel.item_ids[a[i]]}" if a is not None and a[i] >= 0 else "bought_together"
             elif src == "content":
                 a = anchors.get("content")
-                r = f"similar_to:{rel.item_ids[a[row]]}" if a is not None and a[row] >= 0 else "similar"
+                r = f"similar_to:{rel.item_ids[a[i]]}" if a is not None and a[i] >= 0 else "similar"
             else:
                 r = self._pop_reason(rel, q, item)
             if r not in reasons:
@@ -420,14 +422,18 @@ class Recommender:
         top = order[:m]
         vecs = rel.mmr_vecs[cand[top]][None] if rel.mmr_vecs is not None else None
         picks = mmr_batch(total[top][None], vecs, q.k, q.lam)[0]
-        out = []
-        for p in picks:
-            if p < 0:
-                break
-            row = top[p]
-            item = int(cand[row])
-            out.append((item, float(total[row]), self._reason(rel, q, item, contrib[row], anchors, row)))
-        return out
+        neg = picks < 0
+        n = int(neg.argmax()) if neg.any() else picks.size  # picks are left-aligned
+        if n == 0:
+            return []
+        rows = top[picks[:n]]
+        items = cand[rows].tolist()
+        totals = total[rows].tolist()
+        C = contrib[rows]
+        orders = np.argsort(-C, axis=1, kind="stable").tolist()  # row by row, as a 1-D stable argsort would
+        C = C.tolist()
+        anch = {src: a[rows].tolist() for src, a in anchors.items()}
+        return [(items[i], totals[i], self._reason(rel, q, items[i], C[i], orders[i], anch, i)) for i in range(n)]
 
     def _plain(self, st: _State, users: np.ndarray, queries: list[_Query]) -> list[list[tuple[int, float, list[str]]]]:
         """Known users without recent events: the precomputed top-N, filtered, MMR re-ranked."""
