@@ -68,7 +68,7 @@ def customers(request: Request, item_id: FromPath[str], k: KQuery = 20) -> Custo
 
 @post("/v1/recommend/batch", sync_to_thread=False, status_code=200, summary="Recommendations for many users at once")
 def recommend_batch(request: Request, data: JSONBody[BatchRecommendRequest]) -> BatchRecommendResponse:
-    return _rec(request).recommend_batch(data, as_dict=True)  # type: ignore[return-value]
+    return _rec(request).recommend_batch(data, wire=True)  # type: ignore[return-value]
 
 
 @get("/v1/release", sync_to_thread=False, summary="Manifest of the release being served")

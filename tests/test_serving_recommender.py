@@ -274,3 +274,16 @@ def test_mmr_compiled_loops_match_numpy_reference():
                 one = mmr_batch(rel[:1].copy(), v[:1], k, lam)
                 n = int(np.isfinite(rel[0]).sum())
                 assert np.array_equal(one[0, :n], want[0, :n])
+
+
+def test_batch_wire_form_encodes_like_the_dict_form(recommender):
+    import msgspec
+
+    rel = recommender.release
+    users = list(rel.user_ids[:60]) + ["nobody", rel.user_ids[3]]
+    for kw in ({}, {"k": 3}, {"brand": rel.brands[0] if hasattr(rel, "brands") else None}, {"exclusions": list(rel.item_ids[:50])}):
+        kw = {k: v for k, v in kw.items() if v is not None}
+        a = recommender.recommend_batch(users, as_dict=True, **kw)
+        w = recommender.recommend_batch(users, wire=True, **kw)
+        assert msgspec.json.encode(w) == msgspec.json.encode(a)
+        assert msgspec.json.decode(msgspec.json.encode(w)) == a
