@@ -314,7 +314,8 @@ def load_main(args) -> None:  # runs in the load-generator subprocess
     except ImportError:
         pass
     lat, bad, elapsed = asyncio.run(_load(args.port, reqs, args.duration, args.concurrency, args.rate or None))
-    print(json.dumps({"lat": lat, "bad": bad, "elapsed": elapsed}))
+    os.set_blocking(sys.stdout.fileno(), True)  # uvloop can leave stdout non-blocking: a big print to a pipe would be cut short
+    print(json.dumps({"lat": lat, "bad": bad, "elapsed": elapsed}), flush=True)
 
 
 def cpu_s(pid: int) -> float:
