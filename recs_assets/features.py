@@ -171,10 +171,11 @@ def catalog_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfi
     except FileNotFoundError:
         pass
     todo = [i for i, h in enumerate(hashes) if h not in cache]
-    fresh = embedder.encode([texts[i] for i in todo])
-    for j, i in enumerate(todo):
-        cache[hashes[i]] = fresh[j]
-    dim = fresh.shape[1] if len(todo) else (len(next(iter(cache.values()))) if cache else embedder.dimension())
+    if todo:  # with everything cached, the model is not even loaded
+        fresh = embedder.encode([texts[i] for i in todo])
+        for j, i in enumerate(todo):
+            cache[hashes[i]] = fresh[j]
+    dim = len(next(iter(cache.values()))) if cache else embedder.dimension()
     vectors = np.stack([cache[h] for h in hashes]) if len(hashes) else np.zeros((0, dim), np.float32)
     artifacts.save("catalog_embeddings", meta={"model": embedder.model}, vectors=vectors.astype(np.float32),
                    item_ids=catalog["item_id"].to_numpy().astype(object))
