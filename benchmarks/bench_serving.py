@@ -3,6 +3,7 @@
     python benchmarks/bench_serving.py                 # 100K items x 1M users (builds once, ~1-2 min)
     python benchmarks/bench_serving.py --quick         # 10K items x 100K users
     python benchmarks/bench_serving.py --skip-http     # in-process only
+    python benchmarks/bench_serving.py --rates 500,1000,1200   # open-loop latency at several offered rates
 
 The release is written with ``recs_serving.release.publish`` from numpy random factors and
 tables (same format the pipeline publishes), under ``--home`` (default var/bench-serving-<size>),
