@@ -21,3 +21,16 @@ def frame(df: pl.DataFrame, limit: int = 20) -> str:
 
 def pairs(rows, header: tuple[str, str]) -> str:
     return frame(pl.DataFrame(list(rows), schema=list(header), orient="row"))
+
+
+def figure(fig, alt: str, dpi: int = 80) -> str:
+    """A matplotlib figure as an inline PNG that the Dagster UI renders in Markdown metadata."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return f"![{alt}](data:image/png;base64," + base64.b64encode(buf.getvalue()).decode() + ")"

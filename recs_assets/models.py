@@ -98,20 +98,25 @@ def factor_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
                               description="Every factor is finite and not all zero")]
 
 
+def _fit_and_store(name: str, fit, config, warehouse: Warehouse, artifacts: ArtifactStore):
+    m = load_matrix(artifacts)
+    U, V = fit(m, config)
+    artifacts.save(name, meta=config.model_dump(), user_factors=U, item_factors=V)
+    prefix = name.removesuffix("_factors")
+    with warehouse.connect() as con:
+        warehouse.replace_table(f"{prefix}_user_factors", _factor_table(m.user_ids, U, "user_id"), con=con)
+        warehouse.replace_table(f"{prefix}_item_factors", _factor_table(m.item_ids, V, "item_id"), con=con)
+    yield dg.MaterializeResult(metadata={"users": U.shape[0], "items": V.shape[0], **config.model_dump()})
+    yield _factor_check(U, V)
+
+
 @dg.asset(group_name=GROUP, kinds={"numba", "numpy", "duckdb"}, deps=["interaction_matrix"], pool="duckdb_writer",
           check_specs=factor_check_specs("als_factors"),
           description="Implicit ALS (conjugate gradient, numba) on the decayed confidence matrix; "
                       "recs.als_user_factors, recs.als_item_factors")
 def als_factors(context: dg.AssetExecutionContext, config: modeling.ALSParams, warehouse: Warehouse,
                 artifacts: ArtifactStore):
-    m = load_matrix(artifacts)
-    U, V = modeling.fit_als(m, config)
-    artifacts.save("als_factors", meta=config.model_dump(), user_factors=U, item_factors=V)
-    with warehouse.connect() as con:
-        warehouse.replace_table("als_user_factors", _factor_table(m.user_ids, U, "user_id"), con=con)
-        warehouse.replace_table("als_item_factors", _factor_table(m.item_ids, V, "item_id"), con=con)
-    yield dg.MaterializeResult(metadata={"users": U.shape[0], "items": V.shape[0], **config.model_dump()})
-    yield _factor_check(U, V)
+    yield from _fit_and_store("als_factors", modeling.fit_als, config, warehouse, artifacts)
 
 
 @dg.asset(group_name=GROUP, kinds={"numba", "numpy", "duckdb"}, deps=["interaction_matrix"], pool="duckdb_writer",
@@ -120,11 +125,4 @@ def als_factors(context: dg.AssetExecutionContext, config: modeling.ALSParams, w
                       "recs.bpr_user_factors, recs.bpr_item_factors")
 def bpr_factors(context: dg.AssetExecutionContext, config: modeling.BPRParams, warehouse: Warehouse,
                 artifacts: ArtifactStore):
-    m = load_matrix(artifacts)
-    U, V = modeling.fit_bpr(m, config)
-    artifacts.save("bpr_factors", meta=config.model_dump(), user_factors=U, item_factors=V)
-    with warehouse.connect() as con:
-        warehouse.replace_table("bpr_user_factors", _factor_table(m.user_ids, U, "user_id"), con=con)
-        warehouse.replace_table("bpr_item_factors", _factor_table(m.item_ids, V, "item_id"), con=con)
-    yield dg.MaterializeResult(metadata={"users": U.shape[0], "items": V.shape[0], **config.model_dump()})
-    yield _factor_check(U, V)
+    yield from _fit_and_store("bpr_factors", modeling.fit_bpr, config, warehouse, artifacts)

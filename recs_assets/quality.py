@@ -43,9 +43,6 @@ def resolve_cut(events: pl.DataFrame, cut: str) -> datetime:
 
 
 def _plot(table: pl.DataFrame, k: int) -> str:
-    import base64
-    import io as _io
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -55,10 +52,7 @@ def _plot(table: pl.DataFrame, k: int) -> str:
     ax.set_ylabel(f"recall@{k}")
     ax.set_title("Temporal hold-out")
     fig.tight_layout()
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return "![recall](data:image/png;base64," + base64.b64encode(buf.getvalue()).decode() + ")"
+    return markdown.figure(fig, "recall")
 
 
 @dg.asset(group_name=GROUP, kinds={"numba", "duckdb"}, deps=["interactions", "catalog"], pool="duckdb_writer",

@@ -12,6 +12,8 @@ import networkx as nx
 import numpy as np
 import polars as pl
 
+from recs_assets import markdown
+
 EDGE_SCHEMA = {"source": pl.String, "target": pl.String, "support": pl.Float64, "confidence": pl.Float64,
                "lift": pl.Float64, "rules": pl.UInt32}
 
@@ -69,9 +71,6 @@ def analyze(edges: pl.DataFrame, *, weight: str = "lift", resolution: float = 1.
 def plot_communities(nodes: pl.DataFrame, edges: pl.DataFrame, titles: dict[str, str], *, top: int = 6,
                      max_nodes: int = 40, seed: int = 0) -> str:
     """A PNG (markdown data URI) of the largest communities: size ~ PageRank, colour = community."""
-    import base64
-    import io as _io
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -114,7 +113,4 @@ def plot_communities(nodes: pl.DataFrame, edges: pl.DataFrame, titles: dict[str,
     ax.set_title(f"Product graph: the {len(shown)} largest communities (node size = PageRank)")
     ax.axis("off")
     fig.tight_layout()
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=60)
-    plt.close(fig)
-    return "![product graph](data:image/png;base64," + base64.b64encode(buf.getvalue()).decode() + ")"
+    return markdown.figure(fig, "product graph", dpi=60)
