@@ -21,7 +21,7 @@ MAX_STALE_CACHE = 100_000
 def interaction_matrix(context: dg.AssetExecutionContext, config: modeling.MatrixParams, warehouse: Warehouse,
                        artifacts: ArtifactStore) -> dg.MaterializeResult:
     events = io.load_events(warehouse)
-    items = io.load_catalog(warehouse)["item_id"].to_numpy().astype(object)
+    items = io.load_item_ids(warehouse)
     m = modeling.build_matrix(events, items, config)
     io.save_csr(artifacts, "interaction_matrix", m.weights, meta={"as_of": m.as_of, "params": config.model_dump()},
                 user_ids=m.user_ids, item_ids=m.item_ids)
@@ -67,7 +67,7 @@ def load_matrix(artifacts: ArtifactStore) -> modeling.Matrix:
           description="Baskets x items (purchases, guests included): the input of FP-growth; recs.baskets")
 def baskets(context: dg.AssetExecutionContext, warehouse: Warehouse, artifacts: ArtifactStore) -> dg.MaterializeResult:
     events = io.load_events(warehouse)
-    items = io.load_catalog(warehouse)["item_id"].to_numpy().astype(object)
+    items = io.load_item_ids(warehouse)
     B, basket_ids = basket_matrix(events, items)
     io.save_csr(artifacts, "baskets", B, basket_ids=basket_ids)
     sizes = np.diff(B.indptr)
@@ -128,14 +128,10 @@ def popularity_table(catalog: pl.DataFrame, glob: np.ndarray, trend: np.ndarray,
 def covisitation(context: dg.AssetExecutionContext, config: modeling.CovisParams, warehouse: Warehouse,
                  artifacts: ArtifactStore) -> dg.MaterializeResult:
     events = io.load_events(warehouse)
-    items = io.load_catalog(warehouse)["item_id"].to_numpy().astype(object)
+    items = io.load_item_ids(warehouse)
     C = sp.csr_matrix(modeling.covisitation(events, items, config))
     io.save_csr(artifacts, "covisitation", C, meta=config.model_dump())
-    coo = C.tocoo()
-    table = pl.DataFrame({"item_id": pl.Series(items[coo.row], dtype=pl.String),
-                          "neighbor_id": pl.Series(items[coo.col], dtype=pl.String),
-                          "score": coo.data.astype(np.float32)}).sort(["item_id", "score"], descending=[False, True])
-    n = warehouse.replace_table("covisitation", table)
+    n = warehouse.replace_table("covisitation", io.neighbour_table(items, C))
     return dg.MaterializeResult(metadata={"pairs": n, "items_with_neighbours": int((np.diff(C.indptr) > 0).sum())})
 
 
@@ -196,12 +192,8 @@ def catalog_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfi
 def item_similarity(context: dg.AssetExecutionContext, config: modeling.SimilarityParams, warehouse: Warehouse,
                     artifacts: ArtifactStore) -> dg.MaterializeResult:
     events = io.load_events(warehouse)
-    items = io.load_catalog(warehouse)["item_id"].to_numpy().astype(object)
+    items = io.load_item_ids(warehouse)
     S = modeling.user_similarity(events, items, config)
     io.save_csr(artifacts, "item_similarity", S, meta=config.model_dump())
-    coo = S.tocoo()
-    table = pl.DataFrame({"item_id": pl.Series(items[coo.row], dtype=pl.String),
-                          "neighbor_id": pl.Series(items[coo.col], dtype=pl.String),
-                          "score": coo.data.astype(np.float32)}).sort(["item_id", "score"], descending=[False, True])
-    n = warehouse.replace_table("item_similarity", table)
+    n = warehouse.replace_table("item_similarity", io.neighbour_table(items, S))
     return dg.MaterializeResult(metadata={"pairs": n, **config.model_dump()})

@@ -22,6 +22,20 @@ def load_catalog(warehouse: Warehouse) -> pl.DataFrame:
         ).pl()
 
 
+def load_item_ids(warehouse: Warehouse) -> np.ndarray:
+    """Item ids in catalog order: the row order of every item-aligned array."""
+    with warehouse.connect(read_only=True) as con:
+        return con.sql("SELECT item_id FROM recs.catalog ORDER BY item_id").pl()["item_id"].to_numpy().astype(object)
+
+
+def neighbour_table(item_ids: np.ndarray, C: sp.csr_matrix) -> pl.DataFrame:
+    """An item x item CSR as rows (item_id, neighbor_id, score), best first per item."""
+    coo = sp.csr_matrix(C).tocoo()
+    return pl.DataFrame({"item_id": pl.Series(item_ids[coo.row], dtype=pl.String),
+                         "neighbor_id": pl.Series(item_ids[coo.col], dtype=pl.String),
+                         "score": coo.data.astype(np.float32)}).sort(["item_id", "score"], descending=[False, True])
+
+
 def save_csr(store: ArtifactStore, name: str, m: sp.csr_matrix, meta: dict | None = None, **extra) -> None:
     m = sp.csr_matrix(m)
     store.save(name, meta={**(meta or {}), "shape": list(m.shape)}, data=m.data, indices=m.indices,

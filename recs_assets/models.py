@@ -31,7 +31,7 @@ def mine(baskets_csr, cfg: ItemsetConfig):
 def frequent_itemsets(context: dg.AssetExecutionContext, config: ItemsetConfig, warehouse: Warehouse,
                       artifacts: ArtifactStore) -> dg.MaterializeResult:
     B = io.load_csr(artifacts, "baskets")
-    item_ids = io.load_catalog(warehouse)["item_id"].to_numpy().astype(object)
+    item_ids = io.load_item_ids(warehouse)
     itemsets, support = mine(B, config)
     lengths = np.array([len(s) for s in itemsets], dtype=np.int32)
     flat = np.array([i for s in itemsets for i in s], dtype=np.int64)
@@ -65,7 +65,7 @@ def rule_columns(itemsets, support, n_baskets: int, cfg: RulesConfig) -> dict:
 def association_rules(context: dg.AssetExecutionContext, config: RulesConfig, warehouse: Warehouse,
                       artifacts: ArtifactStore) -> dg.MaterializeResult:
     itemsets, support, n_baskets = load_itemsets(artifacts)
-    item_ids = io.load_catalog(warehouse)["item_id"].to_numpy().astype(object)
+    item_ids = io.load_item_ids(warehouse)
     cols = rule_columns(itemsets, support, n_baskets, config)
     table = pl.DataFrame({
         "antecedents": [[item_ids[i] for i in a] for a in cols["antecedents"]],

@@ -62,7 +62,7 @@ def _plot(table: pl.DataFrame, k: int) -> str:
                       "coverage for popularity, trending, ALS, BPR, co-visitation, rules and the served blend; recs.evaluation")
 def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, warehouse: Warehouse):
     events = io.load_events(warehouse)
-    items = io.load_catalog(warehouse)["item_id"].to_numpy().astype(object)
+    items = io.load_item_ids(warehouse)
     cut = resolve_cut(events, config.cut)
 
     def baskets_fn(train):
