@@ -75,6 +75,7 @@ __all__ = [
     "item_ids",
     "EVENT_TYPES",
     "EVENT_SCHEMA",
+    "RATINGS_SCHEMA",
     "CATALOG_SCHEMA",
     "main",
 ]
@@ -89,6 +90,15 @@ EVENT_SCHEMA = {
     "price": pl.Float64,
     "basket_id": pl.String,
 }
+#: ``shape="ratings"``: one row per (user, item) like a ratings data set, no basket ids, no price
+RATINGS_SCHEMA = {
+    "user_id": pl.String,
+    "item_id": pl.String,
+    "ts": pl.Int64,
+    "event": pl.String,
+    "rating": pl.Int8,
+}
+SHAPES = ("sessions", "ratings")
 CATALOG_SCHEMA = {
     "item_id": pl.String,
     "title": pl.String,
@@ -276,8 +286,16 @@ class SyntheticConfig:
     user_activity_sigma: float = 1.0  # log-normal spread of user activity
     days: float = 365.0
     end_ms: int = int(DEFAULT_END.timestamp() * 1000)
+    # "sessions": view/add/purchase funnels with basket ids; "ratings": one row per (user, item),
+    # no basket_id and no price, rated in dense bursts (about ``day_events`` per active user-day)
+    shape: str = "sessions"
+    day_events: float = 40.0
 
     def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape must be one of {SHAPES}")
+        if self.day_events < 1.0:
+            raise ValueError("day_events must be >= 1")
         if self.n_users < 1 or self.n_items < 2 or self.n_events < 0:
             raise ValueError("need n_users >= 1, n_items >= 2, n_events >= 0")
         if not 1 <= self.n_clusters <= self.n_items:
@@ -522,6 +540,8 @@ class _World:
         companions = cfg.p_group * float((pv * extra).sum())
         pa, pb = cfg.p_add, cfg.p_add * cfg.p_purchase
         per_view = 1.0 + pa + pb + pb * companions * 3.0
+        if cfg.shape == "ratings":
+            per_view = 1.0 + companions
         n_views = int(round(cfg.n_events / per_view))
         # heavy-tailed activity; every user gets at least one view when possible
         w = rng.lognormal(0.0, cfg.user_activity_sigma, cfg.n_users)
@@ -632,6 +652,91 @@ def _block_arrays(world: _World, b: int) -> dict[str, np.ndarray]:
 _EVENT_NAMES = pl.Series(list(EVENT_TYPES), dtype=pl.String)
 
 
+def _ratings_arrays(world: _World, b: int) -> dict[str, np.ndarray]:
+    """Ratings-shaped events of one user block: dense days, each (user, item) at most once."""
+    cfg = world.cfg
+    rng = np.random.default_rng([cfg.seed, 2, b])
+    u0 = b * BLOCK_USERS
+    u1 = min(cfg.n_users, u0 + BLOCK_USERS)
+    views = world.user_views[u0:u1]
+    nv = int(views.sum())
+    span = int(round(cfg.days * _DAY_MS))
+    if nv == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return dict(user=z, item=z, ts=z, rating=z.astype(np.int8))
+    # items: taste cluster with prob p_taste, else global popularity; drawn five times over so
+    # that each user's first `views` distinct items can be kept (a user rates an item once)
+    n_u = u1 - u0
+    du = np.repeat(np.arange(n_u, dtype=np.int64), 5 * views)
+    uc = world.user_cluster[u0:u1][du]
+    taste = rng.random(len(du)) < cfg.p_taste
+    r = rng.random(len(du))
+    x = np.where(taste, world.cum_lo[uc] + r * (world.cum_hi[uc] - world.cum_lo[uc]), r)
+    pos = np.searchsorted(world.cum, x, side="right")
+    pos = np.where(taste, np.clip(pos, world.lo[uc], world.hi[uc] - 1), np.minimum(pos, cfg.n_items - 1))
+    drawn = world.by_cluster[pos]
+    o = np.lexsort((np.arange(len(du)), drawn, du))
+    first = np.ones(len(o), bool)
+    first[1:] = (du[o][1:] != du[o][:-1]) | (drawn[o][1:] != drawn[o][:-1])
+    o = np.sort(o[first])  # distinct (user, item), in draw order
+    rank = np.arange(len(o)) - np.searchsorted(du[o], du[o])
+    o = o[rank < views[du[o]]]
+    vu, item, taste = du[o], drawn[o], taste[o]
+    nv = len(vu)
+    per_user = np.bincount(vu, minlength=n_u)
+    # active days: a new one at each user's first event, else with prob 1/day_events
+    brk = rng.random(nv) < 1.0 / cfg.day_events
+    brk[(np.cumsum(per_user) - per_user)[per_user > 0]] = True
+    d_first = np.flatnonzero(brk)
+    vd = np.cumsum(brk) - 1
+    shift = max(span.bit_length(), 1)
+    t0 = rng.integers(0, span - _MAX_SESSION_MS, len(d_first))
+    t0 = np.sort((vu[d_first] << shift) | t0) & ((1 << shift) - 1)
+    # one rating every ~40 s within a day: the whole day is one session at any sane gap
+    gaps = rng.exponential(40_000.0, nv)
+    gaps[d_first] = 0.0
+    cg = np.cumsum(gaps)
+    ts = t0[vd] + (cg - cg[d_first][vd]).astype(np.int64)
+    # co-purchase groups: the rest of the group is rated right after, the same day
+    g = world.item_group[item]
+    trig = np.flatnonzero((g >= 0) & (rng.random(nv) < cfg.p_group))
+    tg = g[trig]
+    gsize = world.group_offsets[tg + 1] - world.group_offsets[tg]
+    rep = np.repeat(np.arange(len(trig)), gsize)
+    within = np.arange(len(rep)) - np.repeat(np.cumsum(gsize) - gsize, gsize)
+    c_item = world.group_items[world.group_offsets[tg][rep] + within]
+    keep = c_item != item[trig][rep]
+    rep, within, c_item = rep[keep], within[keep], c_item[keep]
+    user = np.concatenate([vu, vu[trig][rep]])
+    item = np.concatenate([item, c_item])
+    ts = np.minimum(np.concatenate([ts, ts[trig][rep] + 1 + within]), span - 1)
+    liked = np.concatenate([taste, np.ones(len(c_item), bool)])
+    rating = np.clip(np.rint(2.6 + 1.2 * liked + rng.normal(0.0, 0.9, len(item))), 1, 5).astype(np.int8)
+    # a ratings data set holds each (user, item) once: keep the first
+    o = np.lexsort((ts, item, user))
+    first = np.ones(len(o), bool)
+    first[1:] = (user[o][1:] != user[o][:-1]) | (item[o][1:] != item[o][:-1])
+    o = o[first]
+    o = o[np.lexsort((item[o], ts[o], user[o]))]
+    return dict(user=user[o] + u0, item=item[o], ts=ts[o] + cfg.start_ms, rating=rating[o])
+
+
+def _ratings_frame(world: _World, arr: dict) -> pl.DataFrame:
+    cfg = world.cfg
+    df = pl.DataFrame({"u": arr["user"], "i": arr["item"], "ts": arr["ts"], "rating": arr["rating"]})
+    return df.select(
+        _id_expr("u", "U", _id_width(cfg.n_users)).alias("user_id"),
+        _id_expr("i", "I", _id_width(cfg.n_items)).alias("item_id"),
+        pl.col("ts").cast(pl.Int64),
+        pl.lit("purchase").alias("event"),
+        pl.col("rating").cast(pl.Int8),
+    )
+
+
+def _schema(cfg: SyntheticConfig) -> dict:
+    return RATINGS_SCHEMA if cfg.shape == "ratings" else EVENT_SCHEMA
+
+
 def _block_frame(world: _World, arr: dict, sess_offset: int) -> pl.DataFrame:
     cfg = world.cfg
     item = arr["item"]
@@ -672,6 +777,10 @@ def iter_event_frames(
     cfg = world.cfg
     nb = _n_blocks(cfg)
     offset = 0
+    if cfg.shape == "ratings":
+        for b in range(nb):
+            yield min(BLOCK_USERS, cfg.n_users - b * BLOCK_USERS), _ratings_frame(world, _ratings_arrays(world, b))
+        return
     if threads <= 1:
         for b in range(nb):
             arr = _block_arrays(world, b)
@@ -704,7 +813,7 @@ def generate(
                           n_clusters=n_clusters, seed=seed, **params)
     world = _World(cfg)
     frames = [f for _, f in iter_event_frames(world, threads=threads)]
-    events = pl.concat(frames, rechunk=True) if frames else pl.DataFrame(schema=EVENT_SCHEMA)
+    events = pl.concat(frames, rechunk=True) if frames else pl.DataFrame(schema=_schema(cfg))
     return _data(world, events)
 
 
@@ -839,7 +948,7 @@ def generate_to_dir(
         os.replace(out / names[0], out / "events.parquet")
         names = ["events.parquet"]
     elif not names:
-        pl.DataFrame(schema=EVENT_SCHEMA).write_parquet(out / "events.parquet")
+        pl.DataFrame(schema=_schema(cfg)).write_parquet(out / "events.parquet")
         names = ["events.parquet"]
     _write_truth(out, cfg, world.user_cluster, world.item_cluster, world.copurchase_groups,
                  world.item_popularity, world.cluster_categories, n_events, names)
@@ -890,13 +999,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--shape", choices=SHAPES, default="sessions",
+                   help="ratings: one row per (user, item), no basket_id/price, dense days of ratings")
+    p.add_argument("--basketless", action="store_const", const="ratings", dest="shape",
+                   help="same as --shape ratings")
+    p.add_argument("--day-events", type=float, default=40.0, help="ratings shape: mean events per active user-day")
     a = p.parse_args(argv)
     end = datetime.fromisoformat(a.end)
     if end.tzinfo is None:
         end = end.replace(tzinfo=timezone.utc)
     cfg = SyntheticConfig(n_users=a.users, n_items=a.items, n_events=a.events,
                           n_clusters=a.clusters, n_groups=a.groups, seed=a.seed, days=a.days,
-                          end_ms=int(end.timestamp() * 1000))
+                          end_ms=int(end.timestamp() * 1000), shape=a.shape, day_events=a.day_events)
     t = time.perf_counter()
     info = generate_to_dir(a.out, cfg, rows_per_file=a.rows_per_file, threads=a.threads,
                            progress=not a.no_progress)

@@ -300,3 +300,27 @@ def test_cli(tmp_path):
     assert ev["item_id"].is_in(cat["item_id"].implode()).all()
     # the CLI writes what the API generates
     _assert_data_equal(syn.generate(200, 100, 2000), syn.read(out))
+
+
+# ------------------------------------------------------------------------------ ratings shape
+
+
+def test_ratings_shape_is_basketless_dense_and_unique(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "recs_assets.synthetic", "--basketless", "--users", "500", "--items", "1000",
+         "--events", "20000", "--seed", "3", "--no-progress", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    ev = pl.read_parquet(tmp_path / "events.parquet")
+    assert dict(ev.schema) == syn.RATINGS_SCHEMA and "basket_id" not in ev.columns
+    assert 17_000 < ev.height <= 21_000
+    assert ev.select(pl.struct("user_id", "item_id").is_unique().all()).item()
+    assert ev["rating"].min() >= 1 and ev["rating"].max() <= 5
+    # dense sessions: most events fall on user-days with at least 10 events
+    per_day = ev.group_by("user_id", pl.col("ts") // 86_400_000).len()["len"]
+    assert per_day.filter(per_day >= 10).sum() > 0.6 * ev.height
+    # seeded: the API gives the same rows
+    again = syn.generate(500, 1000, 20_000, seed=3, shape="ratings").events
+    assert_frame_equal(again, ev)
+    assert not syn.generate(500, 1000, 20_000, seed=4, shape="ratings").events.equals(ev)
