@@ -23,10 +23,11 @@ __all__ = [
     "check_int",
     "check_float",
     "check_choice",
+    "describe_bad",
 ]
 
 
-def _describe_bad(values: np.ndarray) -> str:
+def describe_bad(values: np.ndarray) -> str:
     n_nan = int(np.isnan(values).sum())
     n_inf = int(np.isinf(values).sum())
     parts = []
@@ -72,7 +73,7 @@ def check_csr(
     csr = sp.csr_matrix(matrix, dtype=dtype, copy=True)
     data = csr.data
     if data.size and not np.isfinite(data).all():
-        raise ValueError(f"{name} contains {_describe_bad(data)} values")
+        raise ValueError(f"{name} contains {describe_bad(data)} values")
     if nonnegative and data.size and (data < 0).any():
         n_neg = int((data < 0).sum())
         raise ValueError(f"{name} contains {n_neg} negative values; weights must be >= 0")
@@ -112,7 +113,7 @@ def check_factors(
         raise ValueError(f"{name} has zero columns")
     arr = np.ascontiguousarray(arr, dtype=dtype)
     if arr.size and not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains {_describe_bad(arr)} values")
+        raise ValueError(f"{name} contains {describe_bad(arr)} values")
     return arr
 
 
@@ -139,7 +140,7 @@ def check_vector(
         if not allow_neg_inf:
             bad |= np.isneginf(arr)
         if bad.any():
-            raise ValueError(f"{name} contains {_describe_bad(arr[bad])} values")
+            raise ValueError(f"{name} contains {describe_bad(arr[bad])} values")
         if nonnegative and (arr < 0).any():
             raise ValueError(f"{name} contains {int((arr < 0).sum())} negative values")
     return arr

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from numba import njit, prange
 
 from ._validate import (
-    _describe_bad,
+    describe_bad,
     check_choice,
     check_csr,
     check_factors,
@@ -348,7 +348,7 @@ def fold_in(
     # Per request only the rows in use are scanned for NaN/inf: a full scan of a large
     # catalogue would cost more than the solve itself.
     if ids.shape[0] and not np.isfinite(Y[ids]).all():
-        raise ValueError(f"item_factors contains {_describe_bad(Y[ids])} values in the requested rows")
+        raise ValueError(f"item_factors contains {describe_bad(Y[ids])} values in the requested rows")
     if weights is None:
         w = np.ones(ids.shape[0], dtype=np.float64)
     else:

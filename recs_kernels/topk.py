@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from ._validate import check_csr, check_factors, check_ids, check_int, check_vector
 
-__all__ = ["batch", "similar", "topk_scores"]
+__all__ = ["batch", "similar", "topk_scores", "select_block"]
 
 # Score buffer per block; 64 MiB keeps it in RAM comfortably next to the factors and large
 # enough that each GEMM call is efficient.
@@ -82,7 +82,9 @@ def _select_row(scores, ex_idx, ex_lo, ex_hi, k, out_ids, out_scores, hs, hi):
 
 
 @njit(cache=True, parallel=True)
-def _select_block(S, ex_indptr, ex_indices, row0, k, out_ids, out_scores):
+def select_block(S, ex_indptr, ex_indices, row0, k, out_ids, out_scores):
+    """Top k of each row of the float32 score block ``S`` (rows ``row0..`` of the exclusion
+    CSR ``ex_indptr``/``ex_indices``, sorted per row) into ``out_ids``/``out_scores``."""
     n = S.shape[0]
     for r in prange(n):
         hs = np.empty(k, dtype=np.float32)
@@ -128,8 +130,11 @@ def batch(user_factors, item_factors, k: int, exclude=None, *, block_users: int 
         b1 = min(n_users, b0 + block_users)
         S = buf[: b1 - b0]
         np.matmul(U[b0:b1], Vt, out=S)
-        _select_block(S, ex_indptr, ex_indices, b0, k, ids[b0:b1], scores[b0:b1])
+        select_block(S, ex_indptr, ex_indices, b0, k, ids[b0:b1], scores[b0:b1])
     return ids, scores
+
+
+_select_block = select_block  # old name, until recs_assets.evaluation moves to select_block
 
 
 def similar(item_factors, k: int, *, exclude_self: bool = True, block_items: int | None = None):

@@ -1,4 +1,4 @@
-"""Maximal marginal relevance re-ranking, batched over users (numpy only).
+"""Maximal marginal relevance re-ranking, batched over users (numba greedy loops).
 
 Greedy: at each step pick the candidate maximising
 ``lam * relevance - (1 - lam) * max cosine to what is already picked``.
