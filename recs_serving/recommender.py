@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from . import release as release_format
 from .filters import CompiledFilter, compile_filter
 from .loader import LoadedRelease, load_release
-from .mmr import mmr_batch
+from recs_kernels.mmr import mmr_batch
 from .schemas import (
     BatchRecommendRequest,
     BatchRecommendResponse,

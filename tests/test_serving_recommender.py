@@ -190,7 +190,7 @@ def test_layering_no_dagster():
 
 
 def test_mmr_single_row_path_matches_batched():
-    from recs_serving.mmr import mmr_batch
+    from recs_kernels.mmr import mmr_batch
 
     rng = np.random.default_rng(0)
     for _ in range(100):
@@ -226,7 +226,7 @@ def test_compact_user_ids_answer_like_the_dict(release_home, recommender, monkey
 
 
 def _mmr_reference(relevance, vectors, k, lam):
-    """The plain-numpy greedy MMR the compiled loops in ``recs_serving.mmr`` must reproduce."""
+    """The plain-numpy greedy MMR the compiled loops in ``recs_kernels.mmr`` must reproduce."""
     B, M = relevance.shape
     k = min(k, M)
     out = np.full((B, k), -1, np.int64)
@@ -254,7 +254,7 @@ def _mmr_reference(relevance, vectors, k, lam):
 
 
 def test_mmr_compiled_loops_match_numpy_reference():
-    from recs_serving.mmr import mmr_batch
+    from recs_kernels.mmr import mmr_batch
 
     rng = np.random.default_rng(3)
     for trial in range(60):
