@@ -26,12 +26,14 @@ Output order is deterministic: by length, then lexicographic on the (sorted) ite
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
-__all__ = ["frequent_itemsets", "frequent_itemsets_arrays", "itemsets_to_tuples", "min_count_for"]
+__all__ = ["Bounded", "frequent_itemsets", "frequent_itemsets_arrays", "frequent_itemsets_bounded",
+           "itemsets_to_tuples", "min_count_for"]
 
 
 # --------------------------------------------------------------------------- validation
@@ -103,8 +105,13 @@ def _grow(a, need):
 
 
 @njit(cache=True)
-def _emit(prefix, plen, perf, npf, cnt, max_len, comb, out_items, out_len, out_cnt, n_out, n_items_out):
-    """Write ``prefix`` united with every subset of the perfect items (sizes within max_len)."""
+def _emit(prefix, plen, perf, npf, cnt, max_len, comb, out_items, out_len, out_cnt, n_out, n_items_out, limit):
+    """Write ``prefix`` united with every subset of the perfect items (sizes within max_len).
+
+    Past ``limit`` itemsets nothing is written and ``n_out`` comes back as ``limit + 1``: the
+    budgeted search stops there, before an explosion of perfect-item subsets is allocated."""
+    if n_out > limit:
+        return out_items, out_len, out_cnt, n_out, n_items_out
     rmax = npf
     if max_len > 0 and max_len - plen < rmax:
         rmax = max_len - plen
@@ -116,6 +123,8 @@ def _emit(prefix, plen, perf, npf, cnt, max_len, comb, out_items, out_len, out_c
         total += c
         total_items += c * (plen + r)
         c = c * (npf - r) // (r + 1)
+        if n_out + total > limit:
+            return out_items, out_len, out_cnt, limit + 1, n_items_out
     out_len = _grow(out_len, n_out + total)
     out_cnt = _grow(out_cnt, n_out + total)
     out_items = _grow(out_items, n_items_out + total_items)
@@ -164,7 +173,7 @@ def _wsum(m, planes, nplanes):
 
 @njit(cache=True)
 def _mine_bits(ext_items, masks, cnts, planes, nplanes, prefix, depth0, perf, npf0, minsup,
-               max_len, comb, out_items, out_len, out_cnt, n_out, n_items_out):
+               max_len, comb, out_items, out_len, out_cnt, n_out, n_items_out, limit):
     """Eclat on <= 64 weighted baskets: each candidate's baskets are one uint64 mask, so an
     extension's support is an AND plus a few popcounts. Used once a projected database is
     this small, which is where dense clusters spend nearly all of the search."""
@@ -192,7 +201,7 @@ def _mine_bits(ext_items, masks, cnts, planes, nplanes, prefix, depth0, perf, np
     f_npf[0] = npf0
     npf = npf0
     top = ne
-    while d >= 0:
+    while d >= 0 and n_out <= limit:
         a = f_next[d]
         if a < f_c1[d]:
             f_next[d] = a + 1
@@ -223,7 +232,7 @@ def _mine_bits(ext_items, masks, cnts, planes, nplanes, prefix, depth0, perf, np
                         top += 1
             out_items, out_len, out_cnt, n_out, n_items_out = _emit(
                 prefix, L, perf, npc, c, max_len, comb,
-                out_items, out_len, out_cnt, n_out, n_items_out)
+                out_items, out_len, out_cnt, n_out, n_items_out, limit)
             if top > new0:
                 d += 1
                 f_c0[d] = new0
@@ -239,12 +248,13 @@ def _mine_bits(ext_items, masks, cnts, planes, nplanes, prefix, depth0, perf, np
 
 
 @njit(cache=True, nogil=True)
-def _mine(tx_ptr, tx_items, n_rank, minsup, max_len, part, n_parts):
+def _mine(tx_ptr, tx_items, n_rank, minsup, max_len, part, n_parts, limit):
     """Depth-first pattern growth over rank-coded baskets (items sorted ascending by rank).
 
     Each frame is one itemset P with its projected database: weighted baskets holding P,
     restricted to items ranked above P's last item. Returns flat output: items (rank space,
-    growth order), lengths, counts.
+    growth order), lengths, counts, and whether the search stopped because more than ``limit``
+    itemsets are frequent (then the output is empty: the caller raises the support).
     """
     n_tx = tx_ptr.shape[0] - 1
     nnz = tx_items.shape[0]
@@ -311,7 +321,7 @@ def _mine(tx_ptr, tx_items, n_rank, minsup, max_len, part, n_parts):
     f_items_top[0] = nnz
     new_frame = True
 
-    while depth >= 0:
+    while depth >= 0 and n_out <= limit:
         if new_frame:
             new_frame = False
             tx0 = f_tx0[depth]
@@ -352,7 +362,7 @@ def _mine(tx_ptr, tx_items, n_rank, minsup, max_len, part, n_parts):
             if depth > 0:
                 out_items, out_len, out_cnt, n_out, n_items_out = _emit(
                     prefix, depth, perf, npf, node_sup, max_len, comb,
-                    out_items, out_len, out_cnt, n_out, n_items_out)
+                    out_items, out_len, out_cnt, n_out, n_items_out, limit)
             f_ext0[depth] = ext_top
             f_ext1[depth] = ext_top + ne
             f_next[depth] = ext_top
@@ -429,7 +439,7 @@ def _mine(tx_ptr, tx_items, n_rank, minsup, max_len, part, n_parts):
                     out_items, out_len, out_cnt, n_out, n_items_out = _mine_bits(
                         ext_item[ext_top:ext_top + ne].copy(), bm, ext_cnt[ext_top:ext_top + ne].copy(),
                         fplanes, nplanes, prefix, depth, perf, npf, minsup, max_len, comb,
-                        out_items, out_len, out_cnt, n_out, n_items_out)
+                        out_items, out_len, out_cnt, n_out, n_items_out, limit)
                     ne = 0
                     f_ext1[depth] = ext_top
                 elif tx1 - tx0 == 1 and depth > 0:
@@ -452,7 +462,9 @@ def _mine(tx_ptr, tx_items, n_rank, minsup, max_len, part, n_parts):
                                 prefix[depth + j] = x_buf[comb2[j]]
                             out_items, out_len, out_cnt, n_out, n_items_out = _emit(
                                 prefix, depth + r, perf, npf, tw[tx0], max_len, comb,
-                                out_items, out_len, out_cnt, n_out, n_items_out)
+                                out_items, out_len, out_cnt, n_out, n_items_out, limit)
+                            if n_out > limit:
+                                break
                             j = r - 1
                             while j >= 0 and comb2[j] == L - r + j:
                                 j -= 1
@@ -461,6 +473,8 @@ def _mine(tx_ptr, tx_items, n_rank, minsup, max_len, part, n_parts):
                             comb2[j] += 1
                             for q in range(j + 1, r):
                                 comb2[q] = comb2[q - 1] + 1
+                        if n_out > limit:
+                            break
                     ne = 0
                     f_ext1[depth] = ext_top
             if ne > 0:
@@ -552,12 +566,12 @@ def _mine(tx_ptr, tx_items, n_rank, minsup, max_len, part, n_parts):
                 bmask[v] = 0
             out_items, out_len, out_cnt, n_out, n_items_out = _emit(
                 prefix, depth + 1, perf, npc, c, max_len, comb,
-                out_items, out_len, out_cnt, n_out, n_items_out)
-            if nc > 0:
+                out_items, out_len, out_cnt, n_out, n_items_out, limit)
+            if nc > 0 and n_out <= limit:
                 out_items, out_len, out_cnt, n_out, n_items_out = _mine_bits(
                     c_items[:nc], c_masks[:nc], c_cnts[:nc], planes, nplanes, prefix, depth + 1,
                     perf, npc, minsup, max_len, comb, out_items, out_len, out_cnt, n_out,
-                    n_items_out)
+                    n_items_out, limit)
             for b in range(nplanes):
                 planes[b] = 0
         elif a < f_ext1[depth]:
@@ -609,7 +623,9 @@ def _mine(tx_ptr, tx_items, n_rank, minsup, max_len, part, n_parts):
             occ_top = f_occ0[depth]
             npf = f_nperf[depth]
             depth -= 1
-    return out_items[:n_items_out], out_len[:n_out], out_cnt[:n_out]
+    if n_out > limit:
+        return out_items[:0], out_len[:0], out_cnt[:0], True
+    return out_items[:n_items_out], out_len[:n_out], out_cnt[:n_out], False
 
 
 @njit(cache=True, nogil=True)
@@ -742,28 +758,48 @@ def _encode(indptr, indices, item_to_rank):
 # --------------------------------------------------------------------------- public API
 
 
-def frequent_itemsets_arrays(baskets, min_support, *, max_len=None):
-    """Mine frequent itemsets; return them flat, without building Python tuples.
+UNBOUNDED = np.int64(1 << 62)
 
-    Returns ``(items, lengths, counts, n_baskets)``: itemset ``i`` is
-    ``items[offset_i : offset_i + lengths[i]]`` (``offset`` = exclusive cumsum of lengths),
-    item indices ascending; itemsets ordered by length, then lexicographically; ``counts`` the
-    number of baskets containing each itemset.
-    """
+
+@dataclass
+class Bounded:
+    """Frequent itemsets mined within a budget, and the parameters that made them fit."""
+
+    items: np.ndarray       # flat item indices (see frequent_itemsets_arrays)
+    lengths: np.ndarray
+    counts: np.ndarray
+    n_baskets: int
+    min_count_requested: int
+    min_count_used: int
+    max_len_requested: int | None
+    max_len_used: int | None
+    probes: int             # budgeted searches run (1 when the request fits)
+
+    @property
+    def adjusted(self) -> bool:
+        return self.min_count_used != self.min_count_requested or self.max_len_used != self.max_len_requested
+
+
+def _prepare(baskets, max_len):
     csr = _check_baskets(baskets)
-    n_baskets, n_items = csr.shape
-    minsup = min_count_for(min_support, n_baskets)
     if max_len is None:
         ml = 0
     else:
         if isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral) or max_len < 1:
             raise ValueError(f"max_len must be None or an int >= 1, got {max_len!r}")
         ml = int(max_len)
-    empty = (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64), n_baskets)
-    item_cnt = np.bincount(csr.indices, minlength=n_items).astype(np.int64)
+    return csr, ml, np.bincount(csr.indices, minlength=csr.shape[1]).astype(np.int64)
+
+
+def _run(csr, item_cnt, minsup, ml, limit):
+    """One search; None when more than ``limit`` itemsets are frequent (stopped early)."""
+    n_baskets, n_items = csr.shape
+    empty = (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64))
     freq = np.flatnonzero(item_cnt >= minsup)
     if freq.size == 0:
         return empty
+    if ml == 1 and freq.size > limit:
+        return None
     # rank 0 = least frequent; ties by item id so the search (and its output) is deterministic
     rank_to_item = freq[np.lexsort((freq, item_cnt[freq]))].astype(np.int32)
     item_to_rank = np.full(n_items, -1, dtype=np.int32)
@@ -772,12 +808,86 @@ def frequent_itemsets_arrays(baskets, min_support, *, max_len=None):
     # Single-threaded on purpose: the pipeline already runs assets in parallel processes,
     # and splitting root subtrees over threads (supported by _mine's part/n_parts) did not
     # pay on the 2-core reference machine. Each part recomputes the root level.
-    out_items, out_len, out_cnt = _mine(tx_ptr, tx_items, np.int64(rank_to_item.size),
-                                        np.int64(minsup), np.int64(ml), np.int64(0), np.int64(1))
+    out_items, out_len, out_cnt, over = _mine(tx_ptr, tx_items, np.int64(rank_to_item.size),
+                                              np.int64(minsup), np.int64(ml), np.int64(0), np.int64(1),
+                                              np.int64(limit))
+    if over:
+        return None
     if out_len.size == 0:
         return empty
-    items, lengths, counts = _finalize(out_items, out_len, out_cnt, rank_to_item, np.int64(n_items))
+    return _finalize(out_items, out_len, out_cnt, rank_to_item, np.int64(n_items))
+
+
+def frequent_itemsets_arrays(baskets, min_support, *, max_len=None):
+    """Mine frequent itemsets; return them flat, without building Python tuples.
+
+    Returns ``(items, lengths, counts, n_baskets)``: itemset ``i`` is
+    ``items[offset_i : offset_i + lengths[i]]`` (``offset`` = exclusive cumsum of lengths),
+    item indices ascending; itemsets ordered by length, then lexicographically; ``counts`` the
+    number of baskets containing each itemset.
+    """
+    csr, ml, item_cnt = _prepare(baskets, max_len)
+    n_baskets = csr.shape[0]
+    items, lengths, counts = _run(csr, item_cnt, min_count_for(min_support, n_baskets), ml, UNBOUNDED)
     return items, lengths, counts, n_baskets
+
+
+def _smallest_fitting_count(csr, item_cnt, lo, ml, limit):
+    """The smallest support count >= lo whose itemsets fit ``limit``, with its result.
+
+    Counts are monotone in the support, so: doubling from ``lo`` until a search fits, then
+    bisection. A search that does not fit stops after ``limit`` itemsets, so no probe costs
+    more than the budget; memory stays bounded by it too."""
+    n = csr.shape[0]
+    probes = 0
+    res = _run(csr, item_cnt, lo, ml, limit)
+    probes += 1
+    if res is not None:
+        return lo, res, probes
+    bad, good, best = lo, None, None
+    c = lo
+    while good is None and c < n:
+        c = min(n, max(c + 1, 2 * c))
+        r = _run(csr, item_cnt, c, ml, limit)
+        probes += 1
+        if r is None:
+            bad = c
+        else:
+            good, best = c, r
+    if good is None:
+        return None, None, probes
+    while good - bad > 1:
+        mid = (good + bad) // 2
+        r = _run(csr, item_cnt, mid, ml, limit)
+        probes += 1
+        if r is None:
+            bad = mid
+        else:
+            good, best = mid, r
+    return good, best, probes
+
+
+def frequent_itemsets_bounded(baskets, min_support, *, max_len=None, max_itemsets=200_000) -> Bounded:
+    """Frequent itemsets, at most ``max_itemsets`` of them.
+
+    When the request fits, the result is exactly ``frequent_itemsets_arrays``'. Otherwise the
+    support is raised to the smallest basket count whose itemsets fit (and, only if even
+    "in every basket" does not fit, ``max_len`` is lowered): the explosion is never
+    materialised, each search stops as soon as it passes the budget."""
+    if isinstance(max_itemsets, bool) or not isinstance(max_itemsets, numbers.Integral) or max_itemsets < 1:
+        raise ValueError(f"max_itemsets must be an int >= 1, got {max_itemsets!r}")
+    csr, ml, item_cnt = _prepare(baskets, max_len)
+    n = csr.shape[0]
+    c0 = min_count_for(min_support, n)
+    # unlimited length falls back to 8, then shorter, when raising the support alone cannot fit
+    lens = [ml] + list(range((ml or 9) - 1, 0, -1))
+    probes = 0
+    for L in lens:
+        count, res, p = _smallest_fitting_count(csr, item_cnt, c0, L, int(max_itemsets))
+        probes += p
+        if res is not None:
+            return Bounded(res[0], res[1], res[2], n, c0, count, max_len, L or None, probes)
+    raise ValueError(f"more than {max_itemsets} items are in every basket; raise max_itemsets")
 
 
 def itemsets_to_tuples(items, lengths, n_items=None):

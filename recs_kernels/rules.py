@@ -62,6 +62,7 @@ class Rules:
     jaccard: np.ndarray
     certainty: np.ndarray
     kulczynski: np.ndarray
+    n_passing: int = -1  # rules passing the threshold before the max_rules cut (-1: not counted)
 
     def __len__(self) -> int:
         return len(self.antecedents)
@@ -69,7 +70,7 @@ class Rules:
     def to_dict(self) -> dict:
         """Plain ``{column: list | ndarray}``; ``polars.DataFrame(rules.to_dict())`` works
         (tuples become list columns)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "n_passing"}
 
 
 # --------------------------------------------------------------------------- kernels
@@ -147,22 +148,48 @@ def _metrics(sAC, sA, sC, n, out):
     out[10] = (conf + (sAC * n) / (sC * n)) / 2.0
 
 
+@njit(cache=True, inline="always")
+def _worse(vals, seq, a, b, k):
+    # the rule kept last when the budget is full: lower metric, then later in the output order
+    return vals[a, k] < vals[b, k] or (vals[a, k] == vals[b, k] and seq[a] > seq[b])
+
+
 @njit(cache=True)
-def _rules(items, off, lens, sup, n, metric_idx, thr, table):
+def _sift_down(heap, n, i, vals, seq, k):
+    while True:
+        lo = i
+        l = 2 * i + 1
+        r = l + 1
+        if l < n and _worse(vals, seq, heap[l], heap[lo], k):
+            lo = l
+        if r < n and _worse(vals, seq, heap[r], heap[lo], k):
+            lo = r
+        if lo == i:
+            return
+        heap[i], heap[lo] = heap[lo], heap[i]
+        i = lo
+
+
+@njit(cache=True)
+def _rules(items, off, lens, sup, n, metric_idx, thr, table, max_rules):
+    """Rules passing the threshold; past ``max_rules`` only the best by the metric are kept
+    (a min-heap over fixed-width slots), so memory is bounded by the budget, not by the
+    2^|I| - 2 candidates of every itemset. Returns them in output order (their sequence)."""
     n_sets = lens.shape[0]
-    cap = 1024
-    ant_items = np.empty(cap * 2, dtype=np.int64)
-    con_items = np.empty(cap * 2, dtype=np.int64)
-    ant_len = np.empty(cap, dtype=np.int64)
-    con_len = np.empty(cap, dtype=np.int64)
-    vals = np.empty((cap, 11), dtype=np.float64)
-    n_rules = 0
-    n_ai = 0
-    n_ci = 0
-    maxL = 0
+    maxL = 1
     for i in range(n_sets):
         if lens[i] > maxL:
             maxL = lens[i]
+    cap = min(1024, max_rules)
+    ant = np.empty((cap, maxL), dtype=np.int32)
+    con = np.empty((cap, maxL), dtype=np.int32)
+    ant_len = np.empty(cap, dtype=np.int32)
+    con_len = np.empty(cap, dtype=np.int32)
+    vals = np.empty((cap, 11), dtype=np.float64)
+    seq = np.empty(cap, dtype=np.int64)
+    heap = np.empty(0, dtype=np.int64)
+    n_rules = 0
+    n_pass = 0
     comb = np.empty(maxL + 1, dtype=np.int64)
     inA = np.zeros(maxL + 1, dtype=np.bool_)
     abuf = np.empty(maxL + 1, dtype=np.int64)
@@ -196,40 +223,53 @@ def _rules(items, off, lens, sup, n, metric_idx, thr, table):
                 ic = _lookup(table, items, off, lens, cbuf, nc)
                 if ia < 0 or ic < 0:
                     missing = i
-                    return (ant_items[:0], ant_len[:0], con_items[:0], con_len[:0],
-                            vals[:0], missing)
+                    return (ant[:0], ant_len[:0], con[:0], con_len[:0], vals[:0], missing, n_pass)
                 _metrics(sAC, sup[ia], sup[ic], n, m)
                 if m[metric_idx] >= thr:
-                    if n_rules == ant_len.shape[0]:
-                        new = 2 * ant_len.shape[0]
-                        t1 = np.empty(new, dtype=np.int64)
-                        t1[:n_rules] = ant_len[:n_rules]
-                        ant_len = t1
-                        t2 = np.empty(new, dtype=np.int64)
-                        t2[:n_rules] = con_len[:n_rules]
-                        con_len = t2
-                        t3 = np.empty((new, 11), dtype=np.float64)
-                        t3[:n_rules] = vals[:n_rules]
-                        vals = t3
-                    if n_ai + na > ant_items.shape[0]:
-                        t4 = np.empty(2 * ant_items.shape[0] + na, dtype=np.int64)
-                        t4[:n_ai] = ant_items[:n_ai]
-                        ant_items = t4
-                    if n_ci + nc > con_items.shape[0]:
-                        t5 = np.empty(2 * con_items.shape[0] + nc, dtype=np.int64)
-                        t5[:n_ci] = con_items[:n_ci]
-                        con_items = t5
-                    for j in range(na):
-                        ant_items[n_ai + j] = abuf[j]
-                    for j in range(nc):
-                        con_items[n_ci + j] = cbuf[j]
-                    n_ai += na
-                    n_ci += nc
-                    ant_len[n_rules] = na
-                    con_len[n_rules] = nc
-                    for q in range(11):
-                        vals[n_rules, q] = m[q]
-                    n_rules += 1
+                    slot = -1
+                    if n_rules < max_rules:
+                        if n_rules == ant_len.shape[0]:
+                            new = min(2 * n_rules, max_rules)
+                            t_a = np.empty((new, maxL), dtype=np.int32)
+                            t_a[:n_rules] = ant[:n_rules]
+                            ant = t_a
+                            t_c = np.empty((new, maxL), dtype=np.int32)
+                            t_c[:n_rules] = con[:n_rules]
+                            con = t_c
+                            t_al = np.empty(new, dtype=np.int32)
+                            t_al[:n_rules] = ant_len[:n_rules]
+                            ant_len = t_al
+                            t_cl = np.empty(new, dtype=np.int32)
+                            t_cl[:n_rules] = con_len[:n_rules]
+                            con_len = t_cl
+                            t_v = np.empty((new, 11), dtype=np.float64)
+                            t_v[:n_rules] = vals[:n_rules]
+                            vals = t_v
+                            t_s = np.empty(new, dtype=np.int64)
+                            t_s[:n_rules] = seq[:n_rules]
+                            seq = t_s
+                        slot = n_rules
+                        n_rules += 1
+                    else:
+                        if heap.shape[0] == 0:
+                            heap = np.arange(n_rules).astype(np.int64)
+                            for q in range(n_rules // 2 - 1, -1, -1):
+                                _sift_down(heap, n_rules, q, vals, seq, metric_idx)
+                        if m[metric_idx] > vals[heap[0], metric_idx]:
+                            slot = heap[0]
+                    if slot >= 0:
+                        for j in range(na):
+                            ant[slot, j] = abuf[j]
+                        for j in range(nc):
+                            con[slot, j] = cbuf[j]
+                        ant_len[slot] = na
+                        con_len[slot] = nc
+                        for q in range(11):
+                            vals[slot, q] = m[q]
+                        seq[slot] = n_pass
+                        if heap.shape[0] > 0:
+                            _sift_down(heap, n_rules, 0, vals, seq, metric_idx)
+                    n_pass += 1
                 j = r - 1
                 while j >= 0 and comb[j] == L - r + j:
                     j -= 1
@@ -238,29 +278,27 @@ def _rules(items, off, lens, sup, n, metric_idx, thr, table):
                 comb[j] += 1
                 for q in range(j + 1, r):
                     comb[q] = comb[q - 1] + 1
-    return (ant_items[:n_ai], ant_len[:n_rules], con_items[:n_ci], con_len[:n_rules],
-            vals[:n_rules], missing)
+    order = np.argsort(seq[:n_rules], kind="mergesort")
+    return (ant[order], ant_len[order], con[order], con_len[order], vals[order], missing, n_pass)
 
 
 # --------------------------------------------------------------------------- public API
 
 
-def _split(flat, lens):
-    """Flat items + lengths -> list of tuples (Python ints)."""
+def _split(rows, lens):
+    """Fixed-width rows + lengths -> list of tuples (Python ints)."""
     if lens.size == 0:
         return []
-    vals = flat.tolist()
     out = []
-    pos = 0
-    for L in lens.tolist():
-        out.append(tuple(vals[pos: pos + L]))
-        pos += L
+    for row, L in zip(rows.tolist(), lens.tolist()):
+        out.append(tuple(row[:L]))
     return out
 
 
-def association_rules(itemsets, support, n_baskets, *, metric="confidence", min_threshold=0.5):
+def association_rules(itemsets, support, n_baskets, *, metric="confidence", min_threshold=0.5, max_rules=None):
     """All rules A -> C (A, C nonempty, disjoint, A | C a frequent itemset) passing
-    ``metric >= min_threshold``.
+    ``metric >= min_threshold``; with ``max_rules``, only that many of the best by ``metric``
+    (ties: earlier in the output order), found with bounded memory.
 
     Parameters
     ----------
@@ -272,10 +310,13 @@ def association_rules(itemsets, support, n_baskets, *, metric="confidence", min_
     metric : one of ``METRICS`` (mlxtend's "antecedent support"/"consequent support" spellings
         are accepted too).
     min_threshold : float.
+    max_rules : optional int >= 1.
 
     Returns
     -------
-    Rules (columnar); ``Rules.to_dict()`` gives a plain dict for a DataFrame.
+    Rules (columnar); ``Rules.to_dict()`` gives a plain dict for a DataFrame;
+    ``Rules.n_passing`` counts every rule that passed the threshold (kept or not). No
+    itemsets give no rules.
     """
     metric = _ALIASES.get(metric, metric)
     if metric not in METRICS:
@@ -288,9 +329,17 @@ def association_rules(itemsets, support, n_baskets, *, metric="confidence", min_
         raise ValueError(f"min_threshold must be a number, got {min_threshold!r}") from None
     if np.isnan(thr):
         raise ValueError("min_threshold must not be NaN")
+    if max_rules is None:
+        cap = 1 << 62
+    elif isinstance(max_rules, bool) or not isinstance(max_rules, (int, np.integer)) or max_rules < 1:
+        raise ValueError(f"max_rules must be None or an int >= 1, got {max_rules!r}")
+    else:
+        cap = int(max_rules)
     itemsets = list(itemsets)
     if len(itemsets) == 0:
-        raise ValueError("itemsets is empty")
+        if len(support):
+            raise ValueError(f"support must be 1-D with one value per itemset (0), got {len(support)} values")
+        return Rules([], [], *[np.zeros(0) for _ in METRICS], n_passing=0)
     sup = np.asarray(support)
     if sup.ndim != 1 or sup.shape[0] != len(itemsets):
         raise ValueError(
@@ -316,11 +365,11 @@ def association_rules(itemsets, support, n_baskets, *, metric="confidence", min_
     table, dup = _build_table(flat, off, lens)
     if dup >= 0:
         raise ValueError(f"itemset {itemsets[dup]!r} is listed twice")
-    ai, al, ci, cl, vals, missing = _rules(flat, off, lens, sup, float(n_baskets),
-                                           METRICS.index(metric), thr, table)
+    ai, al, ci, cl, vals, missing, n_pass = _rules(flat, off, lens, sup, float(n_baskets),
+                                                   METRICS.index(metric), thr, table, np.int64(cap))
     if missing >= 0:
         raise ValueError(
             f"a subset of itemset {itemsets[missing]!r} is missing from itemsets; rules need "
             "the supports of every antecedent and consequent")
     cols = {name: np.ascontiguousarray(vals[:, k]) for k, name in enumerate(METRICS)}
-    return Rules(antecedents=_split(ai, al), consequents=_split(ci, cl), **cols)
+    return Rules(antecedents=_split(ai, al), consequents=_split(ci, cl), **cols, n_passing=int(n_pass))

@@ -92,11 +92,18 @@ def test_bad_inputs():
         association_rules([(0,), (0, 1)], [0.5, 0.25], 4)
     with pytest.raises(ValueError, match="support"):
         association_rules(its, sup[:2], 4)
-    with pytest.raises(ValueError, match="empty"):
-        association_rules([], [], 4)
+    with pytest.raises(ValueError, match="max_rules"):
+        association_rules(its, sup, 4, max_rules=0)
+
+
     with pytest.raises(ValueError, match="n_baskets"):
         association_rules(its, sup, 0)
     with pytest.raises(ValueError, match="fractions"):
         association_rules(its, [0.5, 0.5, 1.5], 4)
     with pytest.raises(ValueError, match="twice"):
         association_rules([(0,), (0,)], [0.5, 0.5], 4)
+
+
+def test_no_itemsets_give_no_rules():
+    r = association_rules([], [], 4)
+    assert len(r) == 0 and r.n_passing == 0 and set(r.to_dict()) == {"antecedents", "consequents", *METRICS}
