@@ -13,9 +13,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response, get, head, post
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.plugins.pydantic import PydanticPlugin
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.middleware import DefineMiddleware
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
@@ -23,6 +24,9 @@ from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_503_SERVICE_UNAVAIL
 from pydantic import ValidationError
 
 from . import release as release_format
+from . import ui
+from . import business_rules, details, explain
+from .guards import RequestIdMiddleware, StrictJSONRequest, on_server_error
 from .metrics import Metrics, MetricsMiddleware
 from .recommender import NotReady, Recommender, UnknownItem
 from .schemas import (
@@ -34,7 +38,13 @@ from .schemas import (
     RecommendRequest,
     RecommendResponse,
     ReloadResponse,
+    ExplainedBatchResponse,
+    ExplainedCustomersResponse,
+    ExplainedResponse,
+    ItemDetail,
+    UserDetail,
 )
+from .api_docs import BatchBody, CartBody, ItemPath, RecommendBody, UserPath, TAGS, cors_config
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a full request (200 recent events, 1000 users) fits easily
 ADMIN_TOKEN_ENV = "RECS_ADMIN_TOKEN"
@@ -46,56 +56,90 @@ def _rec(request: Request) -> Recommender:
     return request.app.state.recommender
 
 
-@post("/v1/recommend", sync_to_thread=False, status_code=200, summary="Recommendations for a user (known, anonymous with recent events, or cold)")
-def recommend(request: Request, data: JSONBody[RecommendRequest]) -> RecommendResponse:
-    return _rec(request).recommend(data, as_dict=True)  # type: ignore[return-value]
+@post("/v1/recommend", sync_to_thread=False, status_code=200, tags=["recommendations"], summary="Recommendations for a user (known, anonymous with recent events, or cold)")
+def recommend(request: Request, data: RecommendBody) -> ExplainedResponse:
+    rec = _rec(request)
+    seed = max(data.recent, key=lambda r: r.timestamp).item_id if data.recent else None
+    excl = business_rules.request_exclusions(rec.release, data.user_id, data.recent, data.exclusions)
+    return explain.enrich_response(rec.recommend(data, as_dict=True), rec, anonymous=True, seed=seed, k=data.k, exclude_ids=excl)  # type: ignore[return-value]
 
 
-@get("/v1/items/{item_id:str}/similar", sync_to_thread=False, summary="Items similar to an item (item page)")
-def similar(request: Request, item_id: FromPath[str], k: KQuery = 20, brand: FromQuery[str | None] = None) -> RecommendResponse:
-    return _rec(request).similar_items(item_id, k, brand=brand, as_dict=True)  # type: ignore[return-value]
+@get("/v1/items/{item_id:str}/similar", sync_to_thread=False, tags=["items"], summary="Items similar to an item (item page)")
+def similar(request: Request, item_id: ItemPath, k: KQuery = 20, brand: FromQuery[str | None] = None) -> ExplainedResponse:
+    rec = _rec(request)
+    return explain.enrich_response(rec.similar_items(item_id, k, brand=brand, as_dict=True), rec, anonymous=True, seed=item_id,
+                                   k=k, exclude_ids={item_id})  # type: ignore[return-value]
 
 
-@post("/v1/cart/addons", sync_to_thread=False, status_code=200, summary="Add-ons for a cart (bought-together rules and co-visitation)")
-def cart_addons(request: Request, data: JSONBody[CartAddonsRequest]) -> RecommendResponse:
-    return _rec(request).cart_addons(data, as_dict=True)  # type: ignore[return-value]
+@get("/v1/items/{item_id:str}", sync_to_thread=True, tags=["items"], summary="One item: attributes, popularity, bought-together rules")
+def item_info(request: Request, item_id: ItemPath) -> ItemDetail:
+    return details.item_detail(_rec(request), item_id)  # type: ignore[return-value]
 
 
-@get("/v1/items/{item_id:str}/customers", sync_to_thread=True, summary="Customers most likely to want an item (targeting)")
-def customers(request: Request, item_id: FromPath[str], k: KQuery = 20) -> CustomersResponse:
-    return _rec(request).top_customers(item_id, k)
+@get("/v1/users/{user_id:str}", sync_to_thread=True, tags=["customers"], summary="One customer: history with titles, dates and quantities")
+def user_info(request: Request, user_id: UserPath) -> UserDetail:
+    return details.user_detail(_rec(request), user_id)  # type: ignore[return-value]
 
 
-@post("/v1/recommend/batch", sync_to_thread=False, status_code=200, summary="Recommendations for many users at once")
-def recommend_batch(request: Request, data: JSONBody[BatchRecommendRequest]) -> BatchRecommendResponse:
-    return _rec(request).recommend_batch(data, wire=True)  # type: ignore[return-value]
+@post("/v1/cart/addons", sync_to_thread=False, status_code=200, tags=["recommendations"], summary="Add-ons for a cart (bought-together rules and co-visitation)")
+def cart_addons(request: Request, data: CartBody) -> ExplainedResponse:
+    rec = _rec(request)
+    anonymous = data.user_id is None or data.user_id not in rec.release.user_index
+    excl = business_rules.request_exclusions(rec.release, data.user_id, (), data.exclusions, data.item_ids)
+    return explain.enrich_response(rec.cart_addons(data, as_dict=True), rec, anonymous=anonymous, seed=data.item_ids[0],
+                                   k=data.k, exclude_ids=excl)  # type: ignore[return-value]
 
 
-@get("/v1/release", sync_to_thread=False, summary="Manifest of the release being served")
+@get("/v1/items/{item_id:str}/customers", sync_to_thread=True, tags=["customers"], summary="Customers most likely to want an item (targeting)")
+def customers(request: Request, item_id: ItemPath, k: KQuery = 20) -> ExplainedCustomersResponse:
+    rec = _rec(request)
+    return explain.enrich_customers(rec.top_customers(item_id, k), rec)  # type: ignore[return-value]
+
+
+@post("/v1/recommend/batch", sync_to_thread=False, status_code=200, tags=["recommendations"], summary="Recommendations for many users at once")
+def recommend_batch(request: Request, data: BatchBody) -> ExplainedBatchResponse:
+    rec = _rec(request)
+    return explain.enrich_batch(rec.recommend_batch(data, wire=True), rec, k=data.k, exclusions=data.exclusions)  # type: ignore[return-value]
+
+
+@get("/v1/release", sync_to_thread=False, tags=["operations"], summary="Manifest of the release being served")
 def release_info(request: Request) -> dict[str, Any]:
     rel = _rec(request).release
     return {"artifact_version": rel.version, "path": str(rel.path), "summary": rel.summary(), "manifest": rel.manifest}
 
 
-@get("/healthz", sync_to_thread=False, summary="Liveness")
+@get("/healthz", sync_to_thread=False, tags=["operations"], summary="Liveness")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", sync_to_thread=False, summary="Readiness: a release is loaded")
+@head("/healthz", sync_to_thread=False, tags=["operations"], summary="Liveness (no body)")
+def healthz_head() -> None:
+    return None
+
+
+@get("/readyz", sync_to_thread=False, tags=["operations"], summary="Readiness: a release is loaded",
+     description="200 when a release is served, else 503. Names the served release and the last release that was "
+                 "refused (checksum, missing array, non-finite factors, unreadable table...) with the reason; a refused "
+                 "release is tried again only once its files change on disk.",
+     responses={503: ResponseSpec(dict, description="no release loaded yet", generate_examples=False)})
 def readyz(request: Request) -> Response[dict[str, Any]]:
     rec = _rec(request)
-    if rec.ready:
-        return Response({"status": "ready", "artifact_version": rec.version})
-    return Response({"status": "not ready", "artifact_version": None}, status_code=HTTP_503_SERVICE_UNAVAILABLE)
+    body = {"status": "ready" if rec.ready else "not ready", **rec.lifecycle_status()}
+    return Response(body, status_code=200 if rec.ready else HTTP_503_SERVICE_UNAVAILABLE)
 
 
-@get("/metrics", sync_to_thread=False, media_type="text/plain; version=0.0.4", summary="Prometheus metrics")
+@head("/readyz", sync_to_thread=False, tags=["operations"], summary="Readiness (no body): 200 or 503")
+def readyz_head(request: Request) -> Response[None]:
+    return Response(None, status_code=200 if _rec(request).ready else HTTP_503_SERVICE_UNAVAILABLE)
+
+
+@get("/metrics", sync_to_thread=False, media_type="text/plain; version=0.0.4", tags=["operations"], summary="Prometheus metrics")
 def metrics(request: Request) -> str:
     return request.app.state.metrics.render(_rec(request))
 
 
-@post("/v1/admin/reload", sync_to_thread=True, summary="Load CURRENT now (needs the admin token)", status_code=200)
+@post("/v1/admin/reload", sync_to_thread=True, tags=["admin"], summary="Load CURRENT now (needs the admin token)", status_code=200)
 def admin_reload(request: Request) -> ReloadResponse:
     token = request.app.state.admin_token
     if not token:
@@ -110,7 +154,7 @@ def admin_reload(request: Request) -> ReloadResponse:
     before = rec.version
     try:
         changed = rec.reload()
-    except release_format.ReleaseError as exc:
+    except release_format.ReleaseError as exc:  # refused: verification or loading failed; the old release keeps serving
         raise HTTPException(status_code=409, detail=str(exc)) from exc
     return ReloadResponse(reloaded=changed, artifact_version=rec.version, previous_version=before)
 
@@ -146,6 +190,7 @@ def create_app(
     poll_interval: float = 1.0,
     max_body_bytes: int = MAX_BODY_BYTES,
     debug: bool = False,
+    cors_origins: str | list[str] | None = None,
 ) -> Litestar:
     owns = recommender is None
     if recommender is None:
@@ -161,23 +206,31 @@ def create_app(
             recommender.close()
 
     app = Litestar(
-        route_handlers=[recommend, similar, cart_addons, customers, recommend_batch, release_info, healthz, readyz, metrics, admin_reload],
+        route_handlers=[recommend, similar, item_info, user_info, cart_addons, customers, recommend_batch, release_info, healthz, readyz,
+                        healthz_head, readyz_head,
+                        metrics, admin_reload, *ui.route_handlers()],
         on_startup=[_start],
         on_shutdown=[_stop],
         exception_handlers={
             ValidationError: _on_validation,
             NotReady: _on_not_ready,
             UnknownItem: _on_unknown_item,
+            500: on_server_error,
         },
+        request_class=StrictJSONRequest,
+        plugins=[PydanticPlugin(validate_strict=True)],
         openapi_config=OpenAPIConfig(
             title="recs serving API",
             version="1.0.0",
             description="Recommendations from the latest published release. Every response names its artifact_version.",
             path="/schema",
-            render_plugins=[SwaggerRenderPlugin(path="/swagger"), ScalarRenderPlugin(path="/")],
+            render_plugins=[ui.swagger_plugin()],
+            tags=TAGS,
         ),
+        template_config=ui.template_config(),
+        cors_config=cors_config(cors_origins),
         request_max_body_size=max_body_bytes,
-        middleware=[DefineMiddleware(MetricsMiddleware, metrics=m)],
+        middleware=[RequestIdMiddleware, DefineMiddleware(MetricsMiddleware, metrics=m)],
         debug=debug,
     )
     app.state.recommender = recommender

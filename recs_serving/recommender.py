@@ -13,6 +13,7 @@ newest timestamp in the request; ties are broken by item index everywhere.
 from __future__ import annotations
 
 import atexit
+import copy
 import gc
 import logging
 import os
@@ -27,8 +28,10 @@ import msgspec
 import numpy as np
 from pydantic import BaseModel
 
+from . import business_rules
 from . import release as release_format
 from .filters import CompiledFilter, compile_filter
+from .holder import ReleaseHolder
 from .loader import LoadedRelease, load_release
 from recs_kernels.mmr import mmr_batch
 from .schemas import (
@@ -41,15 +44,13 @@ from .schemas import (
     RecommendRequest,
     RecommendResponse,
 )
-from .scoring import SOURCES, ReleaseStats, score_candidates
+from .release import ReleaseContract
+from .scoring import SOURCES, release_blend, request_history, seed_weights
 from recs_kernels import als as _als
+from recs_kernels import blend as _blend
 from recs_kernels import topk as _topk
 
 log = logging.getLogger("recs_serving")
-
-MAX_SEEDS = 30
-MAX_HISTORY_FOR_COVIS = 50
-NEIGHBOURS_PER_SEED = 20
 
 
 class NotReady(RuntimeError):
@@ -72,14 +73,15 @@ def default_home() -> Path:
 @dataclass(frozen=True)
 class _State:
     rel: LoadedRelease
-    stats: ReleaseStats
+    scorer: _blend.Blend  # the one blend over the release's sources
     item_id_arr: np.ndarray  # rel.item_ids as an object array: ids of many picks in one take
+    contract: ReleaseContract  # what answers follow: the release's, or an override (with_contract)
 
     @staticmethod
     def of(rel: LoadedRelease) -> "_State":
         ids = np.empty(rel.n_items, dtype=object)
         ids[:] = list(rel.item_ids)
-        return _State(rel, ReleaseStats.of(rel), ids)
+        return _State(rel, release_blend(rel), ids, rel.contract)
 
 
 @dataclass
@@ -151,31 +153,44 @@ class Recommender:
         mmap: bool = False,
         scan_items: int = 50_000,
         require_release: bool = False,
+        cache: bool = False,
     ):
+        """``cache=True``: arrays come from the per-release memory-mapped cache that all
+        worker processes share (``recs_serving.mapped``); the Parquet loader then runs in a
+        child process, never in this one. The lifecycle (verify, refuse, fall back, watch,
+        swap) lives in ``holder.ReleaseHolder``."""
         self.home = Path(home).resolve() if home is not None else default_home()
         self.poll_interval = float(poll_interval)
         self.mmap = mmap
         self.scan_items = scan_items
-        self._state: _State | None = None
-        self._lock = threading.Lock()  # serialises loads, never requests
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
-        self._failed: str | None = None
-        self.reloads = 0
-        self.reload_errors = 0
-        try:
-            self.reload()
-        except release_format.ReleaseError:
-            if require_release:
-                raise
-            log.warning("no release under %s yet; serving will be ready once one is published", self.home)
+        loader = None
+        if mmap and not cache:
+            from .holder import serving_needs
+
+            def loader(home_: Path, name: str) -> LoadedRelease:
+                release_format.open_release(home_, name).verify()
+                rel = load_release(home_, name, mmap=True)
+                serving_needs(rel)
+                return rel
+        self._holder: ReleaseHolder[_State] = ReleaseHolder(self.home, self._prepare, poll_interval=poll_interval,
+                                                            cache=cache, loader=loader)
+        self._holder.start(require=require_release)
         if watch:
             self.start_watching()
 
-    # ------------------------------------------------------------------ release lifecycle
+    # ------------------------------------------------------------------ release lifecycle (holder.py)
+    def _prepare(self, rel: LoadedRelease) -> "_State":
+        st = _State.of(rel)
+        self._warm(st)
+        return st
+
+    @property
+    def _state(self) -> "_State | None":
+        return self._holder.state
+
     @property
     def ready(self) -> bool:
-        return self._state is not None
+        return self._holder.state is not None
 
     @property
     def release(self) -> LoadedRelease:
@@ -183,32 +198,31 @@ class Recommender:
 
     @property
     def version(self) -> str | None:
-        st = self._state
+        st = self._holder.state
         return st.rel.version if st else None
 
+    @property
+    def reloads(self) -> int:
+        return self._holder.reloads
+
+    @property
+    def reload_errors(self) -> int:
+        return self._holder.reload_errors
+
+    def lifecycle_status(self) -> dict:
+        """Served release, CURRENT, and the last refused release with the reason (``/readyz``)."""
+        return self._holder.status()
+
     def _current(self) -> _State:
-        st = self._state
+        st = self._holder.state
         if st is None:
             raise NotReady(f"no release loaded from {self.home}")
         return st
 
     def reload(self, force: bool = False) -> bool:
-        """Load ``CURRENT`` if it differs from the loaded release; True when swapped."""
-        with self._lock:
-            target = release_format.current_version(self.home)
-            if target is None:
-                raise release_format.ReleaseError(f"no current release under {release_format.releases_dir(self.home)}")
-            st = self._state
-            if st is not None and st.rel.version == target and not force:
-                return False
-            rel = load_release(self.home, target, mmap=self.mmap)
-            new = _State.of(rel)
-            self._warm(new)
-            self._state = new  # the swap: one reference assignment
-            self.reloads += 1
-            self._failed = None
-            _freeze_heap()
-            return True
+        """Load ``CURRENT`` if it is not the release being served; True when swapped.
+        ``ReleaseError`` with the reason when it is refused (the served release stays)."""
+        return self._holder.reload(force=force)
 
     def _warm(self, st: _State) -> None:
         """Run each request path once on a new release before it goes live, so JIT compilation
@@ -224,36 +238,17 @@ class Recommender:
             for uid, rec in ((None, recent), (users[0] if users else None, recent), (users[0] if users else None, [])):
                 meta: dict = {}
                 q = self._query(st, k=5, user_id=uid, recent=rec, brand=None, exclusions=(), filters={}, lam=None, meta=meta)
-                picks = self._plain(st, np.array([q.user]), [q])[0] if q.user >= 0 and not rec and rel_has_topn(rel, q.user) else self._blend(st, q, meta)
+                picks = self._topn_picks(st, q) if q.user >= 0 and not rec and rel_has_topn(rel, q.user) else self._blend(st, q, meta)
                 self._fill(st, q, picks, meta)
             _topk.topk_scores(np.zeros(8, np.float32), 2)
         except Exception:  # noqa: BLE001 - warming must never block a release
             log.exception("warm-up of release %s failed (serving it anyway)", rel.version)
 
     def start_watching(self) -> None:
-        if self._watcher is not None and self._watcher.is_alive():
-            return
-        self._stop.clear()
-        self._watcher = threading.Thread(target=self._watch, name="recs-release-watcher", daemon=True)
-        self._watcher.start()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.poll_interval):
-            try:
-                target = release_format.current_version(self.home)
-                if target is None or target == self.version or target == self._failed:
-                    continue
-                self.reload()
-            except Exception:  # keep serving the previous release
-                self.reload_errors += 1
-                self._failed = release_format.current_version(self.home)
-                log.exception("failed to load release %s; keeping %s", self._failed, self.version)
+        self._holder.start_watching()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)
-            self._watcher = None
+        self._holder.close()
 
     def __enter__(self):
         return self
@@ -266,14 +261,19 @@ class Recommender:
                exclusions: Iterable[str], filters: dict, lam: float | None, meta: dict,
                extra_seeds: Iterable[str] = (), seed_event: str = "add") -> _Query:
         rel = st.rel
+        contract = st.contract
         index = rel.item_index
         user = rel.user_index.get(user_id, -1) if user_id is not None else -1
-        ew = rel.event_weights
-        half = rel.recency_half_life_ms
+        ew = contract.event_weights.model_dump()
         recent = list(recent)
-        seed_acc: dict[int, float] = {}
+        events: dict[int, tuple[float, float]] = {}  # item -> (sum of event weights, youngest age in ms)
         excl: list[int] = []
         unknown: list[str] = []
+
+        def add(i: int, event: str, age: float) -> None:
+            w, a = events.get(i, (0.0, age))
+            events[i] = (w + ew.get(event, 0.0), min(a, age))
+
         if recent:
             t_ref = max(r.timestamp for r in recent)
             for r in recent:
@@ -282,8 +282,7 @@ class Recommender:
                     if r.item_id not in unknown:
                         unknown.append(r.item_id)
                     continue
-                decay = 0.5 ** ((t_ref - r.timestamp) / half)
-                seed_acc[i] = seed_acc.get(i, 0.0) + ew.get(r.event, 1.0) * decay
+                add(i, r.event, float(t_ref - r.timestamp))
                 excl.append(i)  # what the request shows was just seen/added/bought is not re-offered
         for item_id in extra_seeds:
             i = index.get(item_id)
@@ -291,20 +290,20 @@ class Recommender:
                 if item_id not in unknown:
                     unknown.append(item_id)
                 continue
-            seed_acc[i] = seed_acc.get(i, 0.0) + ew.get(seed_event, 1.0)
+            add(i, seed_event, 0.0)
             excl.append(i)
         for item_id in exclusions:
             i = index.get(item_id)
             if i is not None:
                 excl.append(i)
-        if user >= 0:
-            items, _, bought = rel.history(user)
-            if bought.any():
-                excl.extend(items[bought].tolist())
+        if user >= 0:  # seen items are never offered again (the batch top-N excludes them too)
+            a, b = rel.hist_indptr[user], rel.hist_indptr[user + 1]
+            excl.extend(rel.hist_items[a:b].tolist())
         if unknown:
             meta["unknown_items"] = unknown
+        seed_acc = {i: w for i, w in seed_weights(contract, events).items() if w > 0}
         if seed_acc:
-            pairs = sorted(seed_acc.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_SEEDS]
+            pairs = sorted(seed_acc.items(), key=lambda kv: (-kv[1], kv[0]))[:contract.candidates.max_seeds]
             seeds = np.array([p[0] for p in pairs], np.int64)
             seed_w = np.array([p[1] for p in pairs], np.float64)
         else:
@@ -313,20 +312,24 @@ class Recommender:
         cats = filters.get("category")
         return _Query(
             k=k, user=user, seeds=seeds, seed_w=seed_w,
-            exclude=np.unique(np.array(excl, np.int64)), filt=compile_filter(rel, brand, filters),
-            lam=rel.mmr_lambda if lam is None else float(lam), brand=brand,
-            category=cats[0] if cats and len(cats) == 1 else None, weights=rel.blend,
+            exclude=business_rules.with_blocked(rel, np.unique(np.array(excl, np.int64))), filt=compile_filter(rel, brand, filters),
+            lam=contract.mmr_lambda if lam is None else float(lam), brand=brand,
+            category=cats[0] if cats and len(cats) == 1 else None, weights=contract.weights.model_dump(),
         )
 
     # ------------------------------------------------------------------ answering
-    def _fold_in(self, rel: LoadedRelease, ids: np.ndarray, w: np.ndarray) -> np.ndarray | None:
+    @staticmethod
+    def _fold_in(st: _State, ids: np.ndarray, w: np.ndarray) -> np.ndarray | None:
+        """The ALS factor of ``h`` (the training's regularization and alpha, from the contract)."""
+        rel = st.rel
         if rel.als_item is None or ids.size == 0:
             return None
         keep = w > 0
         ids, w = ids[keep], w[keep].astype(np.float64)
         if ids.size == 0:
             return None
-        return _als.fold_in(rel.als_item, ids, w, regularization=rel.als_reg, alpha=rel.als_alpha, yty=rel.als_yty)
+        a = st.contract.als
+        return _als.fold_in(rel.als_item, ids, w, regularization=a.regularization, alpha=a.alpha, yty=rel.als_yty)
 
     def _reason(self, rel: LoadedRelease, q: _Query, item: int, contrib: list, order: list, anchors: dict, i: int) -> list[str]:
         """Up to two reasons for one pick: its sources in descending contribution (``order``:
@@ -341,7 +344,7 @@ class Recommender:
             src = SOURCES[j]
             if src in ("als", "bpr"):
                 r = "for_you"
-            elif src in ("covis", "rules"):
+            elif src in ("item_sim", "covis", "rules"):
                 a = anchors.get(src)
                 r = f"bought_with:{rel.item_ids[a[i]]}" if a is not None and a[i] >= 0 else "bought_together"
             elif src == "content":
@@ -363,7 +366,9 @@ class Recommender:
             return f"popular_in_category:{q.category}"
         return "trending" if rel.trend_norm[item] >= rel.pop_norm[item] and rel.trend_norm[item] > 0 else "popular"
 
-    def _candidates(self, rel: LoadedRelease, q: _Query, u_als: np.ndarray | None, refreshed: bool) -> np.ndarray:
+    def _candidates(self, st: _State, q: _Query, u_als: np.ndarray | None, refreshed: bool) -> np.ndarray:
+        rel = st.rel
+        per_seed = st.contract.candidates.neighbours_per_seed
         parts = []
         if q.user >= 0:
             row = rel.topn_ids[q.user]
@@ -372,10 +377,10 @@ class Recommender:
             scores = rel.als_item @ u_als
             ids, _ = _topk.topk_scores(scores, min(rel.n_items, 2 * q.k + 20))
             parts.append(ids[ids >= 0])
-        for adj in (rel.covis, rel.rules, rel.sim_factors, rel.sim_content):
+        for adj in (rel.item_sim, rel.covis, rel.rules, rel.sim_factors, rel.sim_content):
             for s in q.seeds:
                 a = adj.indptr[s]
-                parts.append(adj.indices[a:min(adj.indptr[s + 1], a + NEIGHBOURS_PER_SEED)])
+                parts.append(adj.indices[a:min(adj.indptr[s + 1], a + per_seed)])
         if q.seeds.size >= 2 and rel.multi_rules:
             present = set(q.seeds.tolist())
             for ante, cons, _ in rel.multi_rules:
@@ -396,27 +401,21 @@ class Recommender:
         rel = st.rel
         u_als = None
         bpr_u = None
-        hist = None
         refreshed = False
+        # h: the capped history plus the recent items (bounded work whatever the history length)
+        h_ids, h_w = request_history(rel, st.contract, q.user, q.seeds, q.seed_w)
         if q.user >= 0:
-            h_items, h_w, _ = rel.history(q.user)
             if q.seeds.size and rel.als_item is not None:
-                u_als = self._fold_in(rel, np.concatenate([h_items.astype(np.int64), q.seeds]), np.concatenate([h_w.astype(np.float64), q.seed_w]))
+                u_als = self._fold_in(st, h_ids, h_w)
                 refreshed = True
             elif rel.als_user is not None:
                 u_als = np.asarray(rel.als_user[q.user], dtype=np.float32)
             if rel.bpr_user is not None:
                 bpr_u = np.asarray(rel.bpr_user[q.user], dtype=np.float32)
-            if h_items.size:
-                if h_items.size > MAX_HISTORY_FOR_COVIS:
-                    top = np.lexsort((h_items, -h_w))[:MAX_HISTORY_FOR_COVIS]
-                    hist = (h_items[top], h_w[top])
-                else:
-                    hist = (h_items, h_w)
         elif q.seeds.size:
-            u_als = self._fold_in(rel, q.seeds, q.seed_w)
+            u_als = self._fold_in(st, h_ids, h_w)
             refreshed = u_als is not None
-        cand = self._candidates(rel, q, u_als, refreshed)
+        cand = self._candidates(st, q, u_als, refreshed)
         n_gen = cand.size
         if q.exclude.size and cand.size:
             cand = cand[~_member(cand, q.exclude)]
@@ -426,10 +425,8 @@ class Recommender:
         meta["eligible"] = int(cand.size)
         if cand.size == 0:
             return []
-        total, contrib, anchors = score_candidates(
-            rel, st.stats, cand, weights=q.weights, als_user=u_als, bpr_user=bpr_u,
-            seeds=q.seeds, seed_weights=q.seed_w, history=hist,
-        )
+        total, contrib, anchors = st.scorer.score_candidates(
+            q.weights, cand, als_user=u_als, bpr_user=bpr_u, hist_ids=h_ids, hist_w=h_w)
         order = np.lexsort((cand, -total))
         m = min(cand.size, max(3 * q.k, q.k + 20))
         top = order[:m]
@@ -448,32 +445,12 @@ class Recommender:
         anch = {src: a[rows].tolist() for src, a in anchors.items()}
         return [(items[i], totals[i], self._reason(rel, q, items[i], C[i], orders[i], anch, i)) for i in range(n)]
 
-    def _plain(self, st: _State, users: np.ndarray, queries: list[_Query]) -> list[list[tuple[int, float, list[str]]]]:
-        """Known users without recent events: the precomputed top-N, filtered, MMR re-ranked."""
-        rel = st.rel
-        ids = rel.topn_ids[users]
-        sc = rel.topn_scores[users].astype(np.float32)
-        valid = ids >= 0
-        safe = np.where(valid, ids, 0)
-        for b, q in enumerate(queries):
-            if q.exclude.size:
-                valid[b] &= ~_member(ids[b], q.exclude)
-            if not q.filt.empty:
-                valid[b] &= q.filt.mask(rel, safe[b])
-        rel_sc = np.where(valid, sc, -np.inf)
-        vecs = rel.mmr_vecs[safe] if rel.mmr_vecs is not None else None
-        k = max(q.k for q in queries)
-        lam = queries[0].lam
-        picks = mmr_batch(rel_sc, vecs, k, lam)
-        out = []
-        for b, q in enumerate(queries):
-            row = []
-            for p in picks[b, : q.k]:
-                if p < 0:
-                    break
-                row.append((int(ids[b, p]), float(sc[b, p]), ["for_you"]))
-            out.append(row)
-        return out
+    def _topn_picks(self, st: _State, q: _Query) -> list[tuple[int, float, list[str]]]:
+        """A known user's precomputed top-N as picks (``_topn`` for one user)."""
+        sel_ids, sel_sc, counts = self._topn(st, np.array([q.user]), q)
+        n = counts[0]
+        reason = ["for_you"]
+        return list(zip(sel_ids[0, :n].tolist(), sel_sc[0, :n].tolist(), [reason] * n))
 
     def _fill(self, st: _State, q: _Query, picks: list, meta: dict) -> list:
         """Top up to k from popularity lists (brand, category, trending, global), then a full scan."""
@@ -481,7 +458,6 @@ class Recommender:
         if need <= 0:
             return picks
         rel = st.rel
-        w_pop = float(q.weights.get("popularity", 0.0)) or 1.0
         taken = np.array([p[0] for p in picks] + q.exclude.tolist(), np.int64)
         lists = rel.popularity_lists
         sources = []
@@ -514,11 +490,15 @@ class Recommender:
             added.extend((int(i), reason) for i in got)
         if not added:
             return picks
-        stats = st.stats
+        # fill scores: the blend's vector part (trending, popularity), kept under the last pick
+        w_t, w_p = float(q.weights.get("trending", 0.0)), float(q.weights.get("popularity", 0.0))
+        if w_t == 0.0 and w_p == 0.0:
+            w_t = 1.0
+        fill_score = w_t * st.scorer.vector("trending") + w_p * st.scorer.vector("popularity")
         last = picks[-1][1] if picks else np.inf
         out = list(picks)
         for i, reason in added:
-            s = min(last, w_pop * float(stats.popularity_z[i]))
+            s = min(last, float(fill_score[i]))
             out.append((i, s, [reason]))
             last = s
         meta["filled_from_popularity"] = len(added)
@@ -530,6 +510,26 @@ class Recommender:
         return RecommendResponse.model_construct(items=_rec_items(picks, st.rel), artifact_version=st.rel.version, metadata=meta)
 
     # ------------------------------------------------------------------ public API
+    @property
+    def contract(self) -> ReleaseContract:
+        """The contract answers follow (the loaded release's, unless overridden)."""
+        return self._current().contract
+
+    def with_contract(self, contract: ReleaseContract) -> "Recommender":
+        """A view answering from the currently loaded release with ``contract`` instead of the
+        release's (evaluation, tuning): same arrays, nothing re-read or re-written. The view is
+        pinned to that release (it does not follow reloads); close the original, not the view.
+        ``content_dim`` shapes the loaded arrays, so it cannot change here."""
+        if not isinstance(contract, ReleaseContract):
+            raise TypeError(f"contract must be a ReleaseContract, got {type(contract).__name__}")
+        st = self._current()
+        if contract.content_dim != st.rel.contract.content_dim:
+            raise ValueError(f"content_dim is applied at load ({st.rel.contract.content_dim}); it cannot be overridden")
+        pinned = _State(st.rel, st.scorer, st.item_id_arr, contract)
+        view = copy.copy(self)
+        view._current = lambda: pinned  # shadows the method: this view always answers from `pinned`
+        return view
+
     def recommend(self, request: RecommendRequest | dict | None = None, *, as_dict: bool = False, **kw: Any) -> RecommendResponse:
         """Recommendations for one user. ``as_dict=True`` returns the JSON-ready dict instead of the
         pydantic model (the HTTP layer uses it to skip model construction)."""
@@ -541,7 +541,7 @@ class Recommender:
         meta["user_known"] = q.user >= 0
         if q.user >= 0 and q.seeds.size == 0 and rel_has_topn(st.rel, q.user):
             meta["strategy"] = "topn"
-            picks = self._plain(st, np.array([q.user]), [q])[0]
+            picks = self._topn_picks(st, q)
         elif q.user >= 0 or q.seeds.size:
             meta["strategy"] = "blend"
             picks = self._blend(st, q, meta)
@@ -627,7 +627,7 @@ class Recommender:
         known = np.flatnonzero(has)
         results: dict[str, list] = {}
         if known.size:
-            sel_ids, sel_sc, counts = self._plain_many_arrays(st, uidx[known], base)
+            sel_ids, sel_sc, counts = self._topn(st, uidx[known], base)
             names = st.item_id_arr[sel_ids].tolist()
             scores = np.round(sel_sc, 6).tolist()
             reason = ["for_you"]
@@ -663,18 +663,12 @@ class Recommender:
             return {"results": results, "artifact_version": rel.version, "metadata": meta}
         return BatchRecommendResponse.model_construct(results=results, artifact_version=rel.version, metadata=meta)
 
-    def _plain_many(self, st: _State, users: np.ndarray, base: _Query) -> list[list[tuple[int, float, list[str]]]]:
-        """``_plain`` for many users sharing filters and exclusions (as pick lists)."""
-        sel_ids, sel_sc, counts = self._plain_many_arrays(st, users, base)
-        ids_l, sc_l = sel_ids.tolist(), sel_sc.tolist()
-        reason = ["for_you"]
-        return [list(zip(ids_l[b][:n], sc_l[b][:n], [reason] * n)) for b, n in enumerate(counts)]
-
-    def _plain_many_arrays(self, st: _State, users: np.ndarray, base: _Query) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        """``_plain`` for many users sharing filters and exclusions; purchases per user masked
-        with one vectorised membership test. Returns the picked item indices [B, k] and their
-        scores [B, k] (float64 of the float32 top-N scores), left-aligned, and the number of
-        picks per row."""
+    def _topn(self, st: _State, users: np.ndarray, base: _Query) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """The one top-N path: known users without recent events get their precomputed top-N
+        (the batch blend's table), minus ``base``'s exclusions and filters and each user's
+        history (one vectorised membership test), MMR re-ranked with ``base.lam``. Returns the
+        picked item indices [B, k] and their scores [B, k] (float64 of the float32 top-N
+        scores), left-aligned, and the number of picks per row."""
         rel = st.rel
         B = users.size
         ids = rel.topn_ids[users]
@@ -690,8 +684,7 @@ class Recommender:
         if lens.sum():
             row = np.repeat(np.arange(B), lens)
             offs = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(lo, lens)
-            bought = rel.hist_purchased[offs]
-            keys_h = row[bought].astype(np.int64) * rel.n_items + rel.hist_items[offs][bought]
+            keys_h = row.astype(np.int64) * rel.n_items + rel.hist_items[offs]
             if keys_h.size:
                 keys_t = np.arange(B, dtype=np.int64)[:, None] * rel.n_items + safe
                 valid &= ~_member(keys_t, np.sort(keys_h))

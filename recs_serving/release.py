@@ -200,10 +200,39 @@ class ReleaseFiles:
     def array(self, name: str, mmap: bool = False) -> np.ndarray:
         return np.load(self.path / f"{name}.npy", mmap_mode="r" if mmap else None)
 
-    def verify(self) -> None:
-        for name, digest in self.manifest.get("checksums", {}).items():
-            if _sha256(self.path / name) != digest:
-                raise ReleaseError(f"release {self.version}: checksum mismatch for {name}")
+    def verify(self, required_arrays: tuple[str, ...] = ("als_user_factors", "als_item_factors")) -> None:
+        """Everything serving checks before it serves a release (``ReleaseError`` naming the
+        first problem): the required tables and arrays are present, every file the manifest
+        lists has its sha256, and every array is floating point and finite (checked in
+        blocks, so a large memory-mapped array is never copied whole)."""
+        where = self.path.name
+        missing = [f"{t}.parquet" for t in REQUIRED_TABLES if not (self.path / f"{t}.parquet").exists()]
+        missing += [f"{a}.npy" for a in required_arrays if not (self.path / f"{a}.npy").exists()]
+        if missing:
+            raise ReleaseError(f"release {where}: missing {', '.join(missing)}")
+        checksums = self.manifest.get("checksums")
+        if not isinstance(checksums, dict) or not checksums:
+            raise ReleaseError(f"release {where}: manifest has no checksums")
+        for name, digest in checksums.items():
+            path = self.path / name
+            if "/" in name or name.startswith("."):
+                raise ReleaseError(f"release {where}: manifest lists an unexpected path {name!r}")
+            if not path.exists():
+                raise ReleaseError(f"release {where}: {name} is listed in the manifest but missing")
+            if _sha256(path) != digest:
+                raise ReleaseError(f"release {where}: checksum mismatch for {name} (sha256 differs from the manifest)")
+        for path in sorted(self.path.glob("*.npy")):
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except Exception as exc:  # noqa: BLE001 - any unreadable array is a refusal
+                raise ReleaseError(f"release {where}: cannot read {path.name}: {exc}") from exc
+            if arr.dtype.kind != "f":
+                raise ReleaseError(f"release {where}: {path.name} has dtype {arr.dtype}, expected floating point")
+            flat = arr.reshape(-1)
+            for a in range(0, flat.size, 1 << 22):
+                if not np.isfinite(flat[a:a + (1 << 22)]).all():
+                    raise ReleaseError(f"release {where}: {path.name} holds NaN or infinite values")
+
 
 
 def open_release(home: Path | str, version: str | None = None) -> ReleaseFiles:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from typing_extensions import TypedDict
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_K = 100
@@ -22,7 +24,7 @@ MIN_TS_MS = 0
 MAX_TS_MS = 4_102_444_800_000
 
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)]
-K = Annotated[int, Field(ge=1, le=MAX_K)]
+K = Annotated[int, Field(ge=1, le=MAX_K, strict=True)]  # strict: `true` is not 1
 Event = Literal["view", "add", "purchase"]
 
 # Filter whitelist: name -> kind. Typed comparisons on price use price_min / price_max
@@ -49,6 +51,18 @@ class Interaction(_Model):
     price: Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)] | None = None
 
 
+def _finite(v: Any) -> float | None:
+    """``v`` as a finite float, or None (bools, strings, NaN, infinities, and integers too big
+    for a float: a 309-digit integer raises OverflowError in ``float()``)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if f == f and abs(f) != float("inf") else None
+
+
 def validate_filters(value: dict[str, Any]) -> dict[str, Any]:
     """Check filter names against the whitelist and values against their type."""
     out: dict[str, Any] = {}
@@ -61,9 +75,10 @@ def validate_filters(value: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"filter {key!r} takes a non-empty string or a list of 1..{MAX_FILTER_VALUES} of them")
             out[key] = vals
         elif key in NUMBER_FILTERS:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or abs(v) == float("inf"):
+            x = _finite(v)
+            if x is None:
                 raise ValueError(f"filter {key!r} takes a finite number")
-            out[key] = float(v)
+            out[key] = x
         else:
             if not isinstance(v, dict) or not v:
                 raise ValueError(f"filter {key!r} takes an object of comparisons {RANGE_OPS}")
@@ -71,27 +86,56 @@ def validate_filters(value: dict[str, Any]) -> dict[str, Any]:
             for op, x in v.items():
                 if op not in RANGE_OPS:
                     raise ValueError(f"filter {key!r}: unknown comparison {op!r}; allowed: {', '.join(RANGE_OPS)}")
-                if isinstance(x, bool) or not isinstance(x, (int, float)) or x != x or abs(x) == float("inf"):
+                f = _finite(x)
+                if f is None:
                     raise ValueError(f"filter {key!r}.{op} takes a finite number")
-                ops[op] = float(x)
+                ops[op] = f
             out[key] = ops
     return out
+
+
+class PriceRange(TypedDict, total=False):
+    """Comparisons on the catalog price (inclusive bounds: gte/lte)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    gt: float
+    gte: float
+    lt: float
+    lte: float
+    eq: float
+
+
+class Filters(TypedDict, total=False):
+    """Hard filters on catalog attributes; every key is optional and they combine with AND."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    brand: str | list[str]
+    category: str | list[str]
+    item_id_prefix: str | list[str]
+    price_min: float
+    price_max: float
+    price: PriceRange
+
+
+def _filters_before(v: Any) -> Any:
+    return validate_filters(v) if isinstance(v, dict) else v
 
 
 class _Filtered(_Model):
     brand: Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)] | None = None
     exclusions: Annotated[list[Id], Field(max_length=MAX_EXCLUSIONS)] = Field(default_factory=list)
-    filters: dict[str, Any] = Field(
-        default_factory=dict,
+    filters: Filters = Field(
+        default_factory=dict,  # type: ignore[arg-type]
+        examples=[{"category": "MUG", "price_max": 5}],
         description="Hard filters on catalog attributes: brand, category, item_id_prefix (string or list), "
         "price_min, price_max (inclusive), price: {gt|gte|lt|lte|eq: number}.",
         json_schema_extra={"maxProperties": len(FILTER_KEYS)},
     )
 
-    @field_validator("filters")
+    @field_validator("filters", mode="before")
     @classmethod
-    def _check_filters(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return validate_filters(v)
+    def _check_filters(cls, v: Any) -> Any:
+        return _filters_before(v)
 
 
 class RecommendRequest(_Filtered):
@@ -127,12 +171,12 @@ class BatchRecommendRequest(_Model):
     k: K = 20
     brand: Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)] | None = None
     exclusions: Annotated[list[Id], Field(max_length=MAX_EXCLUSIONS)] = Field(default_factory=list)
-    filters: dict[str, Any] = Field(default_factory=dict)
+    filters: Filters = Field(default_factory=dict)  # type: ignore[arg-type]
 
-    @field_validator("filters")
+    @field_validator("filters", mode="before")
     @classmethod
-    def _check_filters(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return validate_filters(v)
+    def _check_filters(cls, v: Any) -> Any:
+        return _filters_before(v)
 
 
 class BatchRecommendResponse(_Model):
@@ -175,3 +219,87 @@ __all__ = [
     "MAX_K",
     "MAX_RECENT",
 ]
+
+
+# ----------------------------------------------------------------------------- readable answers
+# What HTTP returns: the in-process models plus what ``explain`` adds (catalog attributes and
+# reasons in words). Kept apart so the in-process answers stay as cheap as they are.
+
+
+class _Readable(_Model):
+    title: str | None = Field(None, examples=["WHITE HANGING HEART T-LIGHT HOLDER"])
+    price: float | None = Field(None, examples=[2.55])
+    brand: str | None = None
+    category: str | None = Field(None, examples=["HOLDER"])
+    image_url: str | None = Field(None, description="present when the catalog has an image_url column")
+
+
+class ExplainedItem(_Readable):
+    item_id: str = Field(examples=["85123A"])
+    score: float = Field(description="the blended relevance the item was picked with; after the diversity re-ranking "
+                                     "(MMR) ranks follow the pick order, so scores need not decrease with rank")
+    rank: int
+    reasons: list[str] = Field(description="reason codes, e.g. for_you, bought_with:<item_id>, similar_to:<item_id>, "
+                                           "related_to:<item_id>, trending, popular, popular_in_brand:<brand>, pinned",
+                               examples=[["bought_with:85123A"]])
+    explanation: str = Field(description="the reasons in words", examples=["Often bought with WHITE HANGING HEART T-LIGHT HOLDER"])
+
+
+class ExplainedResponse(_Model):
+    items: list[ExplainedItem]
+    artifact_version: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExplainedBatchResponse(_Model):
+    results: dict[str, list[ExplainedItem]]
+    artifact_version: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExplainedCustomer(_Model):
+    user_id: str
+    score: float
+    rank: int
+    reasons: list[str] = Field(examples=[["bought_similar:21733"]])
+    explanation: str
+
+
+class ExplainedCustomersResponse(_Readable):
+    item_id: str
+    customers: list[ExplainedCustomer]
+    artifact_version: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class RuleOut(_Model):
+    item_id: str
+    title: str | None = None
+    confidence: float
+    lift: float
+    support: float | None = None
+
+
+class ItemDetail(_Readable):
+    item_id: str
+    description: str | None = None
+    attributes: dict[str, Any] | None = None
+    popularity_rank: int | None = Field(None, description="1 = best-selling item of the release")
+    buyers: int = Field(0, description="customers who bought it")
+    bought_together: list[RuleOut] = Field(default_factory=list, description="single-item rules item -> other")
+    artifact_version: str
+
+
+class HistoryLine(_Readable):
+    item_id: str
+    last_date: str | None = Field(None, description="ISO date of the last event, when the release has user_history")
+    quantity: float | None = None
+    purchases: int | None = None
+    weight: float | None = None
+
+
+class UserDetail(_Model):
+    user_id: str
+    known: bool
+    history: list[HistoryLine]
+    artifact_version: str

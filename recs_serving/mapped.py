@@ -1,0 +1,188 @@
+"""A loaded release as files that every worker maps: one copy of the arrays per machine.
+
+``load_release`` builds its arrays from Parquet (joins, sorts, CSR builds): that work and its
+memory are paid once, by a child process (``python -m recs_serving.mapped``), which verifies
+the release, loads it and writes every array field of the ``LoadedRelease`` as ``.npy`` under
+``RECS_HOME/serving-cache/<release>-<fingerprint>/`` (a temporary directory, then one atomic
+rename). The small Python objects (item id list and dict, popularity lists, parameters) go in
+one pickle per field. Serving processes ``np.load(mmap_mode="r")`` the arrays: the pages are
+the page cache's, shared by all workers, and a reload maps the new files next to the old ones
+(no second private copy; the old mapping goes when its last request ends).
+
+A release that fails verification leaves ``<key>.refused.json`` with the reason, so the other
+workers refuse it without verifying it again. Builds are serialised per release by ``flock``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from . import release as release_format
+from .loader import Adjacency, CompactIds, CompactIndex, LoadedRelease
+
+CACHE_DIR = "serving-cache"
+DONE = "DONE"
+KEEP = 4  # cache entries kept (a few releases; workers may still map an older one)
+BUILD_TIMEOUT_S = 3600
+
+
+def cache_root(home: Path) -> Path:
+    return Path(home) / CACHE_DIR
+
+
+def _key(home: Path, name: str) -> str:
+    from .holder import fingerprint
+
+    return f"{name}-{fingerprint(release_format.releases_dir(home) / name)[:16]}"
+
+
+# ----------------------------------------------------------------------------- write
+
+
+def write(rel: LoadedRelease, out: Path) -> None:
+    """Write ``rel`` under ``out`` (which must not exist): tmp dir + rename."""
+    tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        layout: dict[str, list] = {}
+        objects: dict[str, bytes] = {}
+        seen: dict[int, str] = {}
+        for f in dataclasses.fields(rel):
+            v = getattr(rel, f.name)
+            if isinstance(v, np.ndarray) and v.dtype.kind not in "OV":
+                if id(v) in seen:  # the same array under two names (emb and mmr_vecs): one file
+                    layout[f.name] = ["alias", seen[id(v)]]
+                    continue
+                seen[id(v)] = f.name
+                np.save(tmp / f"{f.name}.npy", np.ascontiguousarray(v))
+                layout[f.name] = ["array"]
+            elif isinstance(v, Adjacency):
+                for part in ("indptr", "indices", "scores"):
+                    np.save(tmp / f"{f.name}.{part}.npy", getattr(v, part))
+                layout[f.name] = ["adjacency"]
+            elif isinstance(v, CompactIds):
+                for part in ("by_pos", "order", "sorted"):
+                    np.save(tmp / f"{f.name}.{part}.npy", getattr(v, part))
+                layout[f.name] = ["compact_ids"]
+            elif isinstance(v, CompactIndex):
+                layout[f.name] = ["compact_index"]  # rebuilt over user_ids
+            else:
+                objects[f.name] = pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL)
+                layout[f.name] = ["object"]
+        with open(tmp / "objects.pkl", "wb") as fh:
+            pickle.dump(objects, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        (tmp / "layout.json").write_text(json.dumps(layout))
+        (tmp / DONE).write_text(rel.version + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- read
+
+
+def read(path: Path) -> LoadedRelease:
+    """Map a cache entry. Each pickled field is loaded separately, and the GIL is offered
+    between them, so a request thread never waits for the whole set of objects."""
+    layout = json.loads((path / "layout.json").read_text())
+    with open(path / "objects.pkl", "rb") as fh:
+        objects = pickle.load(fh)
+    values: dict = {}
+    for name, (kind, *rest) in layout.items():
+        if kind == "array":
+            values[name] = np.load(path / f"{name}.npy", mmap_mode="r")
+        elif kind == "adjacency":
+            values[name] = Adjacency(*(np.load(path / f"{name}.{p}.npy", mmap_mode="r") for p in ("indptr", "indices", "scores")))
+        elif kind == "compact_ids":
+            values[name] = CompactIds(*(np.load(path / f"{name}.{p}.npy", mmap_mode="r") for p in ("by_pos", "order", "sorted")))
+        elif kind == "object":
+            values[name] = pickle.loads(objects[name])
+            time.sleep(0)
+    for name, (kind, *rest) in layout.items():
+        if kind == "alias":
+            values[name] = values[rest[0]]
+        elif kind == "compact_index":
+            values[name] = CompactIndex(values["user_ids"])
+    values["loaded_at"] = time.time()
+    return LoadedRelease(**values)
+
+
+# ----------------------------------------------------------------------------- build once, map everywhere
+
+
+def load_mapped(home: Path | str, name: str) -> LoadedRelease:
+    """The mapped release ``name``; built by a child process when no worker has built it yet.
+    ``holder.Refused`` with the reason when the release does not pass."""
+    from .holder import Refused
+
+    home = Path(home)
+    root = cache_root(home)
+    root.mkdir(parents=True, exist_ok=True)
+    key = _key(home, name)
+    out = root / key
+    refused = root / f"{key}.refused.json"
+    if not (out / DONE).exists():
+        with open(root / f".{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per release; the others wait and map its result
+            if refused.exists():
+                raise Refused(json.loads(refused.read_text())["reason"])
+            if not (out / DONE).exists():
+                _build_in_child(home, name, out, refused)
+        _prune(root, keep=KEEP, spare=key)
+    elif refused.exists():
+        raise Refused(json.loads(refused.read_text())["reason"])
+    return read(out)
+
+
+def _build_in_child(home: Path, name: str, out: Path, refused: Path) -> None:
+    from .holder import Refused
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "ARROW_DEFAULT_MEMORY_POOL": "system"}
+    proc = subprocess.run([sys.executable, "-m", "recs_serving.mapped", str(home), name, str(out), str(refused)],
+                          capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT_S)
+    if proc.returncode == 0 and (out / DONE).exists():
+        return
+    if refused.exists():
+        raise Refused(json.loads(refused.read_text())["reason"])
+    tail = (proc.stderr or "").strip().splitlines()[-3:]
+    raise Refused(f"release {name}: building the mapped cache failed (exit {proc.returncode}): {' | '.join(tail)}")
+
+
+def _prune(root: Path, keep: int, spare: str) -> None:
+    entries = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
+    for p in entries[: max(0, len(entries) - keep)]:
+        if p.name != spare:  # files still mapped by a worker stay valid after unlink
+            shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(".tmp-*"):
+        if time.time() - p.stat().st_mtime > BUILD_TIMEOUT_S:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _main(argv: list[str]) -> int:
+    home, name, out, refused = Path(argv[0]), argv[1], Path(argv[2]), Path(argv[3])
+    from .holder import load_verified
+
+    try:
+        rel = load_verified(home, name)
+    except release_format.ReleaseError as exc:
+        refused.write_text(json.dumps({"name": name, "reason": str(exc)}))
+        print(str(exc), file=sys.stderr)
+        return 2
+    write(rel, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
