@@ -6,7 +6,7 @@ its numbers describe what the pipeline ships.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 import numpy as np
 import polars as pl
@@ -17,6 +17,7 @@ from pydantic import Field
 from recs_kernels import als, blend, bpr, covis
 
 EVENT_WEIGHTS = {"view": 1.0, "add": 3.0, "purchase": 5.0}
+SESSION_GAP_MINUTES = 30.0
 
 
 class MatrixParams(dg.Config):
@@ -24,6 +25,8 @@ class MatrixParams(dg.Config):
     view_weight: float = Field(0.2, ge=0)
     add_weight: float = Field(0.5, ge=0)
     purchase_weight: float = Field(1.0, ge=0)
+    as_of: str | None = Field(None, description="ISO time ages are measured from (the run's as-of time); "
+                                                "default the newest kept event. Later events are left out")
 
 
 class ALSParams(dg.Config):
@@ -45,6 +48,8 @@ class BPRParams(dg.Config):
 class CovisParams(dg.Config):
     time_decay_hours: float = Field(24.0, gt=0)
     top_k: int = Field(50, ge=1, le=1000)
+    session_gap_minutes: float = Field(SESSION_GAP_MINUTES, gt=0, description="Events without a basket id: a "
+                                       "user's session ends after this long without an event")
 
 
 class SimilarityParams(dg.Config):
@@ -58,18 +63,35 @@ class SimilarityParams(dg.Config):
 class PopularityParams(dg.Config):
     trending_days: float = Field(14.0, gt=0, description="Window of the trending score (days before the last event)")
     top_n: int = Field(100, ge=1, description="Items kept per scope")
+    as_of: str | None = Field(None, description="ISO time the trending window ends at; default the newest kept event")
 
 
 class BlendParams(dg.Config):
-    """Weights of the standardised sources (tuned on the Online Retail hold-out)."""
+    """Weights of the standardised sources (``recs_kernels.blend.SOURCES``): the one place of
+    their defaults. The release contract carries the values a run used."""
 
-    als: float = 1.0
-    bpr: float = 0.5
-    covis: float = 0.1
-    popularity: float = 1.0
+    als: float = Field(1.0, ge=0)
+    bpr: float = Field(0.5, ge=0)
+    item_sim: float = Field(0.1, ge=0, description="Item-item similarity from users' whole histories")
+    covis: float = Field(0.1, ge=0, description="Co-visitation within baskets/sessions")
+    rules: float = Field(0.1, ge=0, description="Single-antecedent association rules (confidence)")
+    content: float = Field(0.05, ge=0, description="Text embeddings: the history's direction")
+    trending: float = Field(1.0, ge=0)
+    popularity: float = Field(0.0, ge=0)
 
     def weights(self) -> dict[str, float]:
         return self.model_dump()
+
+
+class RequestParams(dg.Config):
+    """Request-time knobs of the served answer (carried by the release contract)."""
+
+    mmr_lambda: float = Field(0.8, ge=0, le=1, description="MMR trade-off: 1 = relevance only")
+    neighbours_per_seed: int = Field(20, ge=1, description="Neighbours of each seed item taken as candidates")
+    max_seeds: int = Field(30, ge=1, description="Recent items used as seeds, heaviest first")
+    history_cap: int = Field(50, ge=1, description="Heaviest history items a user is blended from (batch and request)")
+    recent_weight: float = Field(1.0, ge=0, description="A recent event's weight relative to the same event in the history")
+    content_dim: int = Field(64, ge=1, description="Columns of the content vectors (PCA of the embeddings)")
 
 
 @dataclass
@@ -88,10 +110,27 @@ def item_index(item_ids) -> dict[str, int]:
     return {x: i for i, x in enumerate(item_ids)}
 
 
-def build_matrix(events: pl.DataFrame, item_ids: np.ndarray, params: MatrixParams) -> Matrix:
-    """events: user_id, item_id, ts, event (rows without a user are ignored here)."""
-    ev = events.filter(pl.col("user_id").is_not_null())
-    as_of = events["ts"].max() if events.height else datetime(1970, 1, 1)
+def resolve_as_of(events: pl.DataFrame, *candidates) -> datetime:
+    """The first given as-of time (datetime or ISO string; aware times are taken as UTC), else
+    the newest event. Ages and windows are measured from it, never from a stray future event
+    that happens to be the maximum (ingest quarantines those; a configured as-of pins it)."""
+    for c in candidates:
+        if c is None or c == "":
+            continue
+        t = c if isinstance(c, datetime) else datetime.fromisoformat(str(c))
+        if t.tzinfo is not None:
+            t = t.astimezone(timezone.utc).replace(tzinfo=None)
+        return t
+    return events["ts"].max() if events.height else datetime(1970, 1, 1)
+
+
+def build_matrix(events: pl.DataFrame, item_ids: np.ndarray, params: MatrixParams,
+                 as_of: datetime | str | None = None) -> Matrix:
+    """events: user_id, item_id, ts, event (rows without a user are ignored here). Ages are
+    measured from ``as_of`` (else ``params.as_of``, else the newest event); events after it are
+    left out."""
+    as_of = resolve_as_of(events, as_of, params.as_of)
+    ev = events.filter(pl.col("user_id").is_not_null() & (pl.col("ts") <= as_of))
     ev_w = {"view": params.view_weight, "add": params.add_weight, "purchase": params.purchase_weight}
     items = pl.DataFrame({"item_id": pl.Series(item_ids, dtype=pl.String), "col": np.arange(len(item_ids), dtype=np.int32)})
     users = ev.select(pl.col("user_id").unique().sort())
@@ -127,17 +166,38 @@ def fit_bpr(m: Matrix, p: BPRParams):
                    regularization=p.regularization, seed=p.seed)
 
 
+def with_sessions(events: pl.DataFrame, gap_minutes: float = SESSION_GAP_MINUTES) -> pl.DataFrame:
+    """events plus ``session`` and ``derived``: the basket id where the source gives one, else
+    the user's run of events with no pause longer than ``gap_minutes`` (``s:<user>:<n>``, n
+    unique over the whole frame). Rows with neither a basket nor a user are left out.
+
+    One sort and a running count over plain columns (lazy, so polars can stream it)."""
+    lf = events.lazy()
+    given = (lf.filter(pl.col("basket_id").is_not_null())
+             .with_columns(pl.col("basket_id").alias("session"), pl.lit(False).alias("derived")))
+    gap = pl.duration(microseconds=int(gap_minutes * 60e6))
+    loose = lf.filter(pl.col("basket_id").is_null() & pl.col("user_id").is_not_null()).sort("user_id", "ts")
+    starts = ((pl.col("user_id") != pl.col("user_id").shift(1)) | ((pl.col("ts") - pl.col("ts").shift(1)) > gap)).fill_null(True)
+    derived = (loose.with_columns(starts.cast(pl.Int64).cum_sum().alias("_n"))
+               .with_columns(pl.format("s:{}:{}", pl.col("user_id"), pl.col("_n")).alias("session"),
+                             pl.lit(True).alias("derived"))
+               .drop("_n"))
+    return pl.concat([given, derived]).collect()
+
+
 def covisitation(events: pl.DataFrame, item_ids: np.ndarray, p: CovisParams,
                  event_weights: dict[str, float] | None = None) -> sp.csr_matrix:
-    """Item-item co-visitation within baskets/sessions (guests' baskets count too)."""
+    """Item-item co-visitation within baskets, or sessions where a source has no baskets
+    (guests' baskets count too)."""
     ew = event_weights or EVENT_WEIGHTS
     items = pl.DataFrame({"item_id": pl.Series(item_ids, dtype=pl.String), "col": np.arange(len(item_ids), dtype=np.int32)})
     ev = (
-        events.filter(pl.col("basket_id").is_not_null() | pl.col("user_id").is_not_null())
-        .with_columns(pl.coalesce(pl.col("basket_id"), pl.lit("u:") + pl.col("user_id")).alias("session"))
+        with_sessions(events, p.session_gap_minutes)
         .join(items, on="item_id", how="inner")
         .sort("session", "ts")
     )
+    if ev.height == 0:
+        return sp.csr_matrix((len(item_ids), len(item_ids)), dtype=np.float32)
     session = ev["session"].rank("dense").to_numpy().astype(np.int64)
     ts = (ev["ts"].dt.epoch("ms").to_numpy() // 1000).astype(np.int64)
     w = ev["event"].replace_strict(ew, default=0.0, return_dtype=pl.Float32).to_numpy()
@@ -169,11 +229,14 @@ def normalized_similarity(C: sp.csr_matrix) -> sp.csr_matrix:
     return (inv @ C @ inv).tocsr().astype(np.float32)
 
 
-def popularity_scores(events: pl.DataFrame, item_ids: np.ndarray, trending_days: float):
-    """(global, trending): distinct baskets (or users) per item, overall and recently."""
+def popularity_scores(events: pl.DataFrame, item_ids: np.ndarray, trending_days: float,
+                      as_of: datetime | str | None = None):
+    """(global, trending): distinct baskets (or users) per item, overall and in the
+    ``trending_days`` before ``as_of`` (default the newest event); later events are left out."""
     items = pl.DataFrame({"item_id": pl.Series(item_ids, dtype=pl.String), "col": np.arange(len(item_ids), dtype=np.int32)})
-    ev = events.with_columns(pl.coalesce(pl.col("basket_id"), pl.col("user_id")).alias("key"))
-    as_of = ev["ts"].max()
+    as_of = resolve_as_of(events, as_of)
+    ev = (events.filter(pl.col("ts") <= as_of)
+          .with_columns(pl.coalesce(pl.col("basket_id"), pl.col("user_id")).alias("key")))
     out = []
     for frame in (ev, ev.filter(pl.col("ts") >= pl.lit(as_of) - pl.duration(seconds=int(trending_days * 86400)))):
         cnt = frame.group_by("item_id").agg(pl.col("key").n_unique().alias("n")).join(items, on="item_id")
@@ -183,6 +246,18 @@ def popularity_scores(events: pl.DataFrame, item_ids: np.ndarray, trending_days:
     return out[0], out[1]
 
 
-def make_blend(params: BlendParams, als_items, bpr_items, item_sim, trending) -> blend.Blend:
-    return blend.Blend(params.weights(), als_items=als_items, bpr_items=bpr_items,
-                       item_sim=item_sim, popularity=trending)
+def make_blend(*, als_items=None, bpr_items=None, item_sim=None, covis=None, rules=None, embeddings=None,
+               trending=None, popularity=None, content_dim: int) -> blend.Blend:
+    """The served blend's sources from model outputs (weights are given per call)."""
+    content = blend.content_vectors(embeddings, content_dim) if embeddings is not None else None
+    return blend.Blend(als_items=als_items, bpr_items=bpr_items, item_sim=item_sim, covis=covis, rules=rules,
+                       content=content, trending=trending, popularity=popularity)
+
+
+def rules_matrix(antecedents: list, consequents: list, confidence, n_items: int) -> sp.csr_matrix:
+    """Association rules (item-index lists per rule) as the blend's ``rules`` matrix."""
+    return blend.rules_matrix(n_items, np.array([len(a) for a in antecedents], np.int64),
+                              np.array([i for a in antecedents for i in a], np.int64),
+                              np.array([len(c) for c in consequents], np.int64),
+                              np.array([i for c in consequents for i in c], np.int64),
+                              np.asarray(confidence, np.float32))

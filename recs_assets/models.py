@@ -15,15 +15,40 @@ GROUP = "models"
 class ItemsetConfig(dg.Config):
     min_support: float = Field(0.005, gt=0, le=1, description="Fraction of baskets")
     max_len: int = Field(4, ge=1, le=10)
+    max_itemsets: int = Field(200_000, ge=1, description="Budget: when more itemsets would be frequent, the "
+                                                         "support is raised (then max_len lowered) until they fit")
 
 
 class RulesConfig(dg.Config):
     metric: str = Field("confidence", description="Any rule metric: confidence, lift, leverage, conviction, …")
     min_threshold: float = Field(0.1)
+    max_rules: int = Field(500_000, ge=1, description="Budget: only the best rules by the metric are kept")
+
+
+def mine_bounded(baskets_csr, cfg: ItemsetConfig) -> fpgrowth.Bounded | None:
+    """Itemsets within the budget; None when there are no baskets to mine."""
+    if baskets_csr.shape[0] == 0 or baskets_csr.shape[1] == 0:
+        return None
+    return fpgrowth.frequent_itemsets_bounded(baskets_csr, cfg.min_support, max_len=cfg.max_len,
+                                              max_itemsets=cfg.max_itemsets)
 
 
 def mine(baskets_csr, cfg: ItemsetConfig):
-    return fpgrowth.frequent_itemsets(baskets_csr, cfg.min_support, max_len=cfg.max_len)
+    """(itemsets as tuples, support): what the rules and the evaluation read."""
+    b = mine_bounded(baskets_csr, cfg)
+    if b is None:
+        return [], np.zeros(0, np.float64)
+    return fpgrowth.itemsets_to_tuples(b.items, b.lengths, baskets_csr.shape[1]), b.counts / float(b.n_baskets)
+
+
+def budget_metadata(b: fpgrowth.Bounded | None, cfg: ItemsetConfig) -> dict:
+    if b is None:
+        return {"reason": "no baskets: no purchase has a basket id and no session could be formed",
+                "min_support_requested": cfg.min_support, "max_itemsets": cfg.max_itemsets}
+    return {"min_support_requested": cfg.min_support, "min_support_used": b.min_count_used / b.n_baskets,
+            "min_count_requested": b.min_count_requested, "min_count_used": b.min_count_used,
+            "max_len_requested": cfg.max_len, "max_len_used": b.max_len_used or 0,
+            "max_itemsets": cfg.max_itemsets, "budget_hit": b.adjusted, "searches": b.probes}
 
 
 @dg.asset(group_name=GROUP, kinds={"numba", "duckdb"}, deps=["baskets"], pool="duckdb_writer",
@@ -32,10 +57,22 @@ def frequent_itemsets(context: dg.AssetExecutionContext, config: ItemsetConfig, 
                       artifacts: ArtifactStore) -> dg.MaterializeResult:
     B = io.load_csr(artifacts, "baskets")
     item_ids = io.load_item_ids(warehouse)
-    itemsets, support = mine(B, config)
-    lengths = np.array([len(s) for s in itemsets], dtype=np.int32)
-    flat = np.array([i for s in itemsets for i in s], dtype=np.int64)
-    artifacts.save("frequent_itemsets", meta={"n_baskets": B.shape[0], **config.model_dump()},
+    b = mine_bounded(B, config)
+    budget = budget_metadata(b, config)
+    if b is None:
+        context.log.warning(f"frequent_itemsets: {budget['reason']}; publishing no itemsets")
+        itemsets, support = [], np.zeros(0, np.float64)
+        lengths, flat = np.zeros(0, np.int32), np.zeros(0, np.int64)
+    else:
+        if b.adjusted:
+            context.log.warning(
+                f"frequent_itemsets: more than {config.max_itemsets} itemsets at min_support {config.min_support} / "
+                f"max_len {config.max_len}; used min_support {budget['min_support_used']:.6g} "
+                f"(count {b.min_count_used} of {b.n_baskets} baskets) / max_len {b.max_len_used}")
+        itemsets = fpgrowth.itemsets_to_tuples(b.items, b.lengths, B.shape[1])
+        support = b.counts / float(b.n_baskets)
+        lengths, flat = b.lengths.astype(np.int32), b.items.astype(np.int64)
+    artifacts.save("frequent_itemsets", meta={"n_baskets": B.shape[0], **config.model_dump(), "budget": budget},
                    flat=flat, lengths=lengths, support=np.asarray(support, np.float64))
     table = pl.DataFrame({
         "itemset": [[item_ids[i] for i in s] for s in itemsets],
@@ -43,7 +80,7 @@ def frequent_itemsets(context: dg.AssetExecutionContext, config: ItemsetConfig, 
     }, schema={"itemset": pl.List(pl.String), "length": pl.Int32, "support": pl.Float64})
     n = warehouse.replace_table("frequent_itemsets", table)
     counts = table.group_by("length").len().sort("length")
-    return dg.MaterializeResult(metadata={"itemsets": n, "baskets": B.shape[0],
+    return dg.MaterializeResult(metadata={"itemsets": n, "baskets": B.shape[0], **budget,
                                           "by_length": dg.MetadataValue.md(markdown.frame(counts))})
 
 
@@ -54,9 +91,14 @@ def load_itemsets(artifacts: ArtifactStore):
     return itemsets, a["support"], int(artifacts.meta("frequent_itemsets")["n_baskets"])
 
 
+def mine_rules(itemsets, support, n_baskets: int, cfg: RulesConfig) -> rules_kernel.Rules:
+    """At most cfg.max_rules rules, the best by cfg.metric; none without itemsets."""
+    return rules_kernel.association_rules(itemsets, support, max(int(n_baskets), 1), metric=cfg.metric,
+                                          min_threshold=cfg.min_threshold, max_rules=cfg.max_rules)
+
+
 def rule_columns(itemsets, support, n_baskets: int, cfg: RulesConfig) -> dict:
-    return rules_kernel.association_rules(itemsets, support, n_baskets, metric=cfg.metric,
-                                          min_threshold=cfg.min_threshold).to_dict()
+    return mine_rules(itemsets, support, n_baskets, cfg).to_dict()
 
 
 @dg.asset(group_name=GROUP, kinds={"numba", "duckdb"}, deps=["frequent_itemsets"], pool="duckdb_writer",
@@ -66,7 +108,11 @@ def association_rules(context: dg.AssetExecutionContext, config: RulesConfig, wa
                       artifacts: ArtifactStore) -> dg.MaterializeResult:
     itemsets, support, n_baskets = load_itemsets(artifacts)
     item_ids = io.load_item_ids(warehouse)
-    cols = rule_columns(itemsets, support, n_baskets, config)
+    found = mine_rules(itemsets, support, n_baskets, config)
+    cols = found.to_dict()
+    if found.n_passing > len(found):
+        context.log.warning(f"association_rules: {found.n_passing} rules pass {config.metric} >= "
+                            f"{config.min_threshold}; kept the best {len(found)} (max_rules)")
     table = pl.DataFrame({
         "antecedents": [[item_ids[i] for i in a] for a in cols["antecedents"]],
         "consequents": [[item_ids[i] for i in c] for c in cols["consequents"]],
@@ -74,8 +120,14 @@ def association_rules(context: dg.AssetExecutionContext, config: RulesConfig, wa
     }, schema_overrides={"antecedents": pl.List(pl.String), "consequents": pl.List(pl.String)})
     table = table.sort("lift", descending=True) if "lift" in table.columns else table
     n = warehouse.replace_table("association_rules", table)
+    # the blend's "rules" source, for batch_topn (serving builds the same from rules.parquet)
+    io.save_csr(artifacts, "rules", modeling.rules_matrix(cols["antecedents"], cols["consequents"],
+                                                          cols["confidence"], len(item_ids)))
     return dg.MaterializeResult(metadata={
-        "rules": n, "preview": dg.MetadataValue.md(markdown.frame(
+        "rules": n, "rules_passing_threshold": found.n_passing, "max_rules": config.max_rules,
+        "budget_hit": found.n_passing > len(found),
+        **({} if itemsets else {"reason": "no frequent itemsets (see frequent_itemsets' metadata)"}),
+        "preview": dg.MetadataValue.md(markdown.frame(
             table.head(10).with_columns(pl.col("antecedents").list.join(","), pl.col("consequents").list.join(","))
         )),
     })

@@ -1,6 +1,10 @@
 """Output assets: per-user top-N (sharded), similar items, the LanceDB vector store."""
+import json
 import os
+import time
+import uuid
 import zlib
+from pathlib import Path
 
 import dagster as dg
 import lancedb
@@ -13,11 +17,90 @@ from pydantic import Field
 from recs_assets import io, markdown, modeling, paths
 from recs_assets.features import load_matrix
 from recs_assets.resources import ArtifactStore, Warehouse
-from recs_kernels import topk
+from recs_kernels import blend, topk
 
 GROUP = "outputs"
-N_SHARDS = int(os.environ.get("RECS_TOPN_SHARDS", "2"))
+DEFAULT_SHARDS = 2
+
+
+def shard_count() -> int:
+    """The one place the shard count comes from: DEFAULT_SHARDS, or RECS_TOPN_SHARDS to override.
+
+    Dagster needs the partition keys when the definitions load, so this is read once then; every
+    process that runs shards (launcher and Celery workers) must see the same value, which
+    batch_topn verifies against the run's recs/topn_shards tag.
+    """
+    raw = os.environ.get("RECS_TOPN_SHARDS", "").strip()
+    if not raw:
+        return DEFAULT_SHARDS
+    if not raw.isdigit() or not 1 <= int(raw) <= 4096:
+        raise ValueError(f"RECS_TOPN_SHARDS must be an integer in 1..4096, got {raw!r}")
+    return int(raw)
+
+
+N_SHARDS = shard_count()
 shards = dg.StaticPartitionsDefinition([str(i) for i in range(N_SHARDS)])
+SHARDS_TAG = "recs/topn_shards"
+
+
+def parts_dir(n_shards: int = N_SHARDS, home: Path | None = None) -> Path:
+    """Shard parts live in a directory per shard count, so parts of another layout never mix in."""
+    return (home or paths.recs_home()) / "topn" / f"{n_shards}-shards"
+
+
+def part_path(shard: int, n_shards: int = N_SHARDS, home: Path | None = None) -> Path:
+    return parts_dir(n_shards, home) / f"part-{shard}.parquet"
+
+
+def _atomic_write(final: Path, write) -> None:
+    """write(tmp) then rename over `final`: readers see the old file or the new one, never half of one."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    # Leftovers of writers killed mid-write (kill -9, OOM); an hour is far beyond any write.
+    for stale in final.parent.glob(f".{final.name}.*.tmp"):
+        try:
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def write_part(table: pl.DataFrame, shard: int, params: dict, n_shards: int = N_SHARDS) -> Path:
+    """One shard's rows as a Parquet part (and its parameters beside it); no lock, no warehouse."""
+    final = part_path(shard, n_shards)
+    _atomic_write(final.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(params, sort_keys=True, default=str)))
+    _atomic_write(final, lambda tmp: table.write_parquet(tmp))
+    return final
+
+
+def read_parts(n_shards: int = N_SHARDS, home: Path | None = None) -> tuple[pl.DataFrame, dict]:
+    """Every shard's rows and the parameters they were computed with; fails naming missing shards."""
+    missing = [k for k in range(n_shards) if not part_path(k, n_shards, home).exists()]
+    if missing:
+        raise RuntimeError(f"batch_topn shards {missing} are not materialized (no part under "
+                           f"{parts_dir(n_shards, home)}); the release waits for every shard")
+    params = [json.loads(part_path(k, n_shards, home).with_suffix(".json").read_text()) for k in range(n_shards)]
+    if any(p != params[0] for p in params[1:]):
+        raise RuntimeError("batch_topn shards were computed with different parameters; re-run every shard")
+    frame = pl.read_parquet([part_path(k, n_shards, home) for k in range(n_shards)])
+    return frame, params[0]
+
+
+def create_topn_view(con, n_shards: int = N_SHARDS) -> None:
+    """recs.batch_topn as a view over the parts (replaces the table older versions wrote)."""
+    kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_schema = 'recs' "
+                       "AND table_name = 'batch_topn'").fetchall()
+    if kind and kind[0][0] != "VIEW":
+        con.execute("DROP TABLE recs.batch_topn")
+    files = ", ".join("'" + str(part_path(k, n_shards)).replace("'", "''") + "'" for k in range(n_shards))
+    con.execute(f"CREATE OR REPLACE VIEW recs.batch_topn AS SELECT * FROM read_parquet([{files}])")
 
 
 def shard_of(user_ids: np.ndarray, n_shards: int = N_SHARDS) -> np.ndarray:
@@ -28,29 +111,39 @@ def shard_of(user_ids: np.ndarray, n_shards: int = N_SHARDS) -> np.ndarray:
 class TopNConfig(dg.Config):
     n: int = Field(50, ge=1, le=1000, description="Items per user")
     blend: modeling.BlendParams = Field(default_factory=modeling.BlendParams)
+    request: modeling.RequestParams = Field(default_factory=modeling.RequestParams)
 
 
-def load_blend(artifacts: ArtifactStore, params: modeling.BlendParams):
+def load_blend(artifacts: ArtifactStore, request: modeling.RequestParams):
+    """The served blend's sources from the model artifacts, and the users' factor rows."""
     als = artifacts.load("als_factors")
     bpr = artifacts.load("bpr_factors")
-    sim = io.load_csr(artifacts, "item_similarity")
-    trending = artifacts.load("popularity", "trending")["trending"]
-    bl = modeling.make_blend(params, als["item_factors"], bpr["item_factors"], sim, trending)
+    pop = artifacts.load("popularity", "trending", "global_score")
+    bl = modeling.make_blend(
+        als_items=als["item_factors"], bpr_items=bpr["item_factors"],
+        item_sim=io.load_csr(artifacts, "item_similarity"), covis=io.load_csr(artifacts, "covisitation"),
+        rules=io.load_csr(artifacts, "rules"), embeddings=artifacts.load("catalog_embeddings", "vectors")["vectors"],
+        trending=pop["trending"], popularity=pop["global_score"], content_dim=request.content_dim)
     return bl, als["user_factors"], bpr["user_factors"]
 
 
-@dg.asset(group_name=GROUP, kinds={"numba", "duckdb"}, partitions_def=shards,
-          deps=["als_factors", "bpr_factors", "item_similarity", "popularity", "interaction_matrix"],
-          description="Top-N per known user from the served blend (ALS + BPR + item similarity + trending), "
+@dg.asset(group_name=GROUP, kinds={"numba", "parquet"}, partitions_def=shards,
+          deps=["als_factors", "bpr_factors", "item_similarity", "covisitation", "association_rules",
+                "catalog_embeddings", "popularity", "interaction_matrix"],
+          description="Top-N per known user from the served blend (recs_kernels.blend.SOURCES), "
                       "already-seen items excluded; partitioned by a stable hash of the user id; recs.batch_topn")
-def batch_topn(context: dg.AssetExecutionContext, config: TopNConfig, warehouse: Warehouse,
-               artifacts: ArtifactStore) -> dg.MaterializeResult:
+def batch_topn(context: dg.AssetExecutionContext, config: TopNConfig, artifacts: ArtifactStore) -> dg.MaterializeResult:
     shard = int(context.partition_key)
+    expected = context.run.tags.get(SHARDS_TAG)
+    if expected and int(expected) != N_SHARDS:
+        raise RuntimeError(f"this process has {N_SHARDS} top-N shards but the run was launched with {expected}; "
+                           "set RECS_TOPN_SHARDS the same on the launcher and every worker")
     m = load_matrix(artifacts)
     rows = np.flatnonzero(shard_of(m.user_ids) == shard)
-    bl, ua, ub = load_blend(artifacts, config.blend)
-    ids, scores = bl.top_k(config.n, als_users=ua[rows], bpr_users=ub[rows], history=m.weights[rows],
-                           exclude=m.binary[rows])
+    bl, ua, ub = load_blend(artifacts, config.request)
+    history = blend.cap_history(m.weights[rows], config.request.history_cap)
+    ids, scores = bl.top_k(config.blend.weights(), config.n, als_users=ua[rows], bpr_users=ub[rows],
+                           history=history, exclude=m.binary[rows])
     valid = ids >= 0
     r_idx, c_idx = np.nonzero(valid)
     table = pl.DataFrame({
@@ -61,16 +154,10 @@ def batch_topn(context: dg.AssetExecutionContext, config: TopNConfig, warehouse:
         "score": scores[r_idx, c_idx].astype(np.float32),
         "reason": pl.Series(["for_you"] * len(r_idx), dtype=pl.String),
     })
-    artifacts.save("topn_params", meta=config.model_dump())
-    with warehouse.connect() as con:
-        con.execute("CREATE TABLE IF NOT EXISTS recs.batch_topn (shard INTEGER, user_id VARCHAR, rank INTEGER, "
-                    "item_id VARCHAR, score FLOAT, reason VARCHAR)")
-        con.register("_shard", table)
-        con.execute("BEGIN TRANSACTION")
-        con.execute("DELETE FROM recs.batch_topn WHERE shard = ?", [shard])
-        con.execute("INSERT INTO recs.batch_topn SELECT * FROM _shard")
-        con.execute("COMMIT")
-    return dg.MaterializeResult(metadata={"shard": shard, "users": len(rows), "rows": table.height,
+    # Shards run at once on several workers: each writes its own part, the warehouse is not touched
+    # (DuckDB admits one process per file); recs.batch_topn is a view over the parts.
+    path = write_part(table, shard, config.model_dump())
+    return dg.MaterializeResult(metadata={"shard": shard, "users": len(rows), "rows": table.height, "path": str(path),
                                           "n": config.n, "blend": dg.MetadataValue.json(config.blend.weights())})
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from recs_assets import io, paths
+from recs_assets import io, outputs, paths
+from recs_assets.contract import contract_from_artifacts
 from recs_assets.features import load_matrix
 from recs_assets.outputs import N_SHARDS
 from recs_assets.resources import ArtifactStore, Warehouse
@@ -27,14 +28,18 @@ def _table(con, sql: str) -> pl.DataFrame:
           deps=["batch_topn", "similar_items", "vector_store", "evaluation", "association_rules", "covisitation",
                 "popularity", "als_factors", "bpr_factors", "catalog_embeddings", "interaction_matrix", "catalog"],
           description="An immutable, versioned release under RECS_HOME/releases (Parquet, .npy, manifest with "
-                      "parameters, metrics, row counts, checksums, pinned LanceDB version); CURRENT switches "
+                      "the typed contract, metrics, row counts, checksums, pinned LanceDB version); CURRENT switches "
                       "atomically, old releases are pruned")
 def release(context: dg.AssetExecutionContext, config: ReleaseConfig, warehouse: Warehouse,
             artifacts: ArtifactStore) -> dg.MaterializeResult:
     m = load_matrix(artifacts)
-    with warehouse.connect(read_only=True) as con:
+    # The shards' parts, not the warehouse (shards never write it); they record the config they ran with.
+    topn, topn_params = outputs.read_parts()
+    topn = topn.sort("user_id", "rank")
+    artifacts.save("topn_params", meta=topn_params)
+    with warehouse.connect() as con:
+        outputs.create_topn_view(con)
         catalog = _table(con, "SELECT item_id, title, description, brand, category, price FROM recs.catalog ORDER BY item_id")
-        topn = _table(con, "SELECT user_id, rank, item_id, score, reason, shard FROM recs.batch_topn ORDER BY user_id, rank")
         similar = _table(con, "SELECT item_id, rank, similar_item_id, score, source FROM recs.similar_items")
         covis = _table(con, "SELECT item_id, neighbor_id, score FROM recs.covisitation")
         item_sim = _table(con, "SELECT item_id, neighbor_id, score FROM recs.item_similarity")
@@ -42,9 +47,6 @@ def release(context: dg.AssetExecutionContext, config: ReleaseConfig, warehouse:
         popularity = _table(con, "SELECT scope, key, item_id, score, rank FROM recs.popularity")
         user_items = _table(con, "SELECT user_id, item_id, weight, purchases FROM recs.user_items")
         metrics = _table(con, "SELECT * EXCLUDE (cut) FROM recs.evaluation").to_dicts()
-    missing = sorted(set(range(N_SHARDS)) - set(topn["shard"].unique().to_list()))
-    if missing:
-        raise RuntimeError(f"batch_topn shards {missing} are not materialized; the release waits for every shard")
     if not np.array_equal(catalog["item_id"].to_numpy().astype(object), m.item_ids):
         raise RuntimeError("the catalog changed since interaction_matrix was built; re-materialize the graph")
     pop = artifacts.load("popularity")
@@ -59,20 +61,15 @@ def release(context: dg.AssetExecutionContext, config: ReleaseConfig, warehouse:
     bpr = artifacts.load("bpr_factors")
     emb = artifacts.load("catalog_embeddings", "vectors")["vectors"]
     tbl = lancedb.connect(str(paths.lancedb_path())).open_table(config.vector_table)
-    params = {
-        "matrix": artifacts.meta("interaction_matrix").get("params", {}),
-        "als": artifacts.meta("als_factors"), "bpr": artifacts.meta("bpr_factors"),
-        "covisitation": artifacts.meta("covisitation"), "item_similarity": artifacts.meta("item_similarity"), "popularity": artifacts.meta("popularity"),
-        "blend": artifacts.meta("topn_params")["blend"], "topn_n": artifacts.meta("topn_params")["n"], "topn_shards": N_SHARDS,
-    }
-    path = release_format.publish(
-        paths.recs_home(),
+    contract = contract_from_artifacts(artifacts)
+    path = release_format.write_release(
+        paths.recs_home(), contract=contract, extra={"topn_shards": N_SHARDS},
         tables={"items": items, "users": users, "user_items": user_items, "topn": topn.drop("shard"),
                 "similar_items": similar, "covisitation": covis, "item_similarity": item_sim, "rules": rules, "popularity": popularity},
         arrays={"als_user_factors": als["user_factors"], "als_item_factors": als["item_factors"],
                 "bpr_user_factors": bpr["user_factors"], "bpr_item_factors": bpr["item_factors"],
                 "item_embeddings": emb},
-        run_id=context.run.run_id, parameters=params, metrics={"evaluation": metrics},
+        run_id=context.run.run_id, metrics={"evaluation": metrics},
         lancedb={"uri": str(paths.lancedb_path()), "table": config.vector_table, "version": int(tbl.version)},
         keep=config.keep,
     )

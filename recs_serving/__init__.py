@@ -1,7 +1,7 @@
 """recs_serving: the release reader, the in-process recommender, and the Litestar app.
 
 Exports are resolved lazily so that ``import recs_serving.release`` (used by the pipeline to
-publish) stays light: it does not pull in numba kernels, pydantic models or Litestar.
+publish) stays light: it does not pull in numba kernels or Litestar.
 
     from recs_serving import Recommender, RecommendRequest
     rec = Recommender(home)            # loads RECS_HOME/releases/CURRENT, watches for new ones

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +18,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .release import ReleaseFiles, open_release
+import scipy.sparse as sp
+
+from recs_kernels import blend
+
+from .release import ReleaseContract, ReleaseFiles, open_release, read_contract
 
 log = logging.getLogger("recs_serving")
 
-DEFAULT_BLEND = {"als": 1.0, "bpr": 0.5, "covis": 1.0, "rules": 0.8, "content": 0.4, "popularity": 0.15}
-DEFAULT_MMR_LAMBDA = 0.8
 MAX_TOPN = 200
 COMPACT_IDS_ABOVE = 200_000  # users: above this, ids live in sorted numpy bytes instead of a dict
-MMR_DIM = 64  # MMR only needs pairwise cosines; a PCA-64 view keeps them and makes batch MMR cheap
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class Adjacency:
     def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = self.indptr[i], self.indptr[i + 1]
         return self.indices[a:b], self.scores[a:b]
+
+    def csr(self) -> sp.csr_matrix:
+        """The same arrays as a scipy CSR (rows in score order; no copy of the data)."""
+        n = self.indptr.size - 1
+        return sp.csr_matrix((self.scores, self.indices, self.indptr), shape=(n, n))
 
     @staticmethod
     def empty(n: int) -> "Adjacency":
@@ -86,7 +92,7 @@ class LoadedRelease:
     price: np.ndarray
     id_sorted: np.ndarray  # item ids sorted (unicode array), for prefix filters
     id_rank: np.ndarray  # position of each item in id_sorted
-    pop_norm: np.ndarray  # [0, 1] log-scaled global popularity per item
+    pop_norm: np.ndarray  # [0, 1] log-scaled global popularity per item (reasons only)
     trend_norm: np.ndarray
     pop_order: np.ndarray  # all items by popularity desc, idx asc
     popularity_lists: dict  # (scope, key) -> idx array in rank order
@@ -105,22 +111,19 @@ class LoadedRelease:
     als_user: np.ndarray | None
     als_item: np.ndarray | None
     als_yty: np.ndarray | None
-    als_reg: float
-    als_alpha: float
     bpr_user: np.ndarray | None
     bpr_item: np.ndarray | None
-    emb: np.ndarray | None  # L2-normalised item embeddings, PCA-reduced to <= MMR_DIM columns
-    mmr_vecs: np.ndarray | None  # the same, PCA-reduced to <= MMR_DIM and renormalised (MMR only)
-    sim_factors: Adjacency
-    sim_content: Adjacency
-    covis: Adjacency
-    rules: Adjacency  # single-antecedent rules: item -> consequent, score = confidence
-    rules_lift: dict = field(default_factory=dict)
-    multi_rules: tuple = ()  # (frozenset(antecedent idx), consequent idx array, confidence)
-    blend: dict = field(default_factory=lambda: dict(DEFAULT_BLEND))
-    mmr_lambda: float = DEFAULT_MMR_LAMBDA
-    event_weights: dict = field(default_factory=lambda: {"view": 1.0, "add": 3.0, "purchase": 5.0})
-    recency_half_life_ms: float = 3 * 86_400_000.0
+    emb: np.ndarray | None  # the content source's item vectors (blend.content_vectors: L2, PCA to contract.content_dim)
+    mmr_vecs: np.ndarray | None  # the same array: MMR's cosines
+    sim_factors: Adjacency  # similar_items (factors): candidates only
+    sim_content: Adjacency  # similar_items (content): candidates only
+    item_sim: Adjacency  # the blend's item_sim source (item_similarity.parquet)
+    covis: Adjacency  # the blend's covis source (covisitation.parquet)
+    rules: Adjacency  # the blend's rules source: item -> consequent, score = confidence
+    popularity: np.ndarray  # the blend's popularity source (items.popularity), raw
+    trending: np.ndarray  # the blend's trending source (items.trending), raw
+    contract: ReleaseContract
+    multi_rules: tuple = ()  # (frozenset(antecedent idx), consequent idx array, confidence): candidates only
 
     def history(self, u: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         a, b = self.hist_indptr[u], self.hist_indptr[u + 1]
@@ -235,36 +238,84 @@ def _array(rf: ReleaseFiles, name: str, rows: int, mmap: bool, dtype=np.float32)
 
 def load_release(home: Path | str, version: str | None = None, *, mmap: bool = False, verify: bool = False,
                  compact: bool = True) -> LoadedRelease:
-    """Load a release into memory. ``compact`` keeps the per-user matrices (user factors,
-    top-N scores) in float16: half the memory, and they are only ever read a row at a time
-    and cast back to float32 (item-side arrays stay float32)."""
+    """Load a release into memory, one small reader per table. ``compact`` keeps the per-user
+    matrices (user factors, top-N scores) in float16: half the memory, and they are only ever
+    read a row at a time and cast back to float32 (item-side arrays stay float32)."""
     t0 = time.perf_counter()
     user_dtype = np.float16 if compact and not mmap else np.float32
     rf = open_release(home, version)
     if verify:
         rf.verify()
-    params = rf.manifest.get("parameters") or {}
+    contract = read_contract(rf.manifest)  # first: a release this reader cannot serve is refused before any table is read
 
-    # ---- items
+    it = read_items(rf)
+    n_items, item_arr, item_index = it["n_items"], it.pop("item_arr"), it["item_index"]
+    pop_raw, trend_raw = it.pop("pop_raw"), it.pop("trend_raw")
+    pop = read_popularity(rf, item_arr, item_index, n_items, pop_raw, trend_raw)
+
+    user_arr, user_ids, user_index = read_users(rf)
+    n_users = len(user_ids)
+    # top-N (dense), streamed by row group so a 50M-row table never sits in memory whole
+    topn_ids, topn_scores = _load_topn(rf, n_users, user_arr, user_index, item_arr, item_index, user_dtype)
+    hist = read_history(rf, n_users, n_items, user_arr, user_index, item_arr, item_index)
+    # The loader needed a dict for its vectorised lookups; serving needs one probe per request.
+    # A sorted bytes array answers that in O(log n) at a tenth of the memory of 1M Python strings.
+    if n_users > COMPACT_IDS_ABOVE:
+        compact_ids = CompactIds.build(user_arr)
+        if compact_ids is not None:
+            user_ids, user_index = compact_ids, CompactIndex(compact_ids)
+    del user_arr
+
+    als_user, als_item = read_factors(rf, "als", n_users, n_items, mmap, user_dtype)
+    als_yty = np.ascontiguousarray(als_item.T @ als_item, dtype=np.float32) if als_item is not None else None
+    bpr_user, bpr_item = read_factors(rf, "bpr", n_users, n_items, mmap, user_dtype)
+    emb = read_content(rf, n_items, contract.content_dim)
+    sim_factors, sim_content = read_similar_items(rf, n_items, item_arr, item_index)
+    item_sim = read_neighbours(rf, "item_similarity", n_items, item_arr, item_index)
+    covis = read_neighbours(rf, "covisitation", n_items, item_arr, item_index)
+    rules, multi = read_rules(rf, n_items, item_arr)
+
+    rel = LoadedRelease(
+        version=rf.version, path=rf.path, manifest=rf.manifest, loaded_at=time.time(),
+        **it, **pop,
+        user_ids=user_ids, user_index=user_index, n_users=n_users,
+        topn_ids=topn_ids, topn_scores=topn_scores, **hist,
+        als_user=als_user, als_item=als_item, als_yty=als_yty,
+        bpr_user=bpr_user, bpr_item=bpr_item, emb=emb, mmr_vecs=emb,
+        sim_factors=sim_factors, sim_content=sim_content, item_sim=item_sim, covis=covis, rules=rules,
+        multi_rules=tuple(multi), popularity=pop_raw, trending=trend_raw, contract=contract,
+    )
+    _release_memory()
+    log.info("loaded release %s (%d items, %d users) in %.2fs", rf.version, n_items, n_users, time.perf_counter() - t0)
+    return rel
+
+
+def read_items(rf: ReleaseFiles) -> dict:
+    """items.parquet: ids, titles, attribute codes for the hard filters, raw popularity columns."""
     items = _read(rf, "items")
     if "idx" in items.column_names:
         items = items.sort_by("idx")
     n_items = items.num_rows
     item_arr = _as_str(items.column("item_id")).combine_chunks()
     item_ids = item_arr.to_pylist()
-    item_index = {s: i for i, s in enumerate(item_ids)}
-    titles = _as_str(items.column("title")).to_pylist() if "title" in items.column_names else [""] * n_items
     brand_codes, brand_names, brand_index = _codes(items, "brand")
     category_codes, category_names, category_index = _codes(items, "category")
-    price = _num(items, "price", np.float64)
     id_sorted_order = np.argsort(np.asarray(item_ids, dtype=object).astype(str), kind="stable")
-    id_sorted = np.asarray(item_ids, dtype=str)[id_sorted_order]
     id_rank = np.empty(n_items, np.int64)
     id_rank[id_sorted_order] = np.arange(n_items)
-    pop_raw = _num(items, "popularity", np.float64, 0.0)
-    trend_raw = _num(items, "trending", np.float64, 0.0)
+    return dict(
+        item_arr=item_arr, item_ids=item_ids, item_index={s: i for i, s in enumerate(item_ids)}, n_items=n_items,
+        titles=_as_str(items.column("title")).to_pylist() if "title" in items.column_names else [""] * n_items,
+        brand_codes=brand_codes, brand_names=brand_names, brand_index=brand_index,
+        category_codes=category_codes, category_names=category_names, category_index=category_index,
+        price=_num(items, "price", np.float64), id_sorted=np.asarray(item_ids, dtype=str)[id_sorted_order], id_rank=id_rank,
+        pop_raw=_num(items, "popularity", np.float64, 0.0), trend_raw=_num(items, "trending", np.float64, 0.0),
+    )
 
-    # ---- popularity lists
+
+def read_popularity(rf: ReleaseFiles, item_arr, item_index, n_items: int, pop_raw: np.ndarray, trend_raw: np.ndarray) -> dict:
+    """popularity.parquet: ranked lists per (scope, key). When items.parquet has no
+    popularity/trending scores, they are derived from the global/trending lists (in place)."""
     pop_lists: dict = {}
     pop = _read(rf, "popularity", dict_cols=("scope", "key", "item_id"))
     if pop is not None and pop.num_rows:
@@ -283,7 +334,6 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
                 seen = iidx[a:b]
                 _, first = np.unique(seen, return_index=True)
                 pop_lists[(str(scope[a]), "" if scope[a] in ("global", "trending") else str(key[a]))] = seen[np.sort(first)].astype(np.int32)
-        # items.popularity may be absent: derive scores from the global list
         if not np.any(pop_raw > 0) and ("global", "") in pop_lists:
             g = pop_lists[("global", "")]
             pop_raw[g] = np.arange(g.size, 0, -1)
@@ -297,20 +347,21 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
         pop_lists[("global", "")] = pop_order[:1000]
     if ("trending", "") not in pop_lists:
         pop_lists[("trending", "")] = np.lexsort((np.arange(n_items), -trend_norm)).astype(np.int32)[:1000]
+    return dict(pop_norm=pop_norm, trend_norm=trend_norm, pop_order=pop_order, popularity_lists=pop_lists)
 
-    # ---- users
+
+def read_users(rf: ReleaseFiles):
     users = _read(rf, "users")
     if "idx" in users.column_names:
         users = users.sort_by("idx")
     user_arr = _as_str(users.column("user_id")).combine_chunks()
     user_ids = user_arr.to_pylist()
-    user_index = {s: i for i, s in enumerate(user_ids)}
-    n_users = len(user_ids)
+    return user_arr, user_ids, {s: i for i, s in enumerate(user_ids)}
 
-    # ---- top-N (dense), streamed by row group so a 50M-row table never sits in memory whole
-    topn_ids, topn_scores = _load_topn(rf, n_users, user_arr, user_index, item_arr, item_index, user_dtype)
 
-    # ---- history
+def read_history(rf: ReleaseFiles, n_users: int, n_items: int, user_arr, user_index, item_arr, item_index) -> dict:
+    """user_items.parquet (streamed): per-user CSR of history items, weights, purchased flags,
+    and the item -> buyers adjacency."""
     hu, hi, hw, hp = _stream_columns(
         rf, "user_items", [("user_id", user_arr, user_index), ("item_id", item_arr, item_index)],
         [("weight", np.float32, 1.0), ("purchases", np.float64, 1.0)],
@@ -322,104 +373,73 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
     del order
     hist_indptr = np.zeros(n_users + 1, np.int64)
     np.cumsum(np.bincount(hu, minlength=n_users), out=hist_indptr[1:])
-    pu = hu[hp]
-    buyers = _buyers(n_items, hi[hp], pu)
-    del hu, pu
+    buyers = _buyers(n_items, hi[hp], hu[hp])
+    return dict(hist_indptr=hist_indptr, hist_items=hi, hist_weight=hw.astype(np.float32), hist_purchased=hp, buyers=buyers)
 
-    # The loader needed a dict for its vectorised lookups; serving needs one probe per request.
-    # A sorted bytes array answers that in O(log n) at a tenth of the memory of 1M Python strings.
-    if n_users > COMPACT_IDS_ABOVE:
-        compact_ids = CompactIds.build(user_arr)
-        if compact_ids is not None:
-            user_ids, user_index = compact_ids, CompactIndex(compact_ids)
-    del user_arr
 
-    # ---- models
-    als_user = _array(rf, "als_user_factors", n_users, mmap, user_dtype)
-    als_item = _array(rf, "als_item_factors", n_items, mmap)
-    if als_user is not None and als_item is not None and als_user.shape[1] != als_item.shape[1]:
-        als_user = als_item = None
-    als_yty = np.ascontiguousarray(als_item.T @ als_item, dtype=np.float32) if als_item is not None else None
-    bpr_user = _array(rf, "bpr_user_factors", n_users, mmap, user_dtype)
-    bpr_item = _array(rf, "bpr_item_factors", n_items, mmap)
-    if bpr_user is None or bpr_item is None or bpr_user.shape[1] != bpr_item.shape[1]:
-        bpr_user = bpr_item = None
+def read_factors(rf: ReleaseFiles, model: str, n_users: int, n_items: int, mmap: bool, user_dtype):
+    """<model>_user_factors / <model>_item_factors, or (None, None) when absent or mismatched."""
+    user = _array(rf, f"{model}_user_factors", n_users, mmap, user_dtype)
+    item = _array(rf, f"{model}_item_factors", n_items, mmap)
+    if user is None or item is None or user.shape[1] != item.shape[1]:
+        return None, None
+    return user, item
+
+
+def read_content(rf: ReleaseFiles, n_items: int, dim: int) -> np.ndarray | None:
+    """item_embeddings as the content source's vectors (the batch blend's very transform):
+    cosines are kept closely, a request gathers fewer floats, and the full-width matrix
+    (150 MB at 100K x 384) is not kept."""
     emb = _array(rf, "item_embeddings", n_items, False)
-    mmr_vecs = None
-    if emb is not None:
-        norms = np.linalg.norm(emb, axis=1, keepdims=True)
-        emb /= np.where(norms > 0, norms, 1.0)
-        # Content similarity and MMR both run on a PCA view (<= MMR_DIM columns, renormalised):
-        # cosines are kept closely, a request gathers 6x fewer floats, and the full-width
-        # matrix (150 MB at 100K x 384) is not kept.
-        emb = mmr_vecs = _reduce(emb, MMR_DIM)
+    return None if emb is None else blend.content_vectors(emb, dim)
 
-    # ---- neighbours
-    sim_factors = sim_content = Adjacency.empty(n_items)
+
+def read_similar_items(rf: ReleaseFiles, n_items: int, item_arr, item_index) -> tuple[Adjacency, Adjacency]:
+    """similar_items.parquet as (factors, content) adjacencies: candidates for item pages."""
     sim = _read(rf, "similar_items", ["item_id", "similar_item_id", "score", "source"], dict_cols=("item_id", "similar_item_id", "source"))
-    if sim is not None and sim.num_rows:
-        a = _lookup(sim.column("item_id"), item_arr, item_index)
-        b = _lookup(sim.column("similar_item_id"), item_arr, item_index)
-        s = _num(sim, "score", np.float32, 0.0)
-        src = _as_str(sim.column("source")).to_numpy(zero_copy_only=False).astype(str) if "source" in sim.column_names else np.full(a.size, "factors")
-        is_content = src == "content"
-        sim_factors = Adjacency.build(n_items, a[~is_content], b[~is_content], s[~is_content], 50)
-        sim_content = Adjacency.build(n_items, a[is_content], b[is_content], s[is_content], 50)
-    covis = Adjacency.empty(n_items)
-    cv = _read(rf, "covisitation", ["item_id", "neighbor_id", "score"], dict_cols=("item_id", "neighbor_id"))
-    if cv is not None and cv.num_rows:
-        covis = Adjacency.build(n_items, _lookup(cv.column("item_id"), item_arr, item_index), _lookup(cv.column("neighbor_id"), item_arr, item_index), _num(cv, "score", np.float32, 0.0), 50)
-    rules, multi = Adjacency.empty(n_items), []
-    rl = _read(rf, "rules", ["antecedents", "consequents", "confidence", "lift"])
-    if rl is not None and rl.num_rows:
-        ante = rl.column("antecedents").combine_chunks()
-        cons = rl.column("consequents").combine_chunks()
-        conf = _num(rl, "confidence", np.float32, 0.0)
-        a_len = pc.list_value_length(ante).fill_null(0).to_numpy(zero_copy_only=False)
-        c_len = pc.list_value_length(cons).fill_null(0).to_numpy(zero_copy_only=False)
-        a_flat = _lookup(pa.chunked_array([pc.list_flatten(ante)]), item_arr)
-        c_flat = _lookup(pa.chunked_array([pc.list_flatten(cons)]), item_arr)
-        a_ptr = np.r_[0, np.cumsum(a_len)]
-        c_ptr = np.r_[0, np.cumsum(c_len)]
-        single = a_len == 1
-        # single-antecedent rules: one edge per consequent
-        r_ids = np.flatnonzero(single)
-        src = np.repeat(a_flat[a_ptr[r_ids]], c_len[r_ids])
-        dst = c_flat[np.concatenate([np.arange(c_ptr[r], c_ptr[r + 1]) for r in r_ids])] if r_ids.size else np.zeros(0, np.int64)
-        rules = Adjacency.build(n_items, src, dst, np.repeat(conf[r_ids], c_len[r_ids]), 50)
-        for r in np.flatnonzero(~single & (a_len > 1))[:100_000]:
-            a_items = a_flat[a_ptr[r]:a_ptr[r + 1]]
-            c_items = c_flat[c_ptr[r]:c_ptr[r + 1]]
-            if (a_items >= 0).all() and (c_items >= 0).any():
-                multi.append((frozenset(int(x) for x in a_items), c_items[c_items >= 0].astype(np.int32), float(conf[r])))
+    if sim is None or not sim.num_rows:
+        return Adjacency.empty(n_items), Adjacency.empty(n_items)
+    a = _lookup(sim.column("item_id"), item_arr, item_index)
+    b = _lookup(sim.column("similar_item_id"), item_arr, item_index)
+    s = _num(sim, "score", np.float32, 0.0)
+    src = _as_str(sim.column("source")).to_numpy(zero_copy_only=False).astype(str) if "source" in sim.column_names else np.full(a.size, "factors")
+    c = src == "content"
+    return Adjacency.build(n_items, a[~c], b[~c], s[~c], 50), Adjacency.build(n_items, a[c], b[c], s[c], 50)
 
-    als_params = params.get("als") or {}
-    blend = dict(DEFAULT_BLEND)
-    for k, v in (params.get("blend") or {}).items():
-        if k in blend and isinstance(v, (int, float)) and np.isfinite(v) and v >= 0:
-            blend[k] = float(v)
-    lam = params.get("mmr_lambda", DEFAULT_MMR_LAMBDA)
-    lam = float(lam) if isinstance(lam, (int, float)) and 0.0 <= lam <= 1.0 else DEFAULT_MMR_LAMBDA
 
-    rel = LoadedRelease(
-        version=rf.version, path=rf.path, manifest=rf.manifest, loaded_at=time.time(),
-        item_ids=item_ids, item_index=item_index, n_items=n_items, titles=titles,
-        brand_codes=brand_codes, brand_names=brand_names, brand_index=brand_index,
-        category_codes=category_codes, category_names=category_names, category_index=category_index,
-        price=price, id_sorted=id_sorted, id_rank=id_rank,
-        pop_norm=pop_norm, trend_norm=trend_norm, pop_order=pop_order, popularity_lists=pop_lists,
-        user_ids=user_ids, user_index=user_index, n_users=n_users,
-        topn_ids=topn_ids, topn_scores=topn_scores,
-        hist_indptr=hist_indptr, hist_items=hi, hist_weight=hw.astype(np.float32), hist_purchased=hp, buyers=buyers,
-        als_user=als_user, als_item=als_item, als_yty=als_yty,
-        als_reg=float(als_params.get("regularization", 0.01) or 0.01), als_alpha=float(als_params.get("alpha", 40.0)),
-        bpr_user=bpr_user, bpr_item=bpr_item, emb=emb, mmr_vecs=mmr_vecs,
-        sim_factors=sim_factors, sim_content=sim_content, covis=covis, rules=rules, multi_rules=tuple(multi),
-        blend=blend, mmr_lambda=lam,
-    )
-    _release_memory()
-    log.info("loaded release %s (%d items, %d users) in %.2fs", rf.version, n_items, n_users, time.perf_counter() - t0)
-    return rel
+def read_neighbours(rf: ReleaseFiles, name: str, n_items: int, item_arr, item_index) -> Adjacency:
+    """An item x item source table (item_id, neighbor_id, score), every row kept: the blend
+    scores from whole rows, as the batch top-N does (the assets bound the row length)."""
+    t = _read(rf, name, ["item_id", "neighbor_id", "score"], dict_cols=("item_id", "neighbor_id"))
+    if t is None or not t.num_rows:
+        return Adjacency.empty(n_items)
+    return Adjacency.build(n_items, _lookup(t.column("item_id"), item_arr, item_index),
+                           _lookup(t.column("neighbor_id"), item_arr, item_index), _num(t, "score", np.float32, 0.0))
+
+
+def read_rules(rf: ReleaseFiles, n_items: int, item_arr) -> tuple[Adjacency, list]:
+    """rules.parquet: the rules source (``blend.rules_matrix``) and multi-antecedent rules (candidates)."""
+    rl = _read(rf, "rules", ["antecedents", "consequents", "confidence"])
+    if rl is None or not rl.num_rows:
+        return Adjacency.empty(n_items), []
+    ante = rl.column("antecedents").combine_chunks()
+    cons = rl.column("consequents").combine_chunks()
+    conf = _num(rl, "confidence", np.float32, 0.0)
+    a_len = pc.list_value_length(ante).fill_null(0).to_numpy(zero_copy_only=False)
+    c_len = pc.list_value_length(cons).fill_null(0).to_numpy(zero_copy_only=False)
+    a_flat = _lookup(pa.chunked_array([pc.list_flatten(ante)]), item_arr)
+    c_flat = _lookup(pa.chunked_array([pc.list_flatten(cons)]), item_arr)
+    R = blend.rules_matrix(n_items, a_len, a_flat, c_len, c_flat, conf).tocoo()
+    rules = Adjacency.build(n_items, R.row.astype(np.int64), R.col.astype(np.int64), R.data)
+    multi = []
+    a_ptr = np.r_[0, np.cumsum(a_len)]
+    c_ptr = np.r_[0, np.cumsum(c_len)]
+    for r in np.flatnonzero(a_len > 1)[:100_000]:
+        a_items = a_flat[a_ptr[r]:a_ptr[r + 1]]
+        c_items = c_flat[c_ptr[r]:c_ptr[r + 1]]
+        if (a_items >= 0).all() and (c_items >= 0).any():
+            multi.append((frozenset(int(x) for x in a_items), c_items[c_items >= 0].astype(np.int32), float(conf[r])))
+    return rules, multi
 
 
 def _buyers(n_items: int, items: np.ndarray, users: np.ndarray) -> Adjacency:
@@ -428,22 +448,6 @@ def _buyers(n_items: int, items: np.ndarray, users: np.ndarray) -> Adjacency:
     indptr = np.zeros(n_items + 1, np.int64)
     np.cumsum(np.bincount(items, minlength=n_items), out=indptr[1:])
     return Adjacency(indptr, users.astype(np.int32), np.ones(users.size, np.float32))
-
-
-def _reduce(emb: np.ndarray, dim: int) -> np.ndarray:
-    """Deterministic PCA projection to ``dim`` columns (from a strided sample), rows renormalised."""
-    n, d = emb.shape
-    if d <= dim:
-        return emb
-    step = max(1, n // 20_000)
-    sample = emb[::step].astype(np.float64)
-    sample -= sample.mean(axis=0)
-    _, vecs = np.linalg.eigh(sample.T @ sample)
-    V = vecs[:, ::-1][:, :dim].astype(np.float32)
-    V *= np.where(V[np.abs(V).argmax(axis=0), np.arange(dim)] < 0, -1.0, 1.0).astype(np.float32)  # sign-stable
-    out = emb @ V
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return np.ascontiguousarray(out / np.where(norms > 0, norms, 1.0), dtype=np.float32)
 
 
 def _release_memory() -> None:

@@ -33,20 +33,149 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-SCHEMA_VERSION = 1
+from recs_kernels.sources import SOURCES
+
+SCHEMA_VERSION = 2
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 KEEP_RELEASES = 3
 
 TABLES = ("items", "users", "user_items", "topn", "similar_items", "covisitation", "item_similarity", "rules",
           "popularity")
+# For people, not for serving: what the README's SQL and the web pages read (all optional).
+ANALYST_TABLES = ("user_history", "quarantine", "evaluation", "substitutes", "customer_saturation", "cross_sell_potential",
+                  "item_targeting", "product_graph_nodes", "product_graph_edges", "factor_exports")
+TABLES = TABLES + ANALYST_TABLES
 ARRAYS = ("als_user_factors", "als_item_factors", "bpr_user_factors", "bpr_item_factors", "item_embeddings")
 REQUIRED_TABLES = ("items", "users", "user_items", "topn", "popularity")
 
 
 class ReleaseError(RuntimeError):
     pass
+
+
+# ------------------------------------------------------------------------------------------
+# the contract: every parameter a request needs, written by the pipeline from the configs its
+# assets ran with, read strictly (no field has a default here: a reader never fills one in)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceWeights(_Strict):
+    """Weight of each source of the blend (``recs_kernels.blend.SOURCES``)."""
+
+    als: float = Field(ge=0, allow_inf_nan=False)
+    bpr: float = Field(ge=0, allow_inf_nan=False)
+    item_sim: float = Field(ge=0, allow_inf_nan=False)
+    covis: float = Field(ge=0, allow_inf_nan=False)
+    rules: float = Field(ge=0, allow_inf_nan=False)
+    content: float = Field(ge=0, allow_inf_nan=False)
+    trending: float = Field(ge=0, allow_inf_nan=False)
+    popularity: float = Field(ge=0, allow_inf_nan=False)
+
+
+class EventWeights(_Strict):
+    view: float = Field(ge=0, allow_inf_nan=False)
+    add: float = Field(ge=0, allow_inf_nan=False)
+    purchase: float = Field(ge=0, allow_inf_nan=False)
+
+
+class ALSContract(_Strict):
+    """What ALS fold-in needs at request time: the training's regularization and alpha."""
+
+    factors: int = Field(ge=1)
+    regularization: float = Field(ge=0, allow_inf_nan=False)
+    alpha: float = Field(gt=0, allow_inf_nan=False)
+
+
+class CandidateSizes(_Strict):
+    neighbours_per_seed: int = Field(ge=1, description="Neighbours of each seed item taken as candidates")
+    max_seeds: int = Field(ge=1, description="Recent items used as seeds, heaviest first")
+    history_cap: int = Field(ge=1, description="Heaviest history items a user is blended from (batch and request)")
+    topn: int = Field(ge=1, description="Items per user in the batch top-N table")
+
+
+class ReleaseContract(_Strict):
+    """The typed parameters of a release (``manifest.json`` key ``contract``)."""
+
+    schema_version: int
+    sources: tuple[str, ...]
+    weights: SourceWeights
+    als: ALSContract
+    event_weights: EventWeights
+    decay_days: float = Field(gt=0, allow_inf_nan=False, description="Time constant of history and recent-event weights")
+    recent_weight: float = Field(ge=0, allow_inf_nan=False, description="A recent event's weight relative to the same event in the history")
+    content_dim: int = Field(ge=1, description="Columns of the content vectors (PCA of the embeddings)")
+    mmr_lambda: float = Field(ge=0, le=1, allow_inf_nan=False)
+    candidates: CandidateSizes
+    configs: dict[str, dict[str, Any]] = Field(description="Every asset's recorded config (provenance)")
+
+    @field_validator("schema_version")
+    @classmethod
+    def _current_schema(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"contract schema_version {v}, this reader needs {SCHEMA_VERSION}")
+        return v
+
+    @field_validator("sources")
+    @classmethod
+    def _catalogue(cls, v: tuple) -> tuple:
+        if tuple(v) != SOURCES:
+            raise ValueError(f"source catalogue {list(v)} differs from this reader's {list(SOURCES)}")
+        return tuple(v)
+
+    def replace(self, **changes: Any) -> "ReleaseContract":
+        """A validated copy with ``changes``; nested models merge (``weights={"als": 0.5}``)."""
+        data = self.model_dump()
+        for key, value in changes.items():
+            if isinstance(value, BaseModel):
+                value = value.model_dump()
+            if isinstance(value, dict) and isinstance(data.get(key), dict) and key != "configs":
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return ReleaseContract.model_validate(data)
+
+
+def read_contract(manifest: dict) -> ReleaseContract:
+    """The manifest's contract, or ReleaseError naming what is missing or wrong."""
+    version = manifest.get("version", "?")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ReleaseError(f"release {version} has schema_version {manifest.get('schema_version')}, "
+                           f"this reader needs {SCHEMA_VERSION}; re-run the pipeline to publish a current release")
+    if "contract" not in manifest:
+        raise ReleaseError(f"release {version}: manifest has no 'contract'")
+    try:
+        return ReleaseContract.model_validate(manifest["contract"])
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'contract'}: {e['msg']}" for e in exc.errors())
+        raise ReleaseError(f"release {version}: bad contract: {problems}") from None
+
+
+def write_release(
+    home: Path | str,
+    *,
+    contract: ReleaseContract,
+    tables: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    run_id: str = "",
+    metrics: dict | None = None,
+    lancedb: dict | None = None,
+    extra: dict | None = None,
+    keep: int = KEEP_RELEASES,
+) -> Path:
+    """The one release writer (pipeline, test factory, benchmarks): a complete release with
+    ``contract`` in its manifest, made current atomically. ``extra``: free provenance
+    (``manifest["extra"]``), never read by serving."""
+    if not isinstance(contract, ReleaseContract):
+        raise TypeError(f"contract must be a ReleaseContract, got {type(contract).__name__}")
+    return _publish(home, tables=tables, arrays=arrays, run_id=run_id,
+                    manifest_fields={"contract": contract.model_dump(mode="json"), "extra": extra or {}},
+                    metrics=metrics, lancedb=lancedb, keep=keep)
 
 
 def releases_dir(home: Path | str) -> Path:
@@ -74,16 +203,16 @@ def _to_arrow(table: Any) -> pa.Table:
     raise TypeError(f"cannot write {type(table).__name__} as a release table")
 
 
-def publish(
+def _publish(
     home: Path | str,
     *,
     tables: dict[str, Any],
     arrays: dict[str, np.ndarray],
-    run_id: str = "",
-    parameters: dict | None = None,
-    metrics: dict | None = None,
-    lancedb: dict | None = None,
-    keep: int = KEEP_RELEASES,
+    run_id: str,
+    manifest_fields: dict,
+    metrics: dict | None,
+    lancedb: dict | None,
+    keep: int,
 ) -> Path:
     """Write a complete release, then make it current. Returns its directory."""
     missing = [t for t in REQUIRED_TABLES if t not in tables]
@@ -113,7 +242,7 @@ def publish(
             "version": version,
             "created_at": datetime.now(timezone.utc).isoformat(),
             "dagster_run_id": run_id,
-            "parameters": parameters or {},
+            **manifest_fields,
             "metrics": metrics or {},
             "row_counts": row_counts,
             "checksums": {f: _sha256(staging / f) for f in files},
@@ -232,7 +361,6 @@ class ReleaseFiles:
             for a in range(0, flat.size, 1 << 22):
                 if not np.isfinite(flat[a:a + (1 << 22)]).all():
                     raise ReleaseError(f"release {where}: {path.name} holds NaN or infinite values")
-
 
 
 def open_release(home: Path | str, version: str | None = None) -> ReleaseFiles:

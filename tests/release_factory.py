@@ -2,9 +2,11 @@
 
 Serving tests need a release that looks like what the pipeline publishes: real ids, real
 co-purchase structure, factors from the real kernels. This module builds one with polars and
-``recs_kernels`` (ALS, BPR, top-k) and publishes it with ``recs_serving.release.publish``, so
-the on-disk format is the one contract both sides share. It is deliberately small and fast
-(few factors and iterations); the pipeline's fixture can replace it later.
+``recs_kernels`` (ALS, BPR, the one blend) and writes it with ``recs_serving.release.write_release``
+and a contract from ``recs_assets.contract.contract_from_configs``, so the on-disk format and
+the parameters are the ones the pipeline writes. Its top-N table is the batch blend
+(``recs_kernels.blend.Blend.top_k``) over the very tables it ships. It is deliberately small
+and fast (few factors and iterations).
 
 Online Retail has no brand or category, so they are derived from the description: ``brand``
 is its first word (``WHITE``, ``JUMBO``, ...) and ``category`` its last (``BAG``, ``HOLDER``).
@@ -23,8 +25,8 @@ import polars as pl
 import pyarrow as pa
 import scipy.sparse as sp
 
-from recs_kernels import als, bpr, topk
-from recs_serving.release import publish
+from recs_kernels import als, blend, bpr, topk
+from recs_serving.release import ReleaseContract, write_release
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "data" / "online_retail.parquet"
@@ -38,7 +40,33 @@ NEIGHBORS = 20
 class Built:
     tables: dict
     arrays: dict
-    parameters: dict
+    contract: ReleaseContract
+
+
+# every source weighs something, so every source is exercised by the serving tests
+WEIGHTS = {"als": 1.0, "bpr": 0.5, "item_sim": 0.3, "covis": 0.5, "rules": 0.3, "content": 0.2,
+           "trending": 0.3, "popularity": 0.2}
+
+
+def make_contract(factors: int, iterations: int, **request) -> ReleaseContract:
+    """The factory's contract, built by the pipeline's own builder from config objects."""
+    from recs_assets import modeling
+    from recs_assets.contract import contract_from_configs
+
+    return contract_from_configs(
+        matrix=modeling.MatrixParams(),
+        als=modeling.ALSParams(factors=factors, iterations=iterations, regularization=0.05, alpha=20.0),
+        bpr=modeling.BPRParams(factors=factors, iterations=iterations * 3), covisitation=modeling.CovisParams(top_k=NEIGHBORS),
+        item_similarity=modeling.SimilarityParams(top_k=NEIGHBORS), popularity=modeling.PopularityParams(),
+        topn={"n": TOPN, "blend": modeling.BlendParams(**WEIGHTS), "request": modeling.RequestParams(**request)},
+    )
+
+
+def _csr(table: pl.DataFrame, item_index: dict, n: int) -> sp.csr_matrix:
+    """An (item_id, neighbor_id, score) table as the item x item matrix the loader builds."""
+    a = np.array([item_index[x] for x in table["item_id"].to_list()], np.int64)
+    b = np.array([item_index[x] for x in table["neighbor_id"].to_list()], np.int64)
+    return sp.csr_matrix((table["score"].to_numpy().astype(np.float32), (a, b)), shape=(n, n))
 
 
 def _hash_embed(texts: list[str], dim: int = EMBED_DIM) -> np.ndarray:
@@ -131,20 +159,6 @@ def build_tables(factors: int = 16, iterations: int = 6, seed: int = 0, max_rows
     item_ids = items["item_id"].to_numpy().astype(object)
     user_ids = users["user_id"].to_numpy().astype(object)
 
-    # Top-N per user by the ALS + BPR blend of z-scored dot products, seen items excluded.
-    ids, scores = topk.batch(X, Y, TOPN, R)
-    rows = np.repeat(np.arange(n_users), TOPN)
-    ok = ids.ravel() >= 0
-    topn = pl.DataFrame(
-        {
-            "user_id": user_ids[rows[ok]],
-            "rank": np.tile(np.arange(1, TOPN + 1), n_users)[ok].astype(np.int32),
-            "item_id": item_ids[ids.ravel()[ok]],
-            "score": scores.ravel()[ok].astype(np.float32),
-            "reason": ["for_you"] * int(ok.sum()),
-        }
-    )
-
     emb = _hash_embed(items["title"].to_list())
     sid, ssc = topk.similar(Y, NEIGHBORS)
     cid, csc = topk.similar(emb, NEIGHBORS)
@@ -202,6 +216,45 @@ def build_tables(factors: int = 16, iterations: int = 6, seed: int = 0, max_rows
     popularity = pl.concat(pop_parts)
 
     user_items = ui.select("user_id", "item_id", pl.col("weight").cast(pl.Float32), "purchases", "last_ts")
+
+    # Item-item similarity from users' histories (cosine of co-occurrence), top neighbours.
+    Bu = (R > 0).astype(np.float32)
+    S = (Bu.T @ Bu).tocoo()
+    keep = S.row != S.col
+    ucnt = np.asarray(Bu.sum(axis=0)).ravel()
+    sim_t = (
+        pl.DataFrame({"a": S.row[keep], "b": S.col[keep],
+                      "score": (S.data[keep] / np.sqrt(ucnt[S.row[keep]] * ucnt[S.col[keep]])).astype(np.float32)})
+        .sort(["a", "score", "b"], descending=[False, True, False]).group_by("a", maintain_order=True).head(NEIGHBORS)
+    )
+    item_similarity = pl.DataFrame({"item_id": item_ids[sim_t["a"].to_numpy()], "neighbor_id": item_ids[sim_t["b"].to_numpy()],
+                                    "score": sim_t["score"]})
+
+    # Top-N per user: the batch blend over the very tables shipped, seen items excluded.
+    contract = make_contract(factors, iterations)
+    index = {x: i for i, x in enumerate(item_ids.tolist())}
+    rl = rules.to_dict(as_series=False)
+    R_rules = blend.rules_matrix(
+        n_items, np.array([len(a) for a in rl["antecedents"]]), np.array([index[x] for a in rl["antecedents"] for x in a]),
+        np.array([len(c) for c in rl["consequents"]]), np.array([index[x] for c in rl["consequents"] for x in c]),
+        np.asarray(rl["confidence"], np.float32))
+    bl = blend.Blend(als_items=Y, bpr_items=BY, item_sim=_csr(item_similarity, index, n_items),
+                     covis=_csr(covisitation, index, n_items), rules=R_rules,
+                     content=blend.content_vectors(emb, contract.content_dim),
+                     trending=items["trending"].to_numpy(), popularity=items["popularity"].to_numpy())
+    H = blend.cap_history(R, contract.candidates.history_cap)
+    ids, scores = bl.top_k(contract.weights.model_dump(), TOPN, als_users=X, bpr_users=BX, history=H, exclude=R)
+    rows = np.repeat(np.arange(n_users), TOPN)
+    ok = ids.ravel() >= 0
+    topn = pl.DataFrame(
+        {
+            "user_id": user_ids[rows[ok]],
+            "rank": np.tile(np.arange(1, TOPN + 1), n_users)[ok].astype(np.int32),
+            "item_id": item_ids[ids.ravel()[ok]],
+            "score": scores.ravel()[ok].astype(np.float32),
+            "reason": ["for_you"] * int(ok.sum()),
+        }
+    )
     return Built(
         tables={
             "items": items,
@@ -210,6 +263,7 @@ def build_tables(factors: int = 16, iterations: int = 6, seed: int = 0, max_rows
             "topn": topn,
             "similar_items": similar,
             "covisitation": covisitation,
+            "item_similarity": item_similarity,
             "rules": rules,
             "popularity": popularity,
         },
@@ -220,19 +274,14 @@ def build_tables(factors: int = 16, iterations: int = 6, seed: int = 0, max_rows
             "bpr_item_factors": BY,
             "item_embeddings": emb,
         },
-        parameters={
-            "als": {"factors": factors, "iterations": iterations, "regularization": 0.05, "alpha": 20.0},
-            "bpr": {"factors": factors, "iterations": iterations * 3},
-            "blend": {"als": 1.0, "bpr": 0.5, "covis": 1.0, "rules": 0.8, "content": 0.4, "popularity": 0.2},
-            "mmr_lambda": 0.8,
-        },
+        contract=contract,
     )
 
 
 def build_release(home: Path | str, *, run_id: str = "test", factors: int = 16, iterations: int = 6, **kw) -> Path:
     """Publish a release built from the bundled data under ``home``; returns its directory."""
     built = build_tables(factors=factors, iterations=iterations, **kw)
-    return publish(home, tables=dict(built.tables), arrays=dict(built.arrays), run_id=run_id, parameters=built.parameters)
+    return write_release(home, contract=built.contract, tables=dict(built.tables), arrays=dict(built.arrays), run_id=run_id)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python tests/release_factory.py HOME
