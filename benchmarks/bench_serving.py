@@ -5,7 +5,8 @@
     python benchmarks/bench_serving.py --skip-http     # in-process only
     python benchmarks/bench_serving.py --rates 500,1000,1200   # open-loop latency at several offered rates
 
-The release is written with ``recs_serving.release.publish`` from numpy random factors and
+The release is written with ``recs_serving.release.write_release`` (the pipeline's default
+contract) from numpy random factors and
 tables (same format the pipeline publishes), under ``--home`` (default var/bench-serving-<size>),
 and reused on later runs with the same sizes. Seven use cases are mixed: homepage (known user,
 5 recent views), item page (similar items), cart add-ons, brand page, cold start,
@@ -51,7 +52,7 @@ def build_synthetic(home: Path, n_items: int, n_users: int, *, topn: int = 50, f
                     hist_mean: int = 8, seed: int = 0) -> Path:
     import pyarrow as pa
 
-    from recs_serving.release import publish
+    from recs_serving.release import write_release
 
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
@@ -156,16 +157,27 @@ def build_synthetic(home: Path, n_items: int, n_users: int, *, topn: int = 50, f
     def plain(t: pa.Table) -> pa.Table:  # string columns, as the pipeline writes them (Parquet dictionary-encodes pages itself)
         return pa.table({n: (c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c) for n, c in zip(t.column_names, t.columns)})
 
-    path = publish(
-        home,
+    path = write_release(
+        home, contract=default_contract(topn),
         tables={k: plain(v) for k, v in {"items": items, "users": users, "user_items": user_items, "topn": topn_t, "similar_items": similar,
                 "covisitation": covis, "rules": rules, "popularity": popularity}.items()},
         arrays=arrays, run_id="bench",
-        parameters={"synthetic": {"n_items": n_items, "n_users": n_users, "topn": topn, "factors": factors, "emb_dim": emb_dim},
-                    "als": {"regularization": 0.05, "alpha": 20.0}},
+        extra={"synthetic": {"n_items": n_items, "n_users": n_users, "topn": topn, "factors": factors, "emb_dim": emb_dim}},
     )
     print(f"built synthetic release {path.name} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return path
+
+
+def default_contract(topn: int):
+    """The pipeline's default contract (its config defaults, through its own builder)."""
+    from recs_assets import modeling
+    from recs_assets.contract import contract_from_configs
+
+    return contract_from_configs(
+        matrix=modeling.MatrixParams(), als=modeling.ALSParams(), bpr=modeling.BPRParams(),
+        covisitation=modeling.CovisParams(), item_similarity=modeling.SimilarityParams(),
+        popularity=modeling.PopularityParams(),
+        topn={"n": topn, "blend": modeling.BlendParams(), "request": modeling.RequestParams()})
 
 
 def ensure_release(home: Path, n_items: int, n_users: int, rebuild: bool, emb_dim: int) -> None:
@@ -173,7 +185,7 @@ def ensure_release(home: Path, n_items: int, n_users: int, rebuild: bool, emb_di
 
     try:
         rf = open_release(home)
-        syn = rf.manifest.get("parameters", {}).get("synthetic", {})
+        syn = rf.manifest.get("extra", {}).get("synthetic", {})
         if not rebuild and syn.get("n_items") == n_items and syn.get("n_users") == n_users and syn.get("emb_dim") == emb_dim:
             return
     except Exception:  # noqa: BLE001
