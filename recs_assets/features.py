@@ -63,32 +63,70 @@ def load_matrix(artifacts: ArtifactStore) -> modeling.Matrix:
     return modeling.Matrix(extra["user_ids"], extra["item_ids"], weights, binary, io.load_csr(artifacts, "purchases"), as_of)
 
 
+class BasketConfig(dg.Config):
+    session_gap_minutes: float = Field(modeling.SESSION_GAP_MINUTES, gt=0,
+                                       description="Events without a basket id are grouped into sessions: a user's "
+                                                   "session ends after this long without an event")
+
+
 @dg.asset(group_name=GROUP, kinds={"numpy", "duckdb"}, deps=["interactions", "catalog"], pool="duckdb_writer",
-          description="Baskets x items (purchases, guests included): the input of FP-growth; recs.baskets")
-def baskets(context: dg.AssetExecutionContext, warehouse: Warehouse, artifacts: ArtifactStore) -> dg.MaterializeResult:
+          description="Baskets x items (purchases, guests included): the input of FP-growth; the source's basket "
+                      "ids, or sessions (split by an inactivity gap) where it has none; recs.baskets")
+def baskets(context: dg.AssetExecutionContext, config: BasketConfig, warehouse: Warehouse,
+            artifacts: ArtifactStore) -> dg.MaterializeResult:
     events = io.load_events(warehouse)
     items = io.load_item_ids(warehouse)
-    B, basket_ids = basket_matrix(events, items)
+    rows = basket_rows(events, config.session_gap_minutes)
+    B, basket_ids = basket_matrix(events, items, rows=rows)
     io.save_csr(artifacts, "baskets", B, basket_ids=basket_ids)
     sizes = np.diff(B.indptr)
     summary = pl.DataFrame({"basket_id": pl.Series(basket_ids, dtype=pl.String), "n_items": sizes.astype(np.int32)})
     warehouse.replace_table("baskets", summary)
+    formed = basket_origin(rows, events)
+    context.log.info(f"baskets: {formed['given_baskets']} from the sources' basket ids, {formed['session_baskets']} "
+                     f"from sessions (gap {config.session_gap_minutes:g} min), events: {formed['basket_events']}")
     return dg.MaterializeResult(metadata={
         "baskets": B.shape[0], "items": B.shape[1], "mean_items_per_basket": float(sizes.mean()) if len(sizes) else 0.0,
-        "max_items_per_basket": int(sizes.max()) if len(sizes) else 0,
+        "max_items_per_basket": int(sizes.max()) if len(sizes) else 0, **formed,
+        "session_gap_minutes": config.session_gap_minutes,
     })
 
 
-def basket_matrix(events: pl.DataFrame, item_ids: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+def basket_rows(events: pl.DataFrame, session_gap_minutes: float = modeling.SESSION_GAP_MINUTES) -> pl.DataFrame:
+    """Distinct (session, item_id, derived) of the basket events: purchases, in the source's
+    baskets or else in sessions. A source with no purchases at all (ratings, clicks) has its
+    sessions of any event as baskets, so the miner still has something to read."""
+    ev = events.filter(pl.col("event") == "purchase") if basket_events(events) == "purchase" else events
+    return (modeling.with_sessions(ev.select("user_id", "item_id", "ts", "event", "basket_id"), session_gap_minutes)
+            .select("session", "item_id", "derived").unique(["session", "item_id"]))
+
+
+def basket_events(events: pl.DataFrame) -> str:
+    return "purchase" if (events["event"] == "purchase").any() else "any"
+
+
+def basket_origin(rows: pl.DataFrame, events: pl.DataFrame) -> dict:
+    """How the baskets were formed, for the asset's metadata."""
+    n = rows.group_by("derived").agg(pl.col("session").n_unique().alias("n"))
+    counts = dict(zip(n["derived"].to_list(), n["n"].to_list()))
+    given, derived = int(counts.get(False, 0)), int(counts.get(True, 0))
+    return {"given_baskets": given, "session_baskets": derived,
+            "formed_from": "basket ids" if not derived else "sessions" if not given else "basket ids + sessions",
+            "basket_events": basket_events(events)}
+
+
+def basket_matrix(events: pl.DataFrame, item_ids: np.ndarray, session_gap_minutes: float = modeling.SESSION_GAP_MINUTES,
+                  *, rows: pl.DataFrame | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Baskets x items (bool) and the basket ids, in a stable order (sorted by id)."""
+    if rows is None:
+        rows = basket_rows(events, session_gap_minutes)
     items = pl.DataFrame({"item_id": pl.Series(item_ids, dtype=pl.String), "col": np.arange(len(item_ids), dtype=np.int32)})
-    p = (events.filter((pl.col("event") == "purchase") & pl.col("basket_id").is_not_null())
-         .select("basket_id", "item_id").unique().join(items, on="item_id"))
-    codes = p["basket_id"].cast(pl.Categorical).to_physical().to_numpy()
-    uniq, row = np.unique(codes, return_inverse=True)
-    names = p.select(pl.col("basket_id")).with_columns(row=row).unique("row").sort("row")["basket_id"].to_numpy()
-    B = sp.csr_matrix((np.ones(len(row), dtype=bool), (row, p["col"].to_numpy())), shape=(len(uniq), len(item_ids)))
+    p = rows.join(items, on="item_id")
+    names = p["session"].unique().sort()
+    row = names.search_sorted(p["session"]).to_numpy()
+    B = sp.csr_matrix((np.ones(p.height, dtype=bool), (row, p["col"].to_numpy())), shape=(len(names), len(item_ids)))
     B.sort_indices()
-    return B, names.astype(object)
+    return B, names.to_numpy().astype(object)
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb"}, deps=["interactions", "catalog"], pool="duckdb_writer",
@@ -98,7 +136,7 @@ def popularity(context: dg.AssetExecutionContext, config: modeling.PopularityPar
     events = io.load_events(warehouse)
     catalog = io.load_catalog(warehouse)
     items = catalog["item_id"].to_numpy().astype(object)
-    glob, trend = modeling.popularity_scores(events, items, config.trending_days)
+    glob, trend = modeling.popularity_scores(events, items, config.trending_days, config.as_of)
     artifacts.save("popularity", meta=config.model_dump(), global_score=glob, trending=trend)
     table = popularity_table(catalog, glob, trend, config.top_n)
     n = warehouse.replace_table("popularity", table)
