@@ -88,6 +88,34 @@ def test_release_round_trips_through_the_reader(built):
     assert m["lancedb"]["version"] >= 1
 
 
+def test_pipeline_release_loads_into_the_recommender_and_answers_like_its_batch_table(built):
+    """A release the real pipeline published: its contract carries the run's configs, it loads
+    into Recommender, and a known user's answer (no recent events, MMR off) is its batch row."""
+    from recs_serving import Recommender
+
+    home, _, _ = built
+    rf = release_format.open_release(home)
+    contract = release_format.read_contract(rf.manifest)
+    assert contract.als.factors == 16 and contract.candidates.topn == 20  # SMALL's configs, not defaults
+    assert contract.configs["bpr_factors"]["iterations"] == 100
+    rec = Recommender(home, watch=False)
+    try:
+        rel = rec.release
+        assert rec.contract == contract and rel.item_sim.indices.size > 0  # item_similarity.parquet is read
+        topn = pl.from_arrow(rf.table("topn"))
+        users = topn["user_id"].unique().sort().to_list()[:5]
+        for uid in users:
+            res = rec.recommend(user_id=uid, k=10, mmr_lambda=1.0)
+            row = topn.filter(pl.col("user_id") == uid).sort("rank")["item_id"].to_list()[:10]
+            assert res.metadata["strategy"] == "topn" and [i.item_id for i in res.items] == row
+        recent = [{"item_id": rel.item_ids[0], "timestamp": 1_300_000_000_000, "event": "view"}]
+        assert len(rec.recommend(user_id=users[0], k=5, recent=recent).items) == 5
+        assert len(rec.recommend(user_id="nobody", k=5, recent=recent).items) == 5
+        assert rec.similar_items(rel.item_ids[1], 5).items
+    finally:
+        rec.close()
+
+
 def test_warehouse_tables_exist(built):
     home, _, _ = built
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:

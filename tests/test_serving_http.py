@@ -263,7 +263,7 @@ def test_ops_endpoints(client, recommender):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["artifact_version"] == recommender.version
     rel = client.get("/v1/release").json()
-    assert rel["artifact_version"] == recommender.version and rel["manifest"]["schema_version"] == 1
+    assert rel["artifact_version"] == recommender.version and rel["manifest"]["schema_version"] == 2
     text = client.get("/metrics").text
     assert 'recs_requests_total{method="POST",route="/v1/recommend",status="200"}' in text
     assert "recs_request_duration_seconds_bucket" in text

@@ -36,28 +36,28 @@ def test_loader_round_trip(recommender, release_home):
 
 
 def test_scores_match_dense_blend(recommender):
-    """The candidate scoring equals the dense z-scored blend restricted to the candidates."""
-    from recs_serving.scoring import SOURCES, score_candidates
+    """Request-time scoring of a loaded release equals the dense blend over the whole catalogue."""
+    from recs_serving.scoring import SOURCES, request_history
 
-    rel = recommender.release
     st = recommender._current()
+    rel = st.rel
     u = 3
     seeds = np.array([rel.item_index[i] for i in rel.item_ids[:3]], np.int64)
-    sw = np.array([1.0, 2.0, 0.5])
-    cand = np.arange(rel.n_items)
+    h_ids, h_w = request_history(rel, st.contract, u, seeds, np.array([1.0, 2.0, 0.5]))
     weights = {s: 1.0 for s in SOURCES}
-    _, C, _ = score_candidates(rel, st.stats, cand, weights=weights, als_user=rel.als_user[u], bpr_user=rel.bpr_user[u],
-                               seeds=seeds, seed_weights=sw)
-    dense = rel.als_item @ rel.als_user[u]
-    z = (dense - dense.mean()) / dense.std()
-    np.testing.assert_allclose(C[:, 0], z, rtol=1e-3, atol=1e-3)
-    cov = np.zeros(rel.n_items)
-    swn = sw / sw.max()
-    for s, w in zip(seeds, swn):
-        nb, sc = rel.covis.row(s)
-        np.add.at(cov, nb, w * sc)
-    zc = (cov - cov.mean()) / cov.std()
-    np.testing.assert_allclose(C[:, 2], zc, rtol=1e-3, atol=1e-3)
+    als_u = np.asarray(rel.als_user[u], np.float32)
+    bpr_u = np.asarray(rel.bpr_user[u], np.float32)
+    cand = np.arange(rel.n_items)
+    total, C, _ = st.scorer.score_candidates(weights, cand, als_user=als_u, bpr_user=bpr_u, hist_ids=h_ids, hist_w=h_w)
+    import scipy.sparse as sp
+
+    H = sp.csr_matrix((h_w, (np.zeros(h_ids.size, np.int64), h_ids)), shape=(1, rel.n_items))
+    dense = st.scorer.score(weights, als_users=als_u[None], bpr_users=bpr_u[None], history=H)[0]
+    np.testing.assert_allclose(total, dense, rtol=1e-3, atol=1e-3)
+    z = rel.als_item @ als_u
+    np.testing.assert_allclose(C[:, 0], (z - z.mean()) / z.std(), rtol=1e-3, atol=1e-3)
+    cov = np.asarray(H @ rel.covis.csr().toarray()).ravel()
+    np.testing.assert_allclose(C[:, SOURCES.index("covis")], (cov - cov.mean()) / cov.std(), rtol=1e-3, atol=1e-3)
 
 
 def test_history_purchases_never_returned(recommender):
