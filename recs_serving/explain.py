@@ -1,0 +1,315 @@
+"""Answers people can read: item attributes and reasons in words, added after an answer is built.
+
+The recommender answers with ids, scores and reason codes (``bought_with:85123A``). This module
+post-processes those answers for the HTTP layer and the web pages: each item gains ``title``,
+``price``, ``brand``, ``category`` (and ``image_url`` when the catalog has one), and each answer's
+reasons gain an ``explanation`` ("Often bought with WHITE HANGING HEART T-LIGHT HOLDER"). The
+codes stay, so machines keep matching on them.
+
+The catalog view is read once per release from its ``items.parquet`` (not from the loader's
+arrays), so it follows releases exactly as the recommender does and needs nothing from it but
+the release path and version.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow.parquet as pq
+
+# One line per reason code: kept next to each other so a new code is one edit.
+_FIXED = {
+    "for_you": "Picked for you from your purchase history",
+    "bought_together": "Often bought together with what is in the basket",
+    "similar": "Similar to what you looked at",
+    "popular": "Popular across the shop",
+    "trending": "Selling fast right now",
+    "pinned": "Featured by the merchandising team",
+    "boosted": "Promoted by the merchandising team",
+    "likely_buyer": "Their purchases resemble those of this item's buyers",
+}
+_WITH_ITEM = {
+    "bought_with": "Often bought with {}",
+    "similar_to": "Similar to {}",
+    "related_to": "Chosen by shoppers who also chose {}",
+    "bought_similar": "Bought {}, whose buyers also buy this",
+}
+_WITH_NAME = {
+    "popular_in_brand": "Popular in the {} range",
+    "popular_in_category": "Popular among {}",
+}
+
+
+def _clean_price(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return round(f, 2) if math.isfinite(f) else None
+
+
+@dataclass
+class CatalogView:
+    """Readable item attributes of one release, by item id."""
+
+    version: str
+    index: dict
+    item_ids: list
+    titles: list
+    prices: list
+    brands: list
+    categories: list
+    descriptions: list
+    attributes: list  # parsed JSON objects (or None) from the catalog's free-form columns
+    popularity: list
+    _info: dict = field(default_factory=dict)
+
+    @staticmethod
+    def read(path: Path, version: str) -> "CatalogView":
+        f = Path(path) / "items.parquet"
+        names = pq.read_schema(f).names
+        cols = [c for c in ("idx", "item_id", "title", "price", "brand", "category", "description", "attributes", "popularity")
+                if c in names]
+        t = pq.read_table(f, columns=cols)
+        if "idx" in names:
+            t = t.sort_by("idx")
+        n = t.num_rows
+
+        def col(name: str) -> list:
+            return t.column(name).to_pylist() if name in t.column_names else [None] * n
+
+        ids = [str(x) for x in col("item_id")]
+        attrs = []
+        for raw in col("attributes"):
+            try:
+                a = json.loads(raw) if isinstance(raw, str) and raw else None
+            except ValueError:
+                a = None
+            attrs.append(a if isinstance(a, dict) else None)
+        return CatalogView(version, {s: i for i, s in enumerate(ids)}, ids, col("title"), col("price"), col("brand"),
+                           col("category"), col("description"), attrs, [p or 0.0 for p in col("popularity")])
+
+    def title(self, item_id: str) -> str:
+        i = self.index.get(item_id)
+        t = self.titles[i] if i is not None else None
+        return t or item_id
+
+    def attribute(self, item_id: str, name: str) -> Any:
+        i = self.index.get(item_id)
+        a = self.attributes[i] if i is not None else None
+        return a.get(name) if a else None
+
+    def info(self, item_id: str) -> dict:
+        """``title, price, brand, category[, image_url]`` of one item (cached; never mutate)."""
+        got = self._info.get(item_id)
+        if got is not None:
+            return got
+        i = self.index.get(item_id)
+        if i is None:
+            got = {"title": None, "price": None, "brand": None, "category": None}
+        else:
+            got = {"title": self.titles[i] or item_id, "price": _clean_price(self.prices[i]),
+                   "brand": self.brands[i], "category": self.categories[i]}
+            a = self.attributes[i]
+            if a and a.get("image_url"):
+                got["image_url"] = str(a["image_url"])
+        self._info[item_id] = got
+        return got
+
+    def search(self, text: str, limit: int = 20) -> list[str]:
+        """Item ids matching ``text``: the exact id, then ids starting with it, then titles holding
+        every word of it, best-selling first."""
+        q = text.strip().upper()
+        if not q:
+            return []
+        words = q.split()
+        hits = []
+        for i, (iid, t) in enumerate(zip(self.item_ids, self.titles)):
+            u = iid.upper()
+            if u == q:
+                hits.append((0, 0.0, i))
+            elif u.startswith(q):
+                hits.append((1, -self.popularity[i], i))
+            elif t and all(w in t.upper() for w in words):
+                hits.append((2, -self.popularity[i], i))
+        hits.sort()
+        return [self.item_ids[i] for _, _, i in hits[:limit]]
+
+
+_VIEWS: "OrderedDict[str, CatalogView]" = OrderedDict()
+_VIEWS_LOCK = threading.Lock()
+_KEEP_VIEWS = 3  # the release being served and the ones requests in flight may still hold
+
+
+def catalog(rel) -> CatalogView:
+    """The catalog view of a loaded release (anything with ``version`` and ``path``)."""
+    v = rel.version
+    got = _VIEWS.get(v)
+    if got is not None:
+        return got
+    with _VIEWS_LOCK:
+        got = _VIEWS.get(v)
+        if got is None:
+            got = _VIEWS[v] = CatalogView.read(rel.path, v)
+            while len(_VIEWS) > _KEEP_VIEWS:
+                _VIEWS.popitem(last=False)
+    return got
+
+
+def catalog_of(rec, version: str | None = None) -> CatalogView:
+    """The view for the release an answer was computed on (``version``), which is the loaded one
+    unless a swap happened in between; then read that release's own (immutable) items."""
+    rel = rec.release
+    if version is None or version == rel.version:
+        return catalog(rel)
+    from .release import releases_dir
+
+    path = releases_dir(rec.home) / version
+    if (path / "items.parquet").exists():
+        return catalog(type("_R", (), {"version": version, "path": path})())
+    return catalog(rel)
+
+
+def explain_code(code: str, view: CatalogView) -> str:
+    if code in _FIXED:
+        return _FIXED[code]
+    kind, _, arg = code.partition(":")
+    if kind in _WITH_ITEM and arg:
+        return _WITH_ITEM[kind].format(view.title(arg))
+    if kind in _WITH_NAME and arg:
+        return _WITH_NAME[kind].format(arg)
+    return code.replace("_", " ").capitalize()
+
+
+def explain(codes: Iterable[str], view: CatalogView) -> str:
+    return "; ".join(explain_code(c, view) for c in codes)
+
+
+def _fix_anonymous(codes: list[str], seed: str | None) -> list[str]:
+    """An answer for nobody in particular cannot be "for you": name the item it follows from."""
+    if "for_you" not in codes:
+        return codes
+    repl = f"related_to:{seed}" if seed else "popular"
+    out: list[str] = []
+    for c in codes:
+        c = repl if c == "for_you" else c
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def _as_dict(item: Any) -> dict:
+    if isinstance(item, dict):
+        return dict(item)
+    if hasattr(item, "model_dump"):
+        return item.model_dump()
+    return {f: getattr(item, f) for f in item.__struct_fields__}  # msgspec struct
+
+
+def enrich_items(items: list, view: CatalogView, *, anonymous: bool = False, seed: str | None = None) -> list[dict]:
+    """Items (dicts, pydantic models or msgspec structs) as readable dicts."""
+    out = []
+    cache: dict = {}
+    for it in items:
+        d = _as_dict(it)
+        codes = list(d.get("reasons") or [])
+        if anonymous:
+            codes = _fix_anonymous(codes, seed)
+        d["reasons"] = codes
+        d.update(view.info(d["item_id"]))
+        key = tuple(codes)
+        text = cache.get(key)
+        if text is None:
+            text = cache[key] = explain(codes, view)
+        d["explanation"] = text
+        out.append(d)
+    return out
+
+
+def _ranked(rec, items: list, k: int | None, exclude_ids) -> list:
+    """The business rules' re-ranking (pins, boosts, burials) of one answer."""
+    from . import business_rules
+
+    rel = rec.release
+    if not business_rules.for_release(rel).reranks:
+        return items
+    return business_rules.apply(rel, [_as_dict(it) for it in items], k or len(items), exclude_ids)
+
+
+def enrich_response(body: Any, rec, *, anonymous: bool = False, seed: str | None = None, k: int | None = None,
+                    exclude_ids=()) -> dict:
+    """A ``RecommendResponse`` (dict or model) of ``rec`` (a Recommender) with readable items,
+    re-ranked by the business rules (``k``: the request's k; ``exclude_ids``: what it rules out)."""
+    d = body if isinstance(body, dict) else body.model_dump()
+    view = catalog_of(rec, d.get("artifact_version"))
+    meta = d.get("metadata") or {}
+    if meta.get("user_known") is True:
+        anonymous = False
+    items = _ranked(rec, d["items"], k, exclude_ids)
+    return {**d, "items": enrich_items(items, view, anonymous=anonymous, seed=seed)}
+
+
+def enrich_batch(body: Any, rec, *, k: int | None = None, exclusions=()) -> dict:
+    from . import business_rules
+
+    d = body if isinstance(body, dict) else body.model_dump()
+    view = catalog_of(rec, d.get("artifact_version"))
+    rel = rec.release
+    rerank = business_rules.for_release(rel).reranks
+    out = {}
+    for u, items in d["results"].items():
+        if rerank:
+            items = _ranked(rec, items, k, business_rules.request_exclusions(rel, u, exclusions=exclusions))
+        out[u] = enrich_items(items, view)
+    return {**d, "results": out}
+
+
+def customer_reasons(rel, item_id: str, user_ids: list[str]) -> dict[str, list[str]]:
+    """Why each customer is a target for ``item_id``: the item in their history closest to it
+    (cosine of the ALS item factors), as ``bought_similar:<item>``; ``likely_buyer`` otherwise."""
+    import numpy as np
+
+    out: dict[str, list[str]] = {}
+    i = rel.item_index.get(item_id)
+    Y = getattr(rel, "als_item", None)
+    if i is None or Y is None:
+        return {u: ["likely_buyer"] for u in user_ids}
+    Y = np.asarray(Y, dtype=np.float32)
+    y = Y[i] / (np.linalg.norm(Y[i]) or 1.0)
+    for uid in user_ids:
+        u = rel.user_index.get(uid, -1)
+        items = rel.history(u)[0] if u >= 0 else np.zeros(0, np.int64)
+        items = np.asarray(items, np.int64)
+        items = items[items != i]
+        if items.size == 0:
+            out[uid] = ["likely_buyer"]
+            continue
+        H = Y[items]
+        sim = (H @ y) / np.maximum(np.linalg.norm(H, axis=1), 1e-12)
+        best = int(items[int(np.argmax(sim))])
+        out[uid] = [f"bought_similar:{rel.item_ids[best]}"]
+    return out
+
+
+def enrich_customers(body: Any, rec) -> dict:
+    d = body if isinstance(body, dict) else body.model_dump()
+    rel = rec.release
+    view = catalog_of(rec, d.get("artifact_version"))
+    custs = [c if isinstance(c, dict) else c.model_dump() for c in d["customers"]]
+    reasons = customer_reasons(rel, d["item_id"], [c["user_id"] for c in custs])
+    out = []
+    for c in custs:
+        codes = reasons.get(c["user_id"], ["likely_buyer"])
+        out.append({**c, "reasons": codes, "explanation": explain(codes, view)})
+    return {**d, **view.info(d["item_id"]), "customers": out}
+
+
+__all__ = ["CatalogView", "catalog", "explain", "explain_code", "enrich_items", "enrich_response", "enrich_batch",
+           "enrich_customers", "customer_reasons"]
