@@ -191,8 +191,9 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     debug: bool = False,
     cors_origins: str | list[str] | None = None,
+    owns_recommender: bool | None = None,
 ) -> Litestar:
-    owns = recommender is None
+    owns = recommender is None if owns_recommender is None else owns_recommender
     if recommender is None:
         recommender = Recommender(home, watch=False, poll_interval=poll_interval)
     token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV) or None
