@@ -1,7 +1,10 @@
-"""Jobs, the daily schedule and the inbox sensor."""
+"""Jobs, the daily schedule and the inbox sensor (all on by default), and the shard executor."""
+import os
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
+from dagster._core.execution.retries import RetryMode
 
 from recs_assets import paths
 
@@ -10,40 +13,64 @@ SHARDS = dg.AssetSelection.assets("batch_topn")
 PUBLISH = dg.AssetSelection.assets(*PUBLISH_KEYS)
 MODELS = dg.AssetSelection.all() - SHARDS - PUBLISH
 
+SHARD_MODES = ("auto", "in_process", "multiprocess", "celery")
+
+
+def shard_mode(configured: str = "auto") -> str:
+    """auto: Celery when RECS_CELERY_BROKER is set (workers from scripts/worker.sh), else in-process."""
+    if configured != "auto":
+        return configured
+    return "celery" if os.environ.get("RECS_CELERY_BROKER") else "in_process"
+
+
+@dg.executor(name="recs_shards",
+             config_schema={"mode": dg.Field(dg.Enum("RecsShardMode", [dg.EnumValue(m) for m in SHARD_MODES]),
+                                             default_value="auto",
+                                             description="auto: celery if RECS_CELERY_BROKER is set, else in_process")},
+             requirements=lambda cfg: [] if shard_mode(cfg.get("mode", "auto")) == "in_process"
+             else multiple_process_executor_requirements())
+def shard_executor(init_context: dg.InitExecutorContext):
+    mode = shard_mode(init_context.executor_config["mode"])
+    if mode == "celery":
+        from dagster_celery.executor import CeleryExecutor
+
+        from recs_assets import celery_app
+
+        return CeleryExecutor(retries=RetryMode.DISABLED, broker=celery_app.broker_url(), backend=celery_app.backend_url(),
+                              config_source=celery_app.SETTINGS)
+    if mode == "multiprocess":
+        from dagster._core.executor.multiprocess import MultiprocessExecutor
+
+        return MultiprocessExecutor(retries=RetryMode.DISABLED, max_concurrent=0)
+    from dagster._core.executor.in_process import InProcessExecutor
+
+    return InProcessExecutor(retries=RetryMode.DISABLED)
+
+
 # Our steps are short and a process per step costs ~2 s here, so the chained stages run in
-# one process; only the independent top-N shards use a process each.
+# one process. A shard run has one step: in-process on one machine, a Celery task on a worker
+# when RECS_CELERY_BROKER is set (a backfill of all partitions then spreads over the workers).
 models_job = dg.define_asset_job("recs_models", selection=MODELS, executor_def=dg.in_process_executor,
                                  description="Ingest, features and models: everything the top-N shards need")
-topn_job = dg.define_asset_job("recs_topn_shards", selection=SHARDS, executor_def=dg.multiprocess_executor,
+topn_job = dg.define_asset_job("recs_topn_shards", selection=SHARDS, executor_def=shard_executor,
                                description="Per-user top-N for one user shard (one run per shard; a backfill of "
-                                           "all shards runs them in parallel, on separate workers under "
-                                           "dagster-celery / dagster-k8s by configuration alone)")
+                                           "all shards runs them at once, each a Celery task on any worker "
+                                           "started by scripts/worker.sh)")
 publish_job = dg.define_asset_job("recs_publish", selection=PUBLISH, executor_def=dg.in_process_executor,
                                   description="Evaluation, similar items, vector store and the release")
 
 # Shards and the publish stage follow their parents by declarative automation, so a new
 # models run (schedule, sensor or UI) rolls through to a new release.
 daily = dg.ScheduleDefinition(name="recs_daily", cron_schedule="0 3 * * *", job=models_job,
+                              default_status=dg.DefaultScheduleStatus.RUNNING,
                               description="Rebuild daily at 03:00; shards and release follow automatically")
 
-
-@dg.sensor(job=models_job, minimum_interval_seconds=30,
-           description="Ingests new CSV/Parquet/JSONL files dropped into RECS_HOME/inbox and rebuilds downstream")
-def inbox_sensor(context: dg.SensorEvaluationContext):
-    inbox = paths.inbox_path()
-    if not inbox.exists():
-        return dg.SkipReason(f"{inbox} does not exist")
-    seen = set((context.cursor or "").split("\n")) - {""}
-    files = sorted(str(p.resolve()) + "@" + str(p.stat().st_mtime_ns) for p in inbox.iterdir()
-                   if p.is_file() and p.suffix.lower() in (".csv", ".parquet", ".jsonl", ".json", ".gz"))
-    new = [f for f in files if f not in seen]
-    if not new:
-        return dg.SkipReason("no new files in the inbox")
-    context.update_cursor("\n".join(files))
-    sources = [{"kind": "auto", "path": f.rsplit("@", 1)[0]} for f in new]
-    return dg.RunRequest(run_key="|".join(new), run_config={"ops": {"ingest": {"config": {"sources": sources}}}})
+# Declarative automation (shards and the publish stage follow a new models run). On by default,
+# like the schedule and the inbox sensor; turn any off in the UI (Automation) or with
+# `dagster sensor stop recs_automation` / `dagster schedule stop recs_daily`.
+automation = dg.AutomationConditionSensorDefinition(
+    "recs_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30, description="Evaluates the assets' automation conditions")
 
 
-def inbox_files(home: Path | None = None) -> list[Path]:
-    inbox = paths.inbox_path(home)
-    return sorted(p for p in inbox.iterdir() if p.is_file()) if inbox.exists() else []
+from recs_assets.inbox import inbox_files, inbox_sensor  # noqa: E402,F401  (the inbox lives in recs_assets/inbox.py)

@@ -1,14 +1,16 @@
 """Ingestion assets: sources -> recs.interactions, recs.catalog, recs.quarantine."""
 
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
 
 import dagster as dg
+import duckdb
 from pydantic import Field
 
-from recs_assets import markdown, paths
+from recs_assets import inbox, markdown, paths
 from recs_assets.ingest import load
-from recs_assets.ingest.sources import Source
+from recs_assets.ingest.sources import Source, TimeRules, default_name
 from recs_assets.resources import Warehouse
 
 INGEST_GROUP = "ingest"
@@ -23,7 +25,21 @@ class SourceSpec(dg.Config):
     )
     path: str = Field(default="", description="File or glob (kinds online_retail, events, auto)")
     query: str = Field(default="", description="DuckDB SQL (kind sql), e.g. SELECT * FROM 's3://…/events.parquet'")
-    name: str = Field(default="", description="Stable key for the source; defaults to the path or a hash of the query")
+    name: str = Field(
+        default="",
+        description="Stable key for the source (its rows are replaced when it is ingested again); defaults to "
+        "the path relative to RECS_HOME or the repository, else the file name; for sql a hash of the query",
+    )
+    merge_case_ids: bool | None = Field(
+        default=None,
+        description="Upper-case item ids so ids differing only in case are one item; "
+        "default: on for online_retail (stock codes), off for other kinds",
+    )
+    inbox: bool = Field(
+        default=False,
+        description="An inbox file: moved to inbox/done, or to inbox/failed with <name>.error.txt; "
+        "its failure does not stop the other sources",
+    )
 
     def to_source(self) -> Source:
         path = self.path or (str(paths.BUNDLED_ONLINE_RETAIL) if self.kind in ("online_retail", "auto") else "")
@@ -31,7 +47,8 @@ class SourceSpec(dg.Config):
             raise ValueError("source kind 'sql' needs a query")
         if self.kind != "sql" and not path:
             raise ValueError(f"source kind {self.kind!r} needs a path")
-        return Source(kind=self.kind, path=path, query=self.query, name=self.name)
+        return Source(kind=self.kind, path=path, query=self.query, name=self.name,
+                      merge_case_ids=self.merge_case_ids)
 
 
 class IngestConfig(dg.Config):
@@ -43,6 +60,17 @@ class IngestConfig(dg.Config):
     exclusive: bool = Field(
         default=False, description="Drop rows of every source not listed here (start over from these sources)"
     )
+    future_tolerance_hours: float = Field(
+        default=24.0, description="Events later than the ingestion time plus this are quarantined (future_timestamp)"
+    )
+    min_timestamp: str = Field(
+        default="1990-01-01", description="Events before this (UTC) are quarantined (bad_timestamp)"
+    )
+
+    def time_rules(self) -> TimeRules:
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        return TimeRules(floor=datetime.fromisoformat(self.min_timestamp),
+                         latest=now + timedelta(hours=self.future_tolerance_hours))
 
 
 @dg.multi_asset(
@@ -58,20 +86,42 @@ class IngestConfig(dg.Config):
 )
 def ingest(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: Warehouse):
     reports = []
+    failed_files: dict[str, str] = {}
+    rules = config.time_rules()
     with warehouse.connect() as con:
         load.ensure_tables(con)
         sources = [spec.to_source() for spec in config.sources]
-        for source in sources:
-            report = load.ingest_events(con, source)
+        for spec, source in zip(config.sources, sources):
+            try:
+                report = load.ingest_events(con, source, rules)
+            except Exception as exc:
+                if not spec.inbox:
+                    raise
+                # An inbox file fails alone: it moves to inbox/failed with the reason.
+                moved = inbox.move_failed(Path(source.path), str(exc), context.run_id)
+                failed_files[source.key] = str(exc)
+                context.log.error(f"{source.path}: not ingested, moved to {moved}: {exc}")
+                if isinstance(exc, (OSError, duckdb.IOException, duckdb.FatalException)) or "No space left" in str(exc):
+                    raise  # not the file's fault (disk, warehouse): stop here
+                continue
             context.log.info(
                 f"{report.source}: read {report.read}, kept {report.kept}, quarantined {report.quarantined}"
+                + (f"; timestamps read as epoch {report.ts_unit}" if report.ts_unit else "")
+                + (f"; replaced rows of old keys {report.replaced_legacy_keys}" if report.replaced_legacy_keys else "")
             )
+            if spec.inbox:
+                context.log.info(f"{source.path}: ingested, moved to {inbox.move_done(Path(source.path))}")
             reports.append(report)
+        if failed_files and not reports:
+            raise dg.Failure(
+                description=f"every inbox file failed (moved to inbox/failed): {failed_files}",
+                metadata={"failed_files": dg.MetadataValue.json(failed_files)},
+            )
         for path in config.catalog_paths:
             n = load.ingest_catalog(con, path)
             context.log.info(f"catalog {path}: {n} items")
         if config.exclusive:
-            keep = [s.key for s in sources] + [str(Path(p).resolve()) for p in config.catalog_paths]
+            keep = [s.key for s in sources] + [default_name(p) for p in config.catalog_paths]
             for table in ("interactions", "quarantine", "catalog_sources"):
                 con.execute(f"DELETE FROM recs.{table} WHERE NOT list_contains(?, source)", [keep])
             load.rebuild_catalog(con)
@@ -100,6 +150,8 @@ def ingest(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: W
             "baskets": totals["baskets"],
             "guest_rows": totals["guest_rows"],
             "sources": dg.MetadataValue.json([r.__dict__ for r in reports]),
+            "timestamp_units": dg.MetadataValue.json({r.source: r.ts_unit for r in reports if r.ts_unit}),
+            "failed_files": dg.MetadataValue.json(failed_files),
         },
     )
     yield dg.MaterializeResult(

@@ -13,7 +13,7 @@ import duckdb
 import polars as pl
 
 from recs_assets.ingest import catalog_attrs
-from recs_assets.ingest.sources import Source, SourceError, _lit, _reader, describe, stage
+from recs_assets.ingest.sources import Source, SourceError, TimeRules, _lit, _reader, default_name, describe, stage
 
 DDL = """
 CREATE SCHEMA IF NOT EXISTS recs;
@@ -38,6 +38,8 @@ class IngestReport:
     read: int = 0
     kept: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
+    ts_unit: str | None = None  # s/ms/us/ns when the source's timestamps are epoch numbers
+    replaced_legacy_keys: list[str] = field(default_factory=list)
 
     @property
     def quarantined_total(self) -> int:
@@ -48,10 +50,33 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(DDL)
 
 
-def ingest_events(con: duckdb.DuckDBPyConnection, source: Source) -> IngestReport:
+def rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back if a transaction is still open: DuckDB ends it itself on some errors (a full
+    disk), and a failing ROLLBACK must not hide the error that caused it."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
+
+
+def _legacy_keys(con, source: Source) -> list[str]:
+    """Keys of rows this source wrote under an older, absolute-path key (a moved checkout)."""
+    if source.name or source.kind == "sql" or source.key.startswith("/"):
+        return []
+    rows = con.execute("""
+        SELECT DISTINCT source FROM (
+            SELECT source FROM recs.interactions UNION ALL SELECT source FROM recs.quarantine
+            UNION ALL SELECT source FROM recs.catalog_sources)
+        WHERE source LIKE '/%' AND (list_contains(?, source) OR ends_with(source, '/' || ?))
+    """, [source.legacy_keys, source.key]).fetchall()
+    return [r[0] for r in rows]
+
+
+def ingest_events(con: duckdb.DuckDBPyConnection, source: Source, rules: TimeRules | None = None) -> IngestReport:
     ensure_tables(con)
-    adapter = stage(con, source)
-    report = IngestReport(source=source.key, adapter=adapter)
+    info = stage(con, source, rules)
+    adapter = info.adapter
+    report = IngestReport(source=source.key, adapter=adapter, ts_unit=info.ts_unit)
     report.read = con.execute("SELECT count(*) FROM _staged").fetchall()[0][0]
     report.quarantined = dict(
         con.execute(
@@ -59,12 +84,13 @@ def ingest_events(con: duckdb.DuckDBPyConnection, source: Source) -> IngestRepor
         ).fetchall()
     )
     derived = _derived_catalog(con, adapter)
+    report.replaced_legacy_keys = _legacy_keys(con, source)
     con.execute("BEGIN TRANSACTION")
     try:
         key = [source.key]
-        con.execute("DELETE FROM recs.interactions WHERE source = ?", key)
-        con.execute("DELETE FROM recs.quarantine WHERE source = ?", key)
-        con.execute("DELETE FROM recs.catalog_sources WHERE source = ?", key)
+        for table in ("interactions", "quarantine", "catalog_sources"):
+            con.execute(f"DELETE FROM recs.{table} WHERE list_contains(?, source)",
+                        [key + report.replaced_legacy_keys])
         con.execute("""
             INSERT INTO recs.interactions
             SELECT ?, user_id, item_id, ts, event, quantity, price, basket_id
@@ -81,7 +107,7 @@ def ingest_events(con: duckdb.DuckDBPyConnection, source: Source) -> IngestRepor
         rebuild_catalog(con)
         con.execute("COMMIT")
     except Exception:
-        con.execute("ROLLBACK")
+        rollback(con)
         raise
     report.kept = con.execute("SELECT count(*) FROM recs.interactions WHERE source = ?", [source.key]).fetchall()[0][0]
     if report.kept + report.quarantined_total != report.read:
@@ -103,7 +129,6 @@ def _derived_catalog(con, adapter: str) -> pl.DataFrame:
         FROM kept k LEFT JOIN titles t USING (item_id)
         GROUP BY k.item_id ORDER BY k.item_id
     """).pl()
-    frame = frame.with_columns(pl.coalesce("title", "item_id").alias("title"))
     if adapter == "online_retail":
         category, brand = catalog_attrs.derive(frame["title"].to_list())
     else:
@@ -131,10 +156,14 @@ def ingest_catalog(con: duckdb.DuckDBPyConnection, path: str) -> int:
     def col(name: str, cast: str = "VARCHAR") -> str:
         return f"TRY_CAST({name} AS {cast})" if name in columns else f"CAST(NULL AS {cast})"
     attrs = ("to_json({" + ", ".join(f"{_lit(c)}: \"{c}\"" for c in extra) + "})") if extra else "CAST(NULL AS VARCHAR)"
+    key = default_name(path)
+    legacy = [str(Path(path).resolve())] if not key.startswith("/") else []
     con.execute("BEGIN TRANSACTION")
     try:
-        key = str(Path(path).resolve())
-        con.execute("DELETE FROM recs.catalog_sources WHERE source = ?", [key])
+        con.execute(
+            "DELETE FROM recs.catalog_sources WHERE source = ? OR list_contains(?, source) "
+            "OR (source LIKE '/%' AND ends_with(source, '/' || ?) AND priority = 1)",
+            [key, legacy, key])
         con.execute(f"""
             INSERT INTO recs.catalog_sources
             SELECT ?, 1, CAST(item_id AS VARCHAR), {col('title')}, {col('description')}, {col('brand')},
@@ -144,20 +173,37 @@ def ingest_catalog(con: duckdb.DuckDBPyConnection, path: str) -> int:
         rebuild_catalog(con)
         con.execute("COMMIT")
     except duckdb.Error as exc:
-        con.execute("ROLLBACK")
+        rollback(con)
         raise SourceError(f"{path}: cannot be read as a catalog: {exc}") from exc
     return con.execute("SELECT count(*) FROM recs.catalog_sources WHERE source = ?", [key]).fetchall()[0][0]
 
 
 def rebuild_catalog(con) -> None:
-    """One row per item: the highest-priority source wins, then the most recent."""
+    """One row per item, each attribute from the best source that has it.
+
+    Sources rank: catalog files, then event sources by how many events they hold (the primary
+    source first, so a one-line inbox file cannot re-title a product), then by key. A missing
+    value (NULL, NaN, a title that is only the id) never replaces a real one.
+    """
     con.execute("""
         CREATE OR REPLACE TABLE recs.catalog AS
-        SELECT item_id, coalesce(title, item_id) AS title, description, brand, category, price, attributes, source
-        FROM (
-            SELECT *, row_number() OVER (PARTITION BY item_id ORDER BY priority DESC, source) AS rk
-            FROM recs.catalog_sources)
-        WHERE rk = 1
+        WITH volume AS (SELECT source, count(*) AS n FROM recs.interactions GROUP BY source),
+        ranked AS (
+            SELECT c.*, row_number() OVER (
+                PARTITION BY c.item_id ORDER BY c.priority DESC, coalesce(v.n, 0) DESC, c.source) AS rk
+            FROM recs.catalog_sources c LEFT JOIN volume v USING (source))
+        SELECT item_id,
+               coalesce(arg_min(title, rk) FILTER (WHERE nullif(trim(title), '') IS NOT NULL AND title <> item_id),
+                        item_id) AS title,
+               arg_min(description, rk) FILTER (
+                   WHERE nullif(trim(description), '') IS NOT NULL AND description <> item_id) AS description,
+               arg_min(brand, rk) FILTER (WHERE nullif(trim(brand), '') IS NOT NULL) AS brand,
+               arg_min(category, rk) FILTER (WHERE nullif(trim(category), '') IS NOT NULL) AS category,
+               arg_min(price, rk) FILTER (WHERE isfinite(price)) AS price,
+               arg_min(attributes, rk) FILTER (WHERE attributes IS NOT NULL) AS attributes,
+               arg_min(source, rk) AS source
+        FROM ranked
+        GROUP BY item_id
         ORDER BY item_id
     """)
 

@@ -7,11 +7,15 @@ as read, so that only quarantined rows are turned into JSON.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
 
 import duckdb
+
+from recs_assets import paths
 
 SourceKind = Literal["auto", "online_retail", "events", "sql"]
 
@@ -25,10 +29,38 @@ EVENT_SYNONYMS = {
     "add": "add", "addtocart": "add", "add_to_cart": "add", "cart": "add",
     "purchase": "purchase", "transaction": "purchase", "buy": "purchase", "order": "purchase",
 }
+# Epoch units by magnitude: today is ~1.7e9 s, 1.7e12 ms, 1.7e15 us, 1.7e18 ns, so the
+# decades between the bounds leave no doubt for any date from 1973 to 5138.
+EPOCH_UNITS = (("s", 1e11), ("ms", 1e14), ("us", 1e17), ("ns", float("inf")))
 
 
 class SourceError(ValueError):
     """A source that cannot be ingested at all: unreadable, or missing a required column."""
+
+
+@dataclass(frozen=True)
+class TimeRules:
+    """Timestamps outside [floor, latest] are quarantined (bad_timestamp / future_timestamp)."""
+
+    floor: datetime = datetime(1990, 1, 1)
+    latest: datetime = field(default_factory=lambda: datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(days=1))
+
+
+def default_name(path: str) -> str:
+    """A key that survives moving the checkout: the path relative to RECS_HOME or the
+    repository, else the file name (or glob pattern)."""
+    raw = Path(os.path.abspath(os.path.expanduser(path)))
+    candidates = [raw]
+    if raw.parent.exists():
+        candidates.append(raw.parent.resolve() / raw.name)
+    for base in (paths.recs_home(), paths.REPO_ROOT):
+        for p in candidates:
+            for b in (base, Path(os.path.abspath(base))):
+                try:
+                    return p.relative_to(b).as_posix()
+                except ValueError:
+                    pass
+    return raw.name
 
 
 @dataclass(frozen=True)
@@ -37,6 +69,8 @@ class Source:
     path: str = ""
     query: str = ""
     name: str = ""
+    # None: on for Online Retail (its stock codes are case-insensitive), off for other kinds
+    merge_case_ids: bool | None = None
 
     @property
     def key(self) -> str:
@@ -44,7 +78,23 @@ class Source:
             return self.name
         if self.kind == "sql":
             return "sql:" + hashlib.sha1(self.query.encode()).hexdigest()[:12]
-        return str(Path(self.path).resolve())
+        return default_name(self.path)
+
+    @property
+    def legacy_keys(self) -> list[str]:
+        """Keys earlier versions used (the absolute path), for replacing their rows."""
+        if self.kind == "sql" or not self.path:
+            return []
+        return [str(Path(self.path).resolve()), os.path.abspath(self.path)]
+
+    def merges_case(self, adapter: str) -> bool:
+        return self.merge_case_ids if self.merge_case_ids is not None else adapter == "online_retail"
+
+
+@dataclass
+class StageInfo:
+    adapter: str
+    ts_unit: str | None = None  # unit of numeric timestamps, when the source has any
 
 
 def _reader(path: str) -> str:
@@ -52,7 +102,9 @@ def _reader(path: str) -> str:
     if lower.endswith(".parquet") or lower.endswith(".pq"):
         return f"read_parquet({_lit(path)})"
     if lower.endswith(".csv") or lower.endswith(".csv.gz") or lower.endswith(".tsv"):
-        return f"read_csv({_lit(path)}, header=true, all_varchar=false)"
+        # null_padding: a ragged row gets its extra fields as columnN (quarantined as
+        # ragged_row) instead of the sniffer taking a longer line for the header
+        return f"read_csv({_lit(path)}, header=true, all_varchar=false, null_padding=true)"
     if lower.endswith(".json") or lower.endswith(".jsonl") or lower.endswith(".ndjson"):
         return f"read_json_auto({_lit(path)})"
     raise SourceError(f"{path}: unsupported file type (use .parquet, .csv or .jsonl)")
@@ -60,6 +112,10 @@ def _reader(path: str) -> str:
 
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def describe(con: duckdb.DuckDBPyConnection, source: Source) -> dict[str, str]:
@@ -79,10 +135,30 @@ def describe(con: duckdb.DuckDBPyConnection, source: Source) -> dict[str, str]:
     return {r[0]: r[1] for r in rows}
 
 
+def _header(source: Source) -> list[str] | None:
+    """The CSV header line as written, to tell padding columns (columnN) from real ones."""
+    if source.kind == "sql" or not source.path.lower().endswith((".csv", ".tsv")) or not Path(source.path).is_file():
+        return None
+    with open(source.path, encoding="utf-8", errors="replace") as fh:
+        first = fh.readline().rstrip("\r\n")
+    sep = "\t" if source.path.lower().endswith(".tsv") else ","
+    return [c.strip().strip('"') for c in first.split(sep)]
+
+
+def _padding_columns(columns: dict[str, str], source: Source) -> list[str]:
+    header = _header(source)
+    if header is None:
+        return []
+    return [c for c in columns if c not in header and c.startswith("column") and c[6:].isdigit()]
+
+
 def resolve_kind(columns: dict[str, str], source: Source) -> SourceKind:
     if source.kind != "auto":
         return source.kind
-    if all(c in columns for c in ONLINE_RETAIL_COLUMNS):
+    # Most Online Retail columns present: it is one, and a missing column is named as such
+    # (rather than reported as a missing user_id of the generic format).
+    present = sum(c in columns for c in ONLINE_RETAIL_COLUMNS)
+    if present >= 3 and not all(c in columns for c in EVENT_COLUMNS_REQUIRED):
         return "online_retail"
     return "events"
 
@@ -97,116 +173,186 @@ def _require(columns: dict[str, str], required: tuple[str, ...], label: str) -> 
         )
 
 
-def stage(con: duckdb.DuckDBPyConnection, source: Source) -> SourceKind:
+def stage(con: duckdb.DuckDBPyConnection, source: Source, rules: TimeRules | None = None) -> StageInfo:
     """Create TEMP TABLE _staged for the source and return the adapter used."""
+    rules = rules or TimeRules()
     columns = describe(con, source)
     kind = resolve_kind(columns, source)
     label = source.path or f"query {source.key}"
     relation = f"({source.query})" if source.kind == "sql" else _reader(source.path)
+    padding = _padding_columns(columns, source)
+    ragged = " OR ".join(f"r.{_ident(c)} IS NOT NULL" for c in padding) or "false"
     try:
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _raw AS
+            SELECT row_number() OVER () AS row_no, r.* FROM {relation} r
+        """)
         if kind == "online_retail":
             _require(columns, ONLINE_RETAIL_COLUMNS, label)
-            _stage_online_retail(con, relation, columns)
+            _stage_online_retail(con, columns, source.merges_case(kind), ragged, rules)
+            info = StageInfo(kind)
         else:
             _require(columns, EVENT_COLUMNS_REQUIRED, label)
-            _stage_events(con, relation, columns)
+            unit = _epoch_unit(con, columns["ts"])
+            _stage_events(con, columns, unit, source.merges_case(kind), ragged, rules)
+            info = StageInfo(kind, unit)
     except duckdb.Error as exc:
         raise SourceError(f"{label}: cannot be read: {exc}") from exc
-    return kind
+    _mark_duplicates(con)
+    return info
 
 
-def _stage_online_retail(con, relation: str, columns: dict[str, str]) -> None:
+def _time_checks(rules: TimeRules) -> str:
+    floor, latest = (_lit(t.isoformat(sep=" ")) for t in (rules.floor, rules.latest))
+    return f"""WHEN ts < TIMESTAMP {floor} THEN 'bad_timestamp'
+                 WHEN ts > TIMESTAMP {latest} THEN 'future_timestamp'"""
+
+
+def _integral(expr: str) -> str:
+    """expr as a number when it is a whole one (NULL otherwise): '1.5' is not a quantity."""
+    return f"""(CASE WHEN isfinite(TRY_CAST(trim(CAST({expr} AS VARCHAR)) AS DOUBLE))
+                      AND TRY_CAST(trim(CAST({expr} AS VARCHAR)) AS DOUBLE)
+                          = floor(TRY_CAST(trim(CAST({expr} AS VARCHAR)) AS DOUBLE))
+                 THEN TRY_CAST(TRY_CAST(trim(CAST({expr} AS VARCHAR)) AS DOUBLE) AS BIGINT) END)"""
+
+
+def _given(expr: str) -> str:
+    return f"NULLIF(trim(CAST({expr} AS VARCHAR)), '') IS NOT NULL"
+
+
+def _stage_online_retail(con, columns: dict[str, str], merge_case: bool, ragged: str, rules: TimeRules) -> None:
     codes = ", ".join(_lit(c) for c in NON_PRODUCT_CODES)
     description = "Description" if "Description" in columns else "NULL"
+    item = "upper(trim(CAST(StockCode AS VARCHAR)))" if merge_case else "trim(CAST(StockCode AS VARCHAR))"
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _raw AS
-        SELECT row_number() OVER () AS row_no, r.* FROM {relation} r
-    """)
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _typed AS
+        CREATE OR REPLACE TEMP TABLE _typed0 AS
         SELECT row_no,
-               CAST(CustomerID AS BIGINT)::VARCHAR AS user_id,
-               trim(CAST(StockCode AS VARCHAR)) AS item_id,
+               {_integral('CustomerID')} AS customer,
+               {_given('CustomerID')} AS customer_given,
+               NULLIF({item}, '') AS item_id,
                TRY_CAST(InvoiceDate AS TIMESTAMP) AS ts,
-               'purchase' AS event,
-               TRY_CAST(Quantity AS INTEGER) AS quantity,
+               {_integral('Quantity')} AS quantity,
+               {_given('Quantity')} AS qty_given,
                TRY_CAST(UnitPrice AS DOUBLE) AS price,
                trim(CAST(InvoiceNo AS VARCHAR)) AS basket_id,
                NULLIF(trim(CAST({description} AS VARCHAR)), '') AS title,
-               CASE
-                 WHEN InvoiceNo IS NULL OR trim(CAST(InvoiceNo AS VARCHAR)) = '' THEN 'missing_basket'
-                 WHEN upper(trim(CAST(InvoiceNo AS VARCHAR))) LIKE 'C%' THEN 'cancellation'
-                 WHEN StockCode IS NULL OR trim(CAST(StockCode AS VARCHAR)) = '' THEN 'missing_item_id'
-                 WHEN upper(trim(CAST(StockCode AS VARCHAR))) IN ({codes})
-                      OR lower(CAST(StockCode AS VARCHAR)) LIKE 'gift\\_%' ESCAPE '\\' THEN 'non_product_code'
-                 WHEN TRY_CAST(Quantity AS INTEGER) IS NULL OR TRY_CAST(Quantity AS INTEGER) <= 0
-                      THEN 'non_positive_quantity'
-                 WHEN TRY_CAST(UnitPrice AS DOUBLE) IS NULL OR TRY_CAST(UnitPrice AS DOUBLE) <= 0
-                      THEN 'non_positive_price'
-                 WHEN TRY_CAST(InvoiceDate AS TIMESTAMP) IS NULL THEN 'bad_timestamp'
-               END AS reason
+               upper(trim(CAST(StockCode AS VARCHAR))) AS code,
+               {ragged} AS ragged
         FROM _raw r
     """)
-    _mark_duplicates(con)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _typed AS
+        SELECT row_no, CAST(customer AS VARCHAR) AS user_id, item_id, ts, 'purchase' AS event,
+               CAST(CASE WHEN abs(quantity) <= 2147483647 THEN quantity END AS INTEGER) AS quantity,
+               price, basket_id, title,
+               CASE
+                 WHEN ragged THEN 'ragged_row'
+                 WHEN basket_id IS NULL OR basket_id = '' THEN 'missing_basket'
+                 WHEN upper(basket_id) LIKE 'C%' THEN 'cancellation'
+                 WHEN item_id IS NULL THEN 'missing_item_id'
+                 WHEN code IN ({codes}) OR lower(code) LIKE 'gift\\_%' ESCAPE '\\' THEN 'non_product_code'
+                 WHEN customer_given AND customer IS NULL THEN 'bad_user_id'
+                 WHEN qty_given AND (quantity IS NULL OR abs(quantity) > 2147483647) THEN 'bad_quantity'
+                 WHEN quantity IS NULL OR quantity <= 0 THEN 'non_positive_quantity'
+                 WHEN price IS NOT NULL AND NOT isfinite(price) THEN 'bad_price'
+                 WHEN price IS NULL OR price <= 0 THEN 'non_positive_price'
+                 WHEN ts IS NULL THEN 'bad_timestamp'
+                 {_time_checks(rules)}
+               END AS reason
+        FROM _typed0
+    """)
 
 
-def _ts_expression(col_type: str) -> str:
+def _epoch_unit(con, ts_type: str) -> str | None:
+    """s/ms/us/ns for a source whose timestamps are numbers (or digit strings), else None.
+
+    Decided once per source from the median magnitude, so a stray value in another unit
+    lands far from the source's dates and is quarantined, rather than each row guessing."""
+    upper = ts_type.upper()
+    if "TIMESTAMP" in upper or upper == "DATE":
+        return None
+    median = con.execute("""
+        SELECT median(abs(v)) FROM (
+            SELECT TRY_CAST(trim(CAST(ts AS VARCHAR)) AS DOUBLE) AS v FROM _raw
+            WHERE regexp_full_match(trim(CAST(ts AS VARCHAR)), '-?[0-9]+(\\.[0-9]+)?([eE][-+]?[0-9]+)?'))
+        WHERE v <> 0
+    """).fetchall()[0][0]
+    if median is None:
+        return None
+    return next(unit for unit, bound in EPOCH_UNITS if median < bound)
+
+
+def _epoch_expression(value: str, unit: str) -> str:
+    """An epoch number in `unit` as a TIMESTAMP (NULL when out of range)."""
+    if unit == "s":
+        micros = f"CAST(round(TRY_CAST({value} AS DOUBLE) * 1e6) AS BIGINT)"
+    elif unit == "ms":
+        micros = f"CAST(round(TRY_CAST({value} AS DOUBLE) * 1e3) AS BIGINT)"
+    elif unit == "us":
+        micros = f"CAST(round(TRY_CAST({value} AS DOUBLE)) AS BIGINT)"
+    else:  # digits beyond a double's precision: exact when written as an integer
+        micros = f"CAST(coalesce(TRY_CAST({value} AS HUGEINT), round(TRY_CAST({value} AS DOUBLE))) // 1000 AS BIGINT)"
+    return f"make_timestamp({micros})"
+
+
+def _ts_expression(col_type: str, unit: str | None) -> str:
     upper = col_type.upper()
-    if any(t in upper for t in ("INT", "DECIMAL", "DOUBLE", "FLOAT", "HUGEINT")):
-        return "CASE WHEN ts IS NULL THEN NULL ELSE make_timestamp(CAST(ts AS BIGINT) * 1000) END"
     if "TIMESTAMP WITH TIME ZONE" in upper:
         return "timezone('UTC', ts)"
     if "TIMESTAMP" in upper or upper == "DATE":
         return "CAST(ts AS TIMESTAMP)"
-    # Strings: epoch milliseconds or ISO-8601, with or without an offset; stored as UTC.
-    return """CASE
-        WHEN regexp_full_match(trim(CAST(ts AS VARCHAR)), '-?[0-9]{1,16}')
-          THEN make_timestamp(CAST(trim(CAST(ts AS VARCHAR)) AS BIGINT) * 1000)
-        ELSE timezone('UTC', TRY_CAST(trim(CAST(ts AS VARCHAR)) AS TIMESTAMPTZ))
+    text = "trim(CAST(ts AS VARCHAR))"
+    # Numbers (in the source's detected unit) or ISO-8601, with or without an offset; stored as UTC.
+    return f"""CASE
+        WHEN regexp_full_match({text}, '-?[0-9]+(\\.[0-9]+)?([eE][-+]?[0-9]+)?')
+          THEN {_epoch_expression(text, unit or 'ms')}
+        ELSE timezone('UTC', TRY_CAST({text} AS TIMESTAMPTZ))
       END"""
 
 
-def _stage_events(con, relation: str, columns: dict[str, str]) -> None:
+def _stage_events(con, columns: dict[str, str], unit: str | None, merge_case: bool, ragged: str,
+                  rules: TimeRules) -> None:
     synonyms = " ".join(f"WHEN {_lit(k)} THEN {_lit(v)}" for k, v in EVENT_SYNONYMS.items())
-    quantity = "TRY_CAST(quantity AS INTEGER)" if "quantity" in columns else "CAST(1 AS INTEGER)"
-    price = "TRY_CAST(price AS DOUBLE)" if "price" in columns else "CAST(NULL AS DOUBLE)"
-    basket = "NULLIF(trim(CAST(basket_id AS VARCHAR)), '')" if "basket_id" in columns else "CAST(NULL AS VARCHAR)"
     has_qty = "quantity" in columns
     has_price = "price" in columns
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _raw AS
-        SELECT row_number() OVER () AS row_no, r.* FROM {relation} r
-    """)
+    quantity = _integral("quantity") if has_qty else "CAST(1 AS BIGINT)"
+    price = "TRY_CAST(trim(CAST(price AS VARCHAR)) AS DOUBLE)" if has_price else "CAST(NULL AS DOUBLE)"
+    basket = "NULLIF(trim(CAST(basket_id AS VARCHAR)), '')" if "basket_id" in columns else "CAST(NULL AS VARCHAR)"
+    item = "NULLIF(trim(CAST(item_id AS VARCHAR)), '')"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _typed0 AS
         SELECT row_no,
                NULLIF(trim(CAST(user_id AS VARCHAR)), '') AS user_id,
-               NULLIF(trim(CAST(item_id AS VARCHAR)), '') AS item_id,
-               TRY({_ts_expression(columns["ts"])}) AS ts,
+               {f"upper({item})" if merge_case else item} AS item_id,
+               TRY({_ts_expression(columns["ts"], unit)}) AS ts,
                CASE lower(trim(CAST(event AS VARCHAR))) {synonyms} ELSE NULL END AS event,
                {quantity} AS quantity, {price} AS price, {basket} AS basket_id,
-               {"NULLIF(trim(CAST(quantity AS VARCHAR)), '') IS NOT NULL" if has_qty else "false"} AS qty_given,
-               {"NULLIF(trim(CAST(price AS VARCHAR)), '') IS NOT NULL" if has_price else "false"} AS price_given
+               {_given("quantity") if has_qty else "false"} AS qty_given,
+               {_given("price") if has_price else "false"} AS price_given,
+               {ragged} AS ragged
         FROM _raw r
     """)
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _typed AS
         SELECT row_no, user_id, item_id, ts, event,
-               coalesce(quantity, 1) AS quantity, price, basket_id,
+               CAST(CASE WHEN abs(coalesce(quantity, 1)) <= 2147483647 THEN coalesce(quantity, 1) END AS INTEGER)
+                   AS quantity,
+               price, basket_id,
                CAST(NULL AS VARCHAR) AS title,
                CASE
+                 WHEN ragged THEN 'ragged_row'
                  WHEN item_id IS NULL THEN 'missing_item_id'
                  WHEN user_id IS NULL AND basket_id IS NULL THEN 'missing_user_and_basket'
                  WHEN ts IS NULL THEN 'bad_timestamp'
+                 {_time_checks(rules)}
                  WHEN event IS NULL THEN 'unknown_event'
-                 WHEN qty_given AND quantity IS NULL THEN 'bad_quantity'
+                 WHEN qty_given AND (quantity IS NULL OR abs(quantity) > 2147483647) THEN 'bad_quantity'
                  WHEN quantity <= 0 THEN 'non_positive_quantity'
-                 WHEN price_given AND price IS NULL THEN 'bad_price'
+                 WHEN price_given AND (price IS NULL OR NOT isfinite(price)) THEN 'bad_price'
                  WHEN price < 0 THEN 'negative_price'
                END AS reason
         FROM _typed0
     """)
-    _mark_duplicates(con)
 
 
 def _mark_duplicates(con) -> None:
