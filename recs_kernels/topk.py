@@ -134,8 +134,6 @@ def batch(user_factors, item_factors, k: int, exclude=None, *, block_users: int 
     return ids, scores
 
 
-_select_block = select_block  # old name, until recs_assets.evaluation moves to select_block
-
 
 def similar(item_factors, k: int, *, exclude_self: bool = True, block_items: int | None = None):
     """Item-item cosine top ``k``: ``(ids int32 [n_items, k], scores float32 [n_items, k])``.
