@@ -559,7 +559,8 @@ class Recommender:
         meta: dict = {"strategy": "similar"}
         q = self._query(st, k=_check_k(k), user_id=None, recent=(), brand=brand, exclusions=exclusions,
                         filters=_check_filters(filters), lam=mmr_lambda, meta=meta, extra_seeds=[item_id], seed_event="view")
-        q.weights = {**q.weights, "popularity": 0.5 * q.weights.get("popularity", 0.0)}
+        # an item page leans on the item, half as much on what is popular overall
+        q.weights = {**q.weights, "trending": 0.5 * q.weights["trending"], "popularity": 0.5 * q.weights["popularity"]}
         picks = self._fill(st, q, self._blend(st, q, meta), meta)
         return self._respond(st, picks, meta, as_dict)
 
@@ -573,7 +574,7 @@ class Recommender:
         q = self._query(st, k=req.k, user_id=req.user_id, recent=(), brand=req.brand, exclusions=req.exclusions,
                         filters=req.filters, lam=None, meta=meta, extra_seeds=req.item_ids, seed_event="add")
         # add-ons lean on what is bought together
-        q.weights = {**q.weights, "rules": 2.0 * q.weights.get("rules", 0.0), "covis": 1.5 * q.weights.get("covis", 0.0)}
+        q.weights = {**q.weights, "rules": 2.0 * q.weights["rules"], "covis": 1.5 * q.weights["covis"]}
         picks = self._fill(st, q, self._blend(st, q, meta), meta)
         return self._respond(st, picks, meta, as_dict)
 
