@@ -25,7 +25,7 @@ defs = dg.Definitions(
     asset_checks=quality.CHECKS,
     jobs=[orchestration.models_job, orchestration.topn_job, orchestration.publish_job],
     schedules=[orchestration.daily],
-    sensors=[orchestration.inbox_sensor],
+    sensors=[orchestration.inbox_sensor, orchestration.automation],
     resources=resources,
     executor=dg.in_process_executor,
 )
