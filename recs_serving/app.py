@@ -61,7 +61,8 @@ def recommend(request: Request, data: RecommendBody) -> ExplainedResponse:
     rec = _rec(request)
     seed = max(data.recent, key=lambda r: r.timestamp).item_id if data.recent else None
     excl = business_rules.request_exclusions(rec.release, data.user_id, data.recent, data.exclusions)
-    return explain.enrich_response(rec.recommend(data, as_dict=True), rec, anonymous=True, seed=seed, k=data.k, exclude_ids=excl)  # type: ignore[return-value]
+    return explain.enrich_response(rec.recommend(data, as_dict=True), rec, anonymous=True, seed=seed, k=data.k, exclude_ids=excl,
+                                   user_id=data.user_id)  # type: ignore[return-value]
 
 
 @get("/v1/items/{item_id:str}/similar", sync_to_thread=False, tags=["items"], summary="Items similar to an item (item page)")
@@ -87,7 +88,7 @@ def cart_addons(request: Request, data: CartBody) -> ExplainedResponse:
     anonymous = data.user_id is None or data.user_id not in rec.release.user_index
     excl = business_rules.request_exclusions(rec.release, data.user_id, (), data.exclusions, data.item_ids)
     return explain.enrich_response(rec.cart_addons(data, as_dict=True), rec, anonymous=anonymous, seed=data.item_ids[0],
-                                   k=data.k, exclude_ids=excl)  # type: ignore[return-value]
+                                   k=data.k, exclude_ids=excl, user_id=data.user_id)  # type: ignore[return-value]
 
 
 @get("/v1/items/{item_id:str}/customers", sync_to_thread=True, tags=["customers"], summary="Customers most likely to want an item (targeting)")

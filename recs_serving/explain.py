@@ -38,6 +38,7 @@ _WITH_ITEM = {
     "similar_to": "Similar to {}",
     "related_to": "Chosen by shoppers who also chose {}",
     "bought_similar": "Bought {}, whose buyers also buy this",
+    "because_you_bought": "You bought {}",
 }
 _WITH_NAME = {
     "popular_in_brand": "Popular in the {} range",
@@ -189,7 +190,41 @@ def explain_code(code: str, view: CatalogView) -> str:
 
 
 def explain(codes: Iterable[str], view: CatalogView) -> str:
+    codes = list(codes)
+    anchor = next((c for c in codes if c.startswith("because_you_bought:")), None)
+    if anchor and "for_you" in codes:  # one sentence: the taste model's pick and the purchase it resembles most
+        rest = [c for c in codes if c not in ("for_you", anchor)]
+        head = f"Picked for you because you bought {view.title(anchor.partition(':')[2])}"
+        return "; ".join([head] + [explain_code(c, view) for c in rest])
     return "; ".join(explain_code(c, view) for c in codes)
+
+
+def taste_anchors(rel, user_id: str | None, item_ids: list[str]) -> dict[str, str]:
+    """For a known customer: per recommended item, the purchase in their history closest to it
+    (cosine of ALS item factors). It turns "for you" into "because you bought X"."""
+    import numpy as np
+
+    Y = getattr(rel, "als_item", None)
+    u = rel.user_index.get(user_id, -1) if user_id is not None else -1
+    if u < 0 or Y is None or not item_ids:
+        return {}
+    hist, _, bought = rel.history(u)
+    hist = np.asarray(hist, np.int64)
+    if bought.any():
+        hist = hist[np.asarray(bought, bool)]
+    if hist.size == 0:
+        return {}
+    idx = np.array([rel.item_index.get(i, -1) for i in item_ids], np.int64)
+    ok = idx >= 0
+    if not ok.any():
+        return {}
+    H = np.asarray(Y[hist], np.float32)
+    C = np.asarray(Y[idx[ok]], np.float32)
+    H /= np.maximum(np.linalg.norm(H, axis=1, keepdims=True), 1e-12)
+    C /= np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+    best = hist[np.argmax(C @ H.T, axis=1)]
+    names = [i for i, o in zip(item_ids, ok) if o]
+    return {i: rel.item_ids[int(b)] for i, b in zip(names, best.tolist()) if rel.item_ids[int(b)] != i}
 
 
 def _fix_anonymous(codes: list[str], seed: str | None) -> list[str]:
@@ -213,8 +248,10 @@ def _as_dict(item: Any) -> dict:
     return {f: getattr(item, f) for f in item.__struct_fields__}  # msgspec struct
 
 
-def enrich_items(items: list, view: CatalogView, *, anonymous: bool = False, seed: str | None = None) -> list[dict]:
-    """Items (dicts, pydantic models or msgspec structs) as readable dicts."""
+def enrich_items(items: list, view: CatalogView, *, anonymous: bool = False, seed: str | None = None,
+                 anchors: dict | None = None) -> list[dict]:
+    """Items (dicts, pydantic models or msgspec structs) as readable dicts. ``anchors``: item ->
+    the customer's purchase behind a ``for_you`` pick (see ``taste_anchors``)."""
     out = []
     cache: dict = {}
     for it in items:
@@ -222,6 +259,8 @@ def enrich_items(items: list, view: CatalogView, *, anonymous: bool = False, see
         codes = list(d.get("reasons") or [])
         if anonymous:
             codes = _fix_anonymous(codes, seed)
+        elif anchors and "for_you" in codes and d["item_id"] in anchors:
+            codes = codes + [f"because_you_bought:{anchors[d['item_id']]}"]
         d["reasons"] = codes
         d.update(view.info(d["item_id"]))
         key = tuple(codes)
@@ -244,7 +283,7 @@ def _ranked(rec, items: list, k: int | None, exclude_ids) -> list:
 
 
 def enrich_response(body: Any, rec, *, anonymous: bool = False, seed: str | None = None, k: int | None = None,
-                    exclude_ids=()) -> dict:
+                    exclude_ids=(), user_id: str | None = None) -> dict:
     """A ``RecommendResponse`` (dict or model) of ``rec`` (a Recommender) with readable items,
     re-ranked by the business rules (``k``: the request's k; ``exclude_ids``: what it rules out)."""
     d = body if isinstance(body, dict) else body.model_dump()
@@ -253,7 +292,10 @@ def enrich_response(body: Any, rec, *, anonymous: bool = False, seed: str | None
     if meta.get("user_known") is True:
         anonymous = False
     items = _ranked(rec, d["items"], k, exclude_ids)
-    return {**d, "items": enrich_items(items, view, anonymous=anonymous, seed=seed)}
+    anchors = None
+    if not anonymous and user_id is not None:
+        anchors = taste_anchors(rec.release, user_id, [_as_dict(it)["item_id"] for it in items])
+    return {**d, "items": enrich_items(items, view, anonymous=anonymous, seed=seed, anchors=anchors)}
 
 
 def enrich_batch(body: Any, rec, *, k: int | None = None, exclusions=()) -> dict:
@@ -267,7 +309,8 @@ def enrich_batch(body: Any, rec, *, k: int | None = None, exclusions=()) -> dict
     for u, items in d["results"].items():
         if rerank:
             items = _ranked(rec, items, k, business_rules.request_exclusions(rel, u, exclusions=exclusions))
-        out[u] = enrich_items(items, view)
+        items = [_as_dict(it) for it in items]
+        out[u] = enrich_items(items, view, anchors=taste_anchors(rel, u, [it["item_id"] for it in items]))
     return {**d, "results": out}
 
 

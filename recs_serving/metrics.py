@@ -1,85 +1,115 @@
-"""Prometheus text exposition, by hand: request counters, errors, a latency histogram.
+"""Prometheus metrics through ``prometheus_client``: requests, errors, latency, the release, the process.
 
-Updated from a raw ASGI middleware on the event-loop thread (and, for handlers run in the
-thread pool, only after they return), so plain dict updates under the GIL are enough.
+Each app has its own registry (tests build several apps in one process), holding the request
+metrics, the process collector (CPU, memory, open files, start time), the platform and GC
+collectors, and a collector that reads the recommender's release state at scrape time.
+
+Several worker processes (uvicorn ``--workers``): set ``PROMETHEUS_MULTIPROC_DIR`` to an empty
+directory shared by the workers before they start; request metrics are then written to files
+there and ``/metrics`` answers with all workers' sums (``MultiProcessCollector``), plus the
+release state of the worker that answered. Clear the directory when the server restarts.
 """
 from __future__ import annotations
 
+import os
 import time
 from time import perf_counter
-from bisect import bisect_left
-from collections import defaultdict
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+disable_created_metrics()  # no *_created series: half the lines, nothing a dashboard reads
 
 BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _ReleaseCollector:
+    """The loaded release, read from the recommender when scraped."""
+
+    def __init__(self, metrics: "Metrics"):
+        self.m = metrics
+
+    def collect(self):
+        rec = self.m.recommender
+        if rec is None:
+            return
+        v = rec.version
+        info = GaugeMetricFamily("recs_release_info", "The loaded release (value 1).", labels=["artifact_version"])
+        if v:
+            info.add_metric([v], 1)
+        yield info
+        yield GaugeMetricFamily("recs_release_ready", "1 when a release is loaded.", value=1 if v else 0)
+        if v:
+            try:
+                loaded = float(rec.release.loaded_at)
+            except Exception:  # noqa: BLE001 - a scrape never fails on the release's shape
+                loaded = None
+            if loaded is not None:
+                yield GaugeMetricFamily("recs_release_loaded_timestamp_seconds", "When the loaded release was swapped in.",
+                                        value=loaded)
+        yield CounterMetricFamily("recs_release_reloads", "Releases loaded since start.", value=getattr(rec, "reloads", 0))
+        yield CounterMetricFamily("recs_release_reload_errors", "Failed release loads.", value=getattr(rec, "reload_errors", 0))
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.started = time.time()
-        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
-        self.errors: dict[str, int] = defaultdict(int)
-        self.hist: dict[str, list[int]] = {}
-        self.sums: dict[str, float] = defaultdict(float)
+        self.recommender = None
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        # in multi-process mode values live in files: the metric objects register nowhere and
+        # the scrape reads every worker's files through MultiProcessCollector
+        target = None if self.multiprocess else self.registry
+        self.requests = Counter("recs_requests", "HTTP requests by method, route and status.", ["method", "route", "status"],
+                                registry=target)
+        self.errors = Counter("recs_request_errors", "Responses with status >= 500.", ["route"], registry=target)
+        self.latency = Histogram("recs_request_duration_seconds", "Request latency.", ["route"], buckets=BUCKETS,
+                                 registry=target)
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.MultiProcessCollector(self.registry)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.registry.register(_ReleaseCollector(self))
+        self._children: dict = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests[(method, route, status)] += 1
-        if status >= 500:
-            self.errors[route] += 1
-        h = self.hist.get(route)
-        if h is None:
-            h = self.hist[route] = [0] * (len(BUCKETS) + 1)
-        h[bisect_left(BUCKETS, seconds)] += 1  # first bucket with seconds <= le; past the last: +Inf
-        self.sums[route] += seconds
+        key = (method, route, status)
+        ch = self._children.get(key)
+        if ch is None:  # label lookups cost a few microseconds: once per (method, route, status)
+            ch = self._children[key] = (self.requests.labels(method, route, str(status)), self.latency.labels(route),
+                                        self.errors.labels(route) if status >= 500 else None)
+        ch[0].inc()
+        ch[1].observe(seconds)
+        if ch[2] is not None:
+            ch[2].inc()
 
     def render(self, recommender=None) -> str:
-        out = [
-            "# HELP recs_requests_total HTTP requests by method, route and status.",
-            "# TYPE recs_requests_total counter",
-        ]
-        for (m, r, s), n in sorted(self.requests.items()):
-            out.append(f'recs_requests_total{{method="{m}",route="{_esc(r)}",status="{s}"}} {n}')
-        out += ["# HELP recs_request_errors_total Responses with status >= 500.", "# TYPE recs_request_errors_total counter"]
-        for r, n in sorted(self.errors.items()):
-            out.append(f'recs_request_errors_total{{route="{_esc(r)}"}} {n}')
-        out += ["# HELP recs_request_duration_seconds Request latency.", "# TYPE recs_request_duration_seconds histogram"]
-        for r, h in sorted(self.hist.items()):
-            cum = 0
-            for le, c in zip(BUCKETS, h):
-                cum += c
-                out.append(f'recs_request_duration_seconds_bucket{{route="{_esc(r)}",le="{le}"}} {cum}')
-            cum += h[-1]
-            out.append(f'recs_request_duration_seconds_bucket{{route="{_esc(r)}",le="+Inf"}} {cum}')
-            out.append(f'recs_request_duration_seconds_sum{{route="{_esc(r)}"}} {self.sums[r]:.6f}')
-            out.append(f'recs_request_duration_seconds_count{{route="{_esc(r)}"}} {cum}')
         if recommender is not None:
-            v = recommender.version
-            out += ["# HELP recs_release_info The loaded release (value 1).", "# TYPE recs_release_info gauge"]
-            if v:
-                out.append(f'recs_release_info{{artifact_version="{_esc(v)}"}} 1')
-            out += ["# HELP recs_release_ready 1 when a release is loaded.", "# TYPE recs_release_ready gauge",
-                    f"recs_release_ready {1 if v else 0}"]
-            if v:
-                out += ["# HELP recs_release_loaded_timestamp_seconds When the loaded release was swapped in.",
-                        "# TYPE recs_release_loaded_timestamp_seconds gauge",
-                        f"recs_release_loaded_timestamp_seconds {recommender.release.loaded_at:.3f}"]
-            out += ["# HELP recs_release_reloads_total Releases loaded since start.", "# TYPE recs_release_reloads_total counter",
-                    f"recs_release_reloads_total {recommender.reloads}",
-                    "# HELP recs_release_reload_errors_total Failed release loads.", "# TYPE recs_release_reload_errors_total counter",
-                    f"recs_release_reload_errors_total {recommender.reload_errors}"]
-        out += ["# HELP recs_process_start_time_seconds Process start.", "# TYPE recs_process_start_time_seconds gauge",
-                f"recs_process_start_time_seconds {self.started:.3f}"]
-        return "\n".join(out) + "\n"
+            self.recommender = recommender
+        return generate_latest(self.registry).decode()
+
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class MetricsMiddleware:
     """Raw ASGI middleware timing every HTTP request; route label = the handler's path template.
 
-    Per request: two ``perf_counter`` calls, one closure for ``send``, and a few dict updates
-    (the route label is computed once per handler and cached).
+    Per request: two ``perf_counter`` calls, one closure for ``send``, and cached metric children.
     """
 
     def __init__(self, app, metrics: Metrics):
@@ -90,11 +120,11 @@ class MetricsMiddleware:
     def _route(self, scope) -> str:
         handler = scope.get("route_handler")
         if handler is None:
-            return scope.get("path", "?")
+            return "unmatched"  # never the raw path: unknown paths must not grow the label set
         label = self._labels.get(handler)
         if label is None:
             paths = getattr(handler, "paths", None)
-            label = sorted(paths)[0] if paths else scope.get("path", "?")
+            label = sorted(paths)[0] if paths else "unmatched"
             self._labels[handler] = label
         return label
 

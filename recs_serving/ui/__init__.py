@@ -105,7 +105,8 @@ def search(request: Request, q: str = "") -> Template | Redirect:
 
 def _recommendations(rec, user_id: str, k: int, lam: float) -> dict:
     body = rec.recommend(RecommendRequest(user_id=user_id, k=k, mmr_lambda=lam), as_dict=True)
-    return explain.enrich_response(body, rec, anonymous=True, k=k, exclude_ids=business_rules.request_exclusions(rec.release, user_id))
+    return explain.enrich_response(body, rec, anonymous=True, k=k, exclude_ids=business_rules.request_exclusions(rec.release, user_id),
+                                   user_id=user_id)
 
 
 @get("/ui/customers/{user_id:str}", sync_to_thread=True, include_in_schema=False)
