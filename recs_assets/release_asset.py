@@ -24,6 +24,28 @@ def _table(con, sql: str) -> pl.DataFrame:
     return con.sql(sql).pl()
 
 
+def _analyst_tables(con) -> dict:
+    """The warehouse tables the README's SQL and the web pages read, so analysts can query a
+    release without locking the warehouse; plus each customer's purchases with dates and quantities."""
+    have = {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'recs'").fetchall()}
+    out = {n: _table(con, f"SELECT * FROM recs.{n}") for n in release_format.ANALYST_TABLES if n in have}
+    if "interactions" in have:
+        out["user_history"] = _table(con, """
+            SELECT user_id, item_id, max(ts) AS last_ts, sum(quantity) AS quantity, count(DISTINCT basket_id) AS purchases
+            FROM recs.interactions WHERE user_id IS NOT NULL AND event = 'purchase'
+            GROUP BY ALL ORDER BY user_id, item_id""")
+    return out
+
+
+def _business_rules() -> dict:
+    """RECS_HOME/business_rules.yaml as the release's ``business_rules`` table (reloaded with it)."""
+    from recs_serving import business_rules
+
+    f = business_rules.home_file(paths.recs_home())
+    return {business_rules.TABLE: business_rules.to_table(business_rules.read_file(f))} if f else {}
+
+
 @dg.asset(group_name=GROUP, kinds={"parquet", "numpy"},
           deps=["batch_topn", "similar_items", "vector_store", "evaluation", "association_rules", "covisitation",
                 "popularity", "als_factors", "bpr_factors", "catalog_embeddings", "interaction_matrix", "catalog"],
@@ -39,7 +61,7 @@ def release(context: dg.AssetExecutionContext, config: ReleaseConfig, warehouse:
     artifacts.save("topn_params", meta=topn_params)
     with warehouse.connect() as con:
         outputs.create_topn_view(con)
-        catalog = _table(con, "SELECT item_id, title, description, brand, category, price FROM recs.catalog ORDER BY item_id")
+        catalog = _table(con, "SELECT item_id, title, description, brand, category, price, attributes FROM recs.catalog ORDER BY item_id")
         similar = _table(con, "SELECT item_id, rank, similar_item_id, score, source FROM recs.similar_items")
         covis = _table(con, "SELECT item_id, neighbor_id, score FROM recs.covisitation")
         item_sim = _table(con, "SELECT item_id, neighbor_id, score FROM recs.item_similarity")
@@ -47,6 +69,7 @@ def release(context: dg.AssetExecutionContext, config: ReleaseConfig, warehouse:
         popularity = _table(con, "SELECT scope, key, item_id, score, rank FROM recs.popularity")
         user_items = _table(con, "SELECT user_id, item_id, weight, purchases FROM recs.user_items")
         metrics = _table(con, "SELECT * EXCLUDE (cut) FROM recs.evaluation").to_dicts()
+        analyst = _analyst_tables(con)
     if not np.array_equal(catalog["item_id"].to_numpy().astype(object), m.item_ids):
         raise RuntimeError("the catalog changed since interaction_matrix was built; re-materialize the graph")
     pop = artifacts.load("popularity")
@@ -54,7 +77,7 @@ def release(context: dg.AssetExecutionContext, config: ReleaseConfig, warehouse:
         pl.int_range(pl.len(), dtype=pl.Int32).alias("idx"),
         pl.Series("popularity", pop["global_score"].astype(np.float32)),
         pl.Series("trending", pop["trending"].astype(np.float32)),
-    ).select("idx", "item_id", "title", "description", "brand", "category", "price", "popularity", "trending")
+    ).select("idx", "item_id", "title", "description", "brand", "category", "price", "popularity", "trending", "attributes")
     users = pl.DataFrame({"idx": np.arange(len(m.user_ids), dtype=np.int32),
                           "user_id": pl.Series(m.user_ids, dtype=pl.String)})
     als = artifacts.load("als_factors")
@@ -65,7 +88,8 @@ def release(context: dg.AssetExecutionContext, config: ReleaseConfig, warehouse:
     path = release_format.write_release(
         paths.recs_home(), contract=contract, extra={"topn_shards": N_SHARDS},
         tables={"items": items, "users": users, "user_items": user_items, "topn": topn.drop("shard"),
-                "similar_items": similar, "covisitation": covis, "item_similarity": item_sim, "rules": rules, "popularity": popularity},
+                "similar_items": similar, "covisitation": covis, "item_similarity": item_sim, "rules": rules, "popularity": popularity,
+                **analyst, **_business_rules()},
         arrays={"als_user_factors": als["user_factors"], "als_item_factors": als["item_factors"],
                 "bpr_user_factors": bpr["user_factors"], "bpr_item_factors": bpr["item_factors"],
                 "item_embeddings": emb},

@@ -46,7 +46,7 @@ TABLES = ("items", "users", "user_items", "topn", "similar_items", "covisitation
           "popularity")
 # For people, not for serving: what the README's SQL and the web pages read (all optional).
 ANALYST_TABLES = ("user_history", "quarantine", "evaluation", "substitutes", "customer_saturation", "cross_sell_potential",
-                  "item_targeting", "product_graph_nodes", "product_graph_edges", "factor_exports")
+                  "item_targeting", "product_graph_nodes", "product_graph_edges", "factor_exports", "business_rules")
 TABLES = TABLES + ANALYST_TABLES
 ARRAYS = ("als_user_factors", "als_item_factors", "bpr_user_factors", "bpr_item_factors", "item_embeddings")
 REQUIRED_TABLES = ("items", "users", "user_items", "topn", "popularity")
