@@ -9,10 +9,12 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from recs_assets import io, markdown, modeling
+from recs_assets.progress import Progress
 from recs_assets.resources import ArtifactStore, Embedder, Warehouse
 
 GROUP = "features"
 MAX_STALE_CACHE = 100_000
+EMBED_CHUNK = 4096  # texts per encode call: progress in the log, and bounded memory for the transformer path
 
 
 @dg.asset(group_name=GROUP, kinds={"numpy", "duckdb"}, deps=["interactions", "catalog"], pool="duckdb_writer",
@@ -197,7 +199,8 @@ def catalog_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfi
                        artifacts: ArtifactStore, embedder: Embedder) -> dg.MaterializeResult:
     catalog = io.load_catalog(warehouse)
     texts = item_text(catalog, config.text_fields)
-    hashes = np.array([hashlib.sha1(f"{embedder.model}\0{t}".encode()).hexdigest() for t in texts], dtype=object)
+    model_id = embedder.model_id
+    hashes = np.array([hashlib.sha1(f"{model_id}\0{t}".encode()).hexdigest() for t in texts], dtype=object)
     cache: dict[str, np.ndarray] = {}
     try:
         old = artifacts.load("embedding_cache", "hashes", "vectors")
@@ -206,12 +209,16 @@ def catalog_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfi
         pass
     todo = [i for i, h in enumerate(hashes) if h not in cache]
     if todo:  # with everything cached, the model is not even loaded
-        fresh = embedder.encode([texts[i] for i in todo])
-        for j, i in enumerate(todo):
-            cache[hashes[i]] = fresh[j]
+        report = Progress(context.log.info, "embedding", len(todo), unit="texts")
+        for c0 in range(0, len(todo), EMBED_CHUNK):
+            chunk = todo[c0:c0 + EMBED_CHUNK]
+            fresh = embedder.encode([texts[i] for i in chunk], log=context.log.info)
+            for j, i in enumerate(chunk):
+                cache[hashes[i]] = fresh[j]
+            report(c0 + len(chunk))
     dim = len(next(iter(cache.values()))) if cache else embedder.dimension()
     vectors = np.stack([cache[h] for h in hashes]) if len(hashes) else np.zeros((0, dim), np.float32)
-    artifacts.save("catalog_embeddings", meta={"model": embedder.model}, vectors=vectors.astype(np.float32),
+    artifacts.save("catalog_embeddings", meta={"model": model_id}, vectors=vectors.astype(np.float32),
                    item_ids=catalog["item_id"].to_numpy().astype(object))
     # Texts no longer in the catalog stay cached (up to a bound): items often come back.
     current = set(hashes.tolist())
@@ -221,7 +228,7 @@ def catalog_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfi
     context.log.info(f"embedded {len(todo)} items, reused {len(hashes) - len(todo)}")
     return dg.MaterializeResult(metadata={"items": len(hashes), "embedded": len(todo),
                                           "reused": len(hashes) - len(todo), "dimension": int(dim),
-                                          "model": embedder.model})
+                                          "model": model_id})
 
 
 @dg.asset(group_name=GROUP, kinds={"numba", "duckdb"}, deps=["interactions", "catalog"], pool="duckdb_writer",
