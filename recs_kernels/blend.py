@@ -20,6 +20,8 @@ non-zeros, a vector's once per release.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange
@@ -366,40 +368,63 @@ class Blend:
         return self.vectors.get(name, np.zeros(self.n_items, np.float32))
 
 
+@njit(cache=True, nogil=True)
+def _neighbour_kernel(indptr, indices, data, seeds, weights, cand, n_items, acc, best, best_seed, touched, z, anchor):
+    """``acc = weights @ S[seeds]`` on scratch arrays (only touched entries are written, and
+    reset before returning), its mean and variance over all ``n_items``, z-scores and the
+    best-contributing seed (first on ties) on the sorted ``cand``."""
+    nt = 0
+    for r in range(seeds.shape[0]):
+        s = seeds[r]
+        w = weights[r]
+        for p in range(indptr[s], indptr[s + 1]):
+            j = indices[p]
+            c = data[p] * w
+            if best_seed[j] < 0:
+                touched[nt] = j
+                nt += 1
+                best[j] = c
+                best_seed[j] = s
+            elif c > best[j]:
+                best[j] = c
+                best_seed[j] = s
+            acc[j] += c
+    s1 = 0.0
+    s2 = 0.0
+    for t in range(nt):
+        v = acc[touched[t]]
+        s1 += v
+        s2 += v * v
+    mean = s1 / n_items
+    var = s2 / n_items - mean * mean
+    sd = np.sqrt(var) if var > 1e-20 else 0.0
+    for i in range(cand.shape[0]):
+        j = cand[i]
+        if sd > 0.0:
+            z[i] = (acc[j] - mean) / sd
+        anchor[i] = best_seed[j]
+    for t in range(nt):
+        j = touched[t]
+        acc[j] = 0.0
+        best_seed[j] = -1
+
+
+_scratch = threading.local()
+
+
 def _neighbour_z(S: sp.csr_matrix, seeds: np.ndarray, weights: np.ndarray, cand: np.ndarray, n_items: int):
-    """z-scored ``(weights @ S)`` on ``cand`` (sorted), and the seed contributing most per candidate."""
+    """z-scored ``(weights @ S)`` on ``cand`` (sorted), and the seed contributing most per
+    candidate (-1 where none does). Scratch arrays are per thread and reset after each call."""
     z = np.zeros(cand.shape[0], np.float32)
     anchor = np.full(cand.shape[0], -1, np.int64)
-    lo = S.indptr[seeds]
-    hi = S.indptr[seeds + 1]
-    lens = hi - lo
-    total = int(lens.sum())
+    total = int((S.indptr[seeds + 1] - S.indptr[seeds]).sum())
     if total == 0:
         return z, anchor
-    rows = np.repeat(np.arange(seeds.size), lens)
-    offs = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(lo, lens)
-    nbr = S.indices[offs].astype(np.int64)
-    contrib = S.data[offs].astype(np.float64) * weights[rows]
-    uniq, inv = np.unique(nbr, return_inverse=True)
-    vals = np.bincount(inv, weights=contrib, minlength=uniq.size)
-    mean = vals.sum() / n_items
-    var = (vals * vals).sum() / n_items - mean * mean
-    sd = np.sqrt(var) if var > 1e-20 else 0.0
-    pos = np.searchsorted(cand, uniq)
-    pos_ok = pos < cand.size
-    hit = np.zeros(uniq.size, bool)
-    hit[pos_ok] = cand[pos[pos_ok]] == uniq[pos_ok]
-    raw = np.zeros(cand.shape[0], np.float64)
-    raw[pos[hit]] = vals[hit]
-    if sd > 0:
-        z = ((raw - mean) / sd).astype(np.float32)
-    order = np.lexsort((rows, -contrib, nbr))
-    first = np.ones(order.size, bool)
-    first[1:] = nbr[order][1:] != nbr[order][:-1]
-    best_nbr = nbr[order][first]
-    best_seed = seeds[rows[order][first]]
-    p = np.searchsorted(cand, best_nbr)
-    ok = p < cand.size
-    ok[ok] = cand[p[ok]] == best_nbr[ok]
-    anchor[p[ok]] = best_seed[ok]
+    sc = getattr(_scratch, "arrays", None)
+    if sc is None or sc[0].shape[0] < n_items:
+        sc = (np.zeros(n_items, np.float64), np.zeros(n_items, np.float64), np.full(n_items, -1, np.int64))
+        _scratch.arrays = sc
+    acc, best, best_seed = sc
+    _neighbour_kernel(S.indptr, S.indices, S.data, seeds, weights, cand, n_items, acc, best, best_seed,
+                      np.empty(total, np.int64), z, anchor)
     return z, anchor
