@@ -1,8 +1,16 @@
-"""Run the API: ``python -m recs_serving --port 8000 [--host 127.0.0.1] [--home DIR]``.
+"""Run the API: ``python -m recs_serving --port 8000 [--workers N] [--host 127.0.0.1] [--home DIR]``.
+
+``--workers`` (default: one per core) worker processes share the listening socket (uvicorn's
+supervisor binds it once and restarts a worker that dies). Every worker maps the same
+per-release array files (``recs_serving.mapped``), built once by a child process: N workers
+hold one copy of the release's arrays, and a reload maps the new files instead of copying.
+Each worker watches ``CURRENT`` itself; ``POST /v1/admin/reload`` reaches one worker, the
+others follow within ``--poll-interval``.
 
 Binds to 127.0.0.1 unless ``--host`` says otherwise. The admin reload endpoint is enabled
 only when the environment variable named by ``--reload-token-env`` (default
-``RECS_ADMIN_TOKEN``) is set.
+``RECS_ADMIN_TOKEN``) is set. Requests whose headers and body do not arrive within
+``--read-timeout`` seconds get a 408 and the connection is closed.
 """
 from __future__ import annotations
 
@@ -12,48 +20,74 @@ import os
 import sys
 
 # Requests are small (a GEMV at most): multithreaded BLAS only adds synchronisation latency,
-# and the event loop is the unit of concurrency. Set before numpy is imported.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+# and the worker process is the unit of concurrency. Set before numpy is imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 # Arrow's system pool lets the loader's temporaries go back to the OS (malloc_trim) after a load.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+
+HOME_ENV = "RECS_HOME"
+POLL_ENV = "RECS_POLL_INTERVAL"
+CACHE_ENV = "RECS_SERVING_MAPPED"
+TOKEN_ENV_ENV = "RECS_SERVING_TOKEN_ENV"
+LOG_ENV = "RECS_LOG_LEVEL"
+
+
+def app_from_env():
+    """The app of one worker process, configured from the environment ``main`` set."""
+    from .app import create_app
+    from .recommender import Recommender
+
+    logging.basicConfig(level=os.environ.get(LOG_ENV, "INFO").upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    home = os.environ.get(HOME_ENV) or None
+    rec = Recommender(home, watch=False, poll_interval=float(os.environ.get(POLL_ENV, "1.0")),
+                      cache=os.environ.get(CACHE_ENV, "1") == "1")
+    token = os.environ.get(os.environ.get(TOKEN_ENV_ENV, "RECS_ADMIN_TOKEN")) or None
+    return create_app(rec, admin_token=token, owns_recommender=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m recs_serving", description="Serve recommendations from the current release.")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes sharing the port (default: one per core)")
     p.add_argument("--home", default=None, help="RECS_HOME (default: $RECS_HOME or the repo's var/)")
     p.add_argument("--reload-token-env", default="RECS_ADMIN_TOKEN", help="env var holding the admin token for POST /v1/admin/reload")
     p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between checks of releases/CURRENT")
+    p.add_argument("--read-timeout", type=float, default=10.0, help="seconds a client has to send a request's headers and body (else 408)")
+    p.add_argument("--no-mapped", action="store_true", help="load releases in each worker's memory instead of mapping a shared cache")
     p.add_argument("--log-level", default="info")
     p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs latency)")
     args = p.parse_args(argv)
 
+    if args.home:
+        os.environ[HOME_ENV] = str(args.home)
+    os.environ[POLL_ENV] = str(args.poll_interval)
+    os.environ[CACHE_ENV] = "0" if args.no_mapped else "1"
+    os.environ[TOKEN_ENV_ENV] = args.reload_token_env
+    os.environ[LOG_ENV] = args.log_level
+    os.environ["RECS_READ_TIMEOUT"] = str(args.read_timeout)
+
     import uvicorn
 
-    from .app import create_app
+    from .protocol import ReadTimeoutProtocol
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.home:
-        os.environ["RECS_HOME"] = args.home
-    app = create_app(home=args.home, admin_token=os.environ.get(args.reload_token_env) or None, poll_interval=args.poll_interval)
-    rec = app.state.recommender
-    print(f"recs_serving: release {rec.version or '(none yet)'} from {rec.home}; http://{args.host}:{args.port}/schema/swagger", file=sys.stderr)
-    kw = {}
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    workers = max(1, args.workers)
+    kw: dict = {"http": ReadTimeoutProtocol, "timeout_graceful_shutdown": 5}
     try:
         import uvloop  # noqa: F401
 
         kw["loop"] = "uvloop"
     except ImportError:
         pass
-    try:
-        import httptools  # noqa: F401
-
-        kw["http"] = "httptools"
-    except ImportError:
-        pass
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log, **kw)
+    home = os.environ.get(HOME_ENV) or "(default)"
+    print(f"recs_serving: {workers} worker(s) serving releases from {home}; http://{args.host}:{args.port}/schema/swagger", file=sys.stderr)
+    if workers == 1:
+        uvicorn.run(app_from_env(), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log, **kw)
+    else:
+        uvicorn.run("recs_serving.__main__:app_from_env", factory=True, workers=workers, host=args.host, port=args.port,
+                    log_level=args.log_level, access_log=args.access_log, **kw)
     return 0
 
 

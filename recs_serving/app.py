@@ -183,6 +183,34 @@ def _on_unknown_item(_: Request, exc: UnknownItem) -> Response:
     return Response({"status_code": 404, "detail": str(exc), "extra": [{"key": "item_id", "message": str(exc), "source": "path"}]}, status_code=404)
 
 
+def _document_limits(app: Litestar) -> None:
+    """What the generated OpenAPI document leaves out: ``additionalProperties: false`` on every
+    request model (they all forbid unknown fields), the 404 of the routes keyed by an id, and
+    the 408/413 every body-carrying route can answer. Applied once, to the cached document."""
+    from litestar._openapi.plugin import OpenAPIPlugin
+    from litestar.openapi.spec import OpenAPIResponse
+
+    from . import schemas as schema_module
+
+    spec = app.plugins.get(OpenAPIPlugin).provide_openapi()
+    for name, schema in ((spec.components.schemas if spec.components else None) or {}).items():
+        model = getattr(schema_module, name, None)
+        config = getattr(model, "model_config", None) or getattr(model, "__pydantic_config__", None) or {}
+        if config.get("extra") == "forbid" and hasattr(schema, "additional_properties"):
+            schema.additional_properties = False
+    for path, item in (spec.paths or {}).items():
+        for op in (item.get, item.post, item.head):
+            if op is None:
+                continue
+            responses = op.responses if op.responses is not None else {}
+            if "{item_id}" in path or "{user_id}" in path:
+                responses.setdefault("404", OpenAPIResponse(description="unknown item_id / user_id (named in `extra`)"))
+            if op is item.post:
+                responses.setdefault("413", OpenAPIResponse(description=f"request body larger than {MAX_BODY_BYTES} bytes"))
+                responses.setdefault("408", OpenAPIResponse(description="request headers/body not received within the read timeout"))
+            op.responses = responses
+
+
 def create_app(
     recommender: Recommender | None = None,
     *,
@@ -235,6 +263,7 @@ def create_app(
         middleware=[RequestIdMiddleware, DefineMiddleware(MetricsMiddleware, metrics=m)],
         debug=debug,
     )
+    _document_limits(app)
     app.state.recommender = recommender
     app.state.metrics = m
     app.state.admin_token = token

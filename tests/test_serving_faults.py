@@ -1,0 +1,379 @@
+"""Issue 15 over real HTTP: malformed bodies, broken releases, refusals, slow clients, workers.
+
+The server is ``python -m recs_serving`` in a subprocess on 127.0.0.1 (a free port), exactly
+as it is documented; releases are real ones (``release_factory``) broken on disk the way the
+fault-injection round broke them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from release_factory import build_release
+
+REPO = Path(__file__).resolve().parents[1]
+T0 = 1_323_000_000_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _raw(port: int, payload: bytes, timeout: float = 30.0, head_only: bool = False) -> tuple[int, dict, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(payload)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            if b"\r\n\r\n" in data:
+                headers = {k.strip().lower(): v.strip() for k, _, v in (l.decode().partition(":") for l in head.split(b"\r\n")[1:])}
+                n = 0 if head_only else int(headers.get("content-length", "0"))
+                if len(body) >= n:
+                    return int(head[9:12]), headers, body[:n]
+    raise AssertionError(f"no complete response: {data[:200]!r}")
+
+
+def _request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    h = {"Host": "127.0.0.1", "Connection": "close", **(headers or {})}
+    if body is not None:
+        h.setdefault("Content-Type", "application/json")
+        h["Content-Length"] = str(len(body))
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n"
+    return _raw(port, head.encode() + (body or b""), head_only=method == "HEAD")
+
+
+def _json(port, method, path, body=None, headers=None):
+    status, hdrs, raw = _request(port, method, path, body, headers)
+    return status, hdrs, (json.loads(raw) if raw else None)
+
+
+class Server:
+    def __init__(self, home: Path, *, workers: int = 1, read_timeout: float = 10.0, poll: float = 0.2, token: str | None = "t0k"):
+        self.port = _free_port()
+        env = {**os.environ, "RECS_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+        if token:
+            env["RECS_ADMIN_TOKEN"] = token
+        self.log = home / f"server-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "recs_serving", "--port", str(self.port), "--home", str(home), "--workers", str(workers),
+             "--poll-interval", str(poll), "--read-timeout", str(read_timeout), "--log-level", "info"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("server did not start: " + self.log.read_text()[-2000:])
+
+    def readyz(self) -> tuple[int, dict]:
+        s, _, b = _json(self.port, "GET", "/readyz")
+        return s, b
+
+    def wait(self, cond, timeout: float = 60.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            s, b = self.readyz()
+            if cond(s, b):
+                return b
+            time.sleep(0.1)
+        raise AssertionError(f"timed out; last /readyz: {self.readyz()}")
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        return self.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def base_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("faults-base")
+    build_release(home, run_id="good")
+    return home
+
+
+def _copy_home(base: Path, dst: Path) -> Path:
+    shutil.copytree(base / "releases", dst / "releases")
+    return dst
+
+
+def _current(home: Path) -> Path:
+    from recs_serving import release as rf
+
+    return rf.releases_dir(home) / rf.current_version(home)
+
+
+def _second(home: Path, name: str) -> Path:
+    """A copy of the current release under a new name (valid: manifest version renamed too)."""
+    from recs_serving import release as rf
+
+    src = _current(home)
+    dst = rf.releases_dir(home) / name
+    shutil.copytree(src, dst)
+    m = json.loads((dst / rf.MANIFEST).read_text())
+    m["version"], m["created_at"] = name, "2999-01-01T00:00:00+00:00"
+    (dst / rf.MANIFEST).write_text(json.dumps(m))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def server(base_home, tmp_path_factory):
+    home = _copy_home(base_home, tmp_path_factory.mktemp("faults-server"))
+    srv = Server(home)
+    yield srv, home
+    srv.stop()
+
+
+BAD_BODIES = [
+    ("nested 976", b'{"recent":' + b"[" * 976 + b"]" * 976 + b"}", "JSON"),
+    ("invalid utf-8", b'{"user_id":"\xff\xfe"}', "JSON"),
+    ("309-digit price_max", b'{"filters":{"price_max":' + b"9" * 309 + b"}}", "price_max"),
+    ("309-digit price.lt", b'{"filters":{"price":{"lt":-' + b"9" * 400 + b"}}}", "price"),
+    ("k true", b'{"k":true}', "k"),
+    ("timestamp string", json.dumps({"recent": [{"item_id": "A", "timestamp": str(T0), "event": "view"}]}).encode(), "recent.0.timestamp"),
+    ("NaN", b'{"mmr_lambda":NaN}', "JSON"),
+    ("trailing garbage", b'{"k":5}xx', "JSON"),
+    ("not an object", b"[1,2,3]", ""),
+    ("empty", b"", ""),
+]
+
+
+@pytest.mark.parametrize("name, body, needle", BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+def test_malformed_bodies_get_4xx_naming_the_problem(server, name, body, needle):
+    srv, _ = server
+    status, headers, out = _json(srv.port, "POST", "/v1/recommend", body)
+    assert 400 <= status < 500, (name, status, out)
+    assert headers.get("x-request-id")
+    text = json.dumps(out)
+    assert needle in text, (name, out)
+
+
+def test_same_bodies_on_the_other_post_endpoints(server):
+    srv, _ = server
+    for path in ("/v1/cart/addons", "/v1/recommend/batch"):
+        for _, body, _ in BAD_BODIES:
+            status, _, out = _json(srv.port, "POST", path, body)
+            assert 400 <= status < 500, (path, body[:40], status, out)
+
+
+def test_request_id_echoed_and_head_on_health(server):
+    srv, _ = server
+    status, headers, _ = _request(srv.port, "GET", "/healthz", headers={"X-Request-ID": "abc-123"})
+    assert status == 200 and headers["x-request-id"] == "abc-123"
+    status, headers, _ = _request(srv.port, "GET", "/healthz", headers={"X-Request-ID": "bad id <script>"})
+    assert headers["x-request-id"] not in ("bad id <script>", "")
+    for path in ("/healthz", "/readyz"):
+        status, headers, body = _request(srv.port, "HEAD", path)
+        assert status == 200 and body == b"" and headers.get("x-request-id")
+
+
+def test_slow_client_gets_408(base_home, tmp_path):
+    home = _copy_home(base_home, tmp_path)
+    srv = Server(home, read_timeout=1.0)
+    try:
+        t = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            s.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"k\":")  # body never completes
+            data = s.recv(4096)
+        assert data.startswith(b"HTTP/1.1 408"), data
+        assert time.perf_counter() - t < 5
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            s.sendall(b"GET /heal")  # headers never complete
+            assert s.recv(4096).startswith(b"HTTP/1.1 408")
+        assert _json(srv.port, "GET", "/healthz")[0] == 200  # the server is fine
+    finally:
+        srv.stop()
+
+
+def test_openapi_documents_limits_and_404(server):
+    srv, _ = server
+    _, _, spec = _json(srv.port, "GET", "/schema/openapi.json")
+    schemas = spec["components"]["schemas"]
+    req = next(v for k, v in schemas.items() if k.startswith("RecommendRequest"))
+    assert req.get("additionalProperties") is False
+    recent = req["properties"]["recent"]
+    assert recent.get("maxItems") == 200, recent
+    for path in ("/v1/items/{item_id}/similar", "/v1/items/{item_id}/customers"):
+        assert "404" in spec["paths"][path]["get"]["responses"], path
+    assert "head" in spec["paths"]["/healthz"]
+
+
+def _wait_refused(srv: Server, name: str, needle: str) -> dict:
+    body = srv.wait(lambda s, b: (b.get("refused") or {}).get("name") == name)
+    assert needle in body["refused"]["reason"], body
+    return body
+
+
+@pytest.mark.parametrize("fault, needle", [
+    ("flip als_item_factors.npy", "checksum"),
+    ("flip rules.parquet", "checksum"),
+    ("flip topn.parquet", "checksum"),
+    ("nan factors", "NaN"),
+    ("missing als_item_factors.npy", "als_item_factors"),
+    ("truncated topn.parquet", "topn.parquet"),
+    ("no manifest", "manifest"),
+])
+def test_broken_release_is_refused_and_old_one_served(server, fault, needle):
+    from recs_serving import release as rf
+
+    srv, home = server
+    good = srv.readyz()[1]["release"]
+    name = "29990101T000000000000Z-" + fault.split()[0] + fault.split()[-1].replace(".", "")
+    new = _second(home, name)
+    if fault.startswith("flip"):
+        path = new / fault.split()[1]
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    elif fault == "nan factors":  # NaN written AND the checksum updated: only the finiteness check catches it
+        arr = np.load(new / "als_item_factors.npy")
+        arr[3, 1] = np.nan
+        np.save(new / "als_item_factors.npy", arr)
+        m = json.loads((new / rf.MANIFEST).read_text())
+        m["checksums"]["als_item_factors.npy"] = rf._sha256(new / "als_item_factors.npy")
+        (new / rf.MANIFEST).write_text(json.dumps(m))
+    elif fault.startswith("missing"):
+        (new / "als_item_factors.npy").unlink()
+    elif fault.startswith("truncated"):
+        p = new / "topn.parquet"
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    else:
+        (new / rf.MANIFEST).unlink()
+        (new / rf.MANIFEST).parent.joinpath("x").write_text("")
+    if fault == "no manifest":  # set_current refuses a directory without a manifest: write the pointer by hand
+        (rf.releases_dir(home) / rf.CURRENT).write_text(name + "\n")
+    else:
+        rf.set_current(home, name)
+    body = _wait_refused(srv, name, needle)
+    assert body["release"] == good and body["status"] == "ready"
+    status, _, out = _json(srv.port, "POST", "/v1/recommend", b'{"k":3}')
+    assert status == 200 and out["artifact_version"] == body["artifact_version"]
+    # the admin reload on a broken CURRENT is a 409 with the reason, never a 500
+    status, _, out = _json(srv.port, "POST", "/v1/admin/reload", headers={"Authorization": "Bearer t0k"})
+    assert status == 409 and needle in out["detail"], out
+    # back to the good release for the next case
+    rf.set_current(home, good)
+    shutil.rmtree(new)
+
+
+def test_refused_release_not_retried_until_repaired_in_place(server):
+    from recs_serving import release as rf
+
+    srv, home = server
+    good = srv.readyz()[1]["release"]
+    name = "29990101T000000000000Z-repair"
+    new = _second(home, name)
+    saved = (new / "topn.parquet").read_bytes()
+    (new / "topn.parquet").write_bytes(saved[: len(saved) // 3])
+    rf.set_current(home, name)
+    _wait_refused(srv, name, "topn.parquet")
+    time.sleep(1.5)  # ~7 polls: the refusal must not be re-verified (no new log line)
+    log = srv.log.read_text()
+    assert log.count(f"release {name} refused") == 1, log[-3000:]
+    (new / "topn.parquet").write_bytes(saved)  # repaired in place: size and mtime change
+    body = srv.wait(lambda s, b: b.get("release") == name)
+    assert body["refused"] is None or body["refused"]["name"] != name
+    rf.set_current(home, good)
+    srv.wait(lambda s, b: b.get("release") == good)
+    shutil.rmtree(new)
+
+
+def test_directory_name_differing_from_manifest_version_no_storm(server):
+    from recs_serving import release as rf
+
+    srv, home = server
+    good = srv.readyz()[1]["release"]
+    name = "29990101T000000000000Z-renamed"
+    shutil.copytree(_current(home), rf.releases_dir(home) / name)  # manifest still says the old version
+    rf.set_current(home, name)
+    body = srv.wait(lambda s, b: b.get("release") == name)
+    time.sleep(1.5)
+    log = srv.log.read_text()
+    assert log.count(f"serving release {name}") == 1, log[-3000:]
+    assert srv.readyz()[1]["release"] == name
+    rf.set_current(home, good)
+    srv.wait(lambda s, b: b.get("release") == good)
+    shutil.rmtree(rf.releases_dir(home) / name)
+
+
+@pytest.mark.parametrize("fault", ["missing dir", "truncated topn"])
+def test_startup_with_broken_current_serves_newest_valid(base_home, tmp_path, fault):
+    from recs_serving import release as rf
+
+    home = _copy_home(base_home, tmp_path)
+    good = rf.current_version(home)
+    if fault == "missing dir":
+        (rf.releases_dir(home) / rf.CURRENT).write_text("29990101T000000000000Z-gone\n")
+        bad = "29990101T000000000000Z-gone"
+    else:
+        bad = "29990101T000000000000Z-trunc"
+        new = _second(home, bad)
+        p = new / "topn.parquet"
+        p.write_bytes(p.read_bytes()[:1000])
+        rf.set_current(home, bad)
+    srv = Server(home)
+    try:
+        status, body = srv.readyz()
+        assert status == 200 and body["release"] == good, body
+        assert body["refused"]["name"] == bad and body["current"] == bad
+        assert _json(srv.port, "POST", "/v1/recommend", b'{"k":2}')[0] == 200
+    finally:
+        srv.stop()
+
+
+def test_server_error_logged_with_traceback_and_request_id(base_home, monkeypatch):
+    """Any unexpected exception in a handler: a 500 naming a request id, and the traceback
+    logged under that id (the answering code is replaced by one that raises)."""
+    import logging
+
+    from litestar.testing import TestClient
+
+    from recs_serving import Recommender
+    from recs_serving.app import create_app
+
+    rec = Recommender(base_home, watch=False)
+
+    def boom(*a, **k):
+        raise RuntimeError("injected fault")
+
+    class Keep(logging.Handler):  # on the logger itself: the app's logging config replaces root handlers
+        records: list = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    keep = Keep(level=logging.ERROR)
+    monkeypatch.setattr(rec, "recommend", boom)
+    logging.getLogger("recs_serving").addHandler(keep)
+    try:
+        with TestClient(create_app(rec)) as c:
+            r = c.post("/v1/recommend", json={"k": 3})
+    finally:
+        logging.getLogger("recs_serving").removeHandler(keep)
+    assert r.status_code == 500
+    rid = r.json()["request_id"]
+    assert r.headers["x-request-id"] == rid
+    rec_log = [x for x in keep.records if rid in x.getMessage()]
+    assert rec_log and rec_log[0].exc_info and "injected fault" in str(rec_log[0].exc_info[1])
