@@ -190,5 +190,14 @@ def test_release_views_query_without_the_warehouse(built):
 
     home, _, _ = built
     con = sql.connect(home)
-    n = con.execute("SELECT count(*) FROM recs.topn").fetchall()[0][0]
+    n = con.execute("SELECT count(*) FROM recs.batch_topn").fetchall()[0][0]
     assert n > 0
+
+
+def test_every_readme_sql_block_runs_through_the_lock_free_tool(built):
+    from test_sql_readme import check_readme_blocks, readme_sql_blocks
+
+    home, _, _ = built
+    rows = check_readme_blocks(home)
+    assert len(rows) == len(readme_sql_blocks()) >= 12
+    assert sum(n > 0 for n in rows.values()) >= 10, rows
