@@ -11,12 +11,15 @@ Tables (Parquet; `idx` is the row in every array of the same entity):
   user_items.parquet  user_id, item_id, weight, purchases               (history, for exclusion)
   topn.parquet        user_id, rank, item_id, score, reason            (precomputed per known user)
   similar_items.parquet  item_id, rank, similar_item_id, score, source (factors|content)
-  covisitation.parquet   item_id, neighbor_id, score                  (within baskets/sessions)
-  item_similarity.parquet item_id, neighbor_id, score                 (across a user's history; the blend's "covis")
+  covisitation.parquet   item_id, neighbor_id, score                  (within baskets/sessions; the blend's "covis")
+  item_similarity.parquet item_id, neighbor_id, score                 (across a user's history; the blend's "item_sim")
   rules.parquet       antecedents (list[str]), consequents (list[str]), support, confidence, lift, …
   popularity.parquet  scope (global|trending|brand|category), key, item_id, score, rank
 Arrays (.npy, float32, rows aligned with items.idx / users.idx):
   als_user_factors, als_item_factors, bpr_user_factors, bpr_item_factors, item_embeddings
+manifest.json: version, created_at, dagster_run_id, ``contract`` (``ReleaseContract``: every
+parameter a request needs; read strictly, no reader defaults), metrics, row_counts, checksums,
+lancedb, ``extra`` (free provenance, never read by serving). ``write_release`` is the one writer.
 """
 from __future__ import annotations
 
