@@ -28,7 +28,6 @@ answer: bury, boost (within the answer: it reorders, it does not pull items in),
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -243,20 +242,20 @@ def rows_for(rel, home: Path | str | None = None) -> list[dict]:
     path = Path(rel.path) / f"{TABLE}.parquet"
     if path.exists():
         return pq.read_table(path).to_pylist()
-    home = Path(home) if home is not None else Path(rel.path).parent.parent
-    f = home_file(home) or (home_file(os.environ["RECS_HOME"]) if os.environ.get("RECS_HOME") else None)
+    f = home_file(Path(home) if home is not None else Path(rel.path).parent.parent)  # RECS_HOME/releases/<version>
     return read_file(f) if f else []
 
 
 def for_release(rel, home: Path | str | None = None) -> Compiled:
     """Compiled rules of a loaded release (cached per version: reloaded with releases)."""
-    got = _CACHE.get(rel.version)
+    key = str(rel.path)  # the release directory: one version may exist under two homes
+    got = _CACHE.get(key)
     if got is not None:
         return got
     with _LOCK:
-        got = _CACHE.get(rel.version)
+        got = _CACHE.get(key)
         if got is None:
-            got = _CACHE[rel.version] = compile_rules(rel, rows_for(rel, home))
+            got = _CACHE[key] = compile_rules(rel, rows_for(rel, home))
             while len(_CACHE) > 3:
                 _CACHE.popitem(last=False)
     return got
