@@ -98,7 +98,7 @@ def ingest(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: W
                 if not spec.inbox:
                     raise
                 # An inbox file fails alone: it moves to inbox/failed with the reason.
-                moved = inbox.move_failed(Path(source.path), str(exc), context.run_id)
+                moved = inbox.move_failed(Path(source.path), str(exc), context.run.run_id)
                 failed_files[source.key] = str(exc)
                 context.log.error(f"{source.path}: not ingested, moved to {moved}: {exc}")
                 if isinstance(exc, (OSError, duckdb.IOException, duckdb.FatalException)) or "No space left" in str(exc):
