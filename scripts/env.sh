@@ -10,4 +10,6 @@ export NUMBA_CACHE_DIR="$RECS_HOME/numba-cache"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export DAGSTER_DISABLE_TELEMETRY=1
 mkdir -p "$RECS_HOME" "$DAGSTER_HOME" "$RECS_DAGSTER_STORAGE" "$RECS_DAGSTER_LOGS" "$RECS_HOME/inbox"
-cp "$REPO/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
+# The embedded instance (sqlite, no service) unless RECS_DAGSTER_YAML names another, e.g.
+# deploy/dagster.production.yaml (PostgreSQL, run queue, run monitoring; see README "Scaling out").
+cp "${RECS_DAGSTER_YAML:-$REPO/dagster.yaml}" "$DAGSTER_HOME/dagster.yaml"
