@@ -122,7 +122,7 @@ def association_rules(context: dg.AssetExecutionContext, config: RulesConfig, wa
     n = warehouse.replace_table("association_rules", table)
     # the blend's "rules" source, for batch_topn (serving builds the same from rules.parquet)
     io.save_csr(artifacts, "rules", modeling.rules_matrix(cols["antecedents"], cols["consequents"],
-                                                          cols["confidence"], len(item_ids)))
+                                                          cols["confidence"], len(item_ids)), meta=config.model_dump())
     return dg.MaterializeResult(metadata={
         "rules": n, "rules_passing_threshold": found.n_passing, "max_rules": config.max_rules,
         "budget_hit": found.n_passing > len(found),

@@ -8,7 +8,8 @@ from dagster._core.execution.retries import RetryMode
 
 from recs_assets import paths
 
-PUBLISH_KEYS = ("evaluation", "similar_items", "vector_store", "release")
+# evaluation runs with the models: the top-N shards and the release read the blend it tunes (tuned_blend)
+PUBLISH_KEYS = ("similar_items", "vector_store", "release")
 SHARDS = dg.AssetSelection.assets("batch_topn")
 PUBLISH = dg.AssetSelection.assets(*PUBLISH_KEYS)
 MODELS = dg.AssetSelection.all() - SHARDS - PUBLISH
@@ -57,7 +58,7 @@ topn_job = dg.define_asset_job("recs_topn_shards", selection=SHARDS, executor_de
                                            "all shards runs them at once, each a Celery task on any worker "
                                            "started by scripts/worker.sh)")
 publish_job = dg.define_asset_job("recs_publish", selection=PUBLISH, executor_def=dg.in_process_executor,
-                                  description="Evaluation, similar items, vector store and the release")
+                                  description="Similar items, vector store and the release")
 
 # Shards and the publish stage follow their parents by declarative automation, so a new
 # models run (schedule, sensor or UI) rolls through to a new release.
