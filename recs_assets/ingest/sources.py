@@ -53,7 +53,8 @@ def default_name(path: str) -> str:
     candidates = [raw]
     if raw.parent.exists():
         candidates.append(raw.parent.resolve() / raw.name)
-    for base in (paths.recs_home(), paths.REPO_ROOT):
+    # The innermost of the two wins (RECS_HOME inside the repository, or the other way round).
+    for base in sorted((paths.recs_home(), paths.REPO_ROOT), key=lambda b: len(b.parts), reverse=True):
         for p in candidates:
             for b in (base, Path(os.path.abspath(base))):
                 try:
