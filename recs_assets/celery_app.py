@@ -38,7 +38,10 @@ SETTINGS = {
 
 
 def app_args() -> dict:
-    return {"broker": broker_url(), "backend": backend_url(), "include": [], "config_source": dict_wrapper(dict(SETTINGS))}
+    # The worker imports the definitions (numba, polars, ...) once at start, before it forks its
+    # pool, instead of in every task.
+    return {"broker": broker_url(), "backend": backend_url(), "include": ["recs_assets.definitions"],
+            "config_source": dict_wrapper(dict(SETTINGS))}
 
 
 app = make_app(app_args())

@@ -147,7 +147,11 @@ def run_job(instance, job_name: str, *, run_config: dict | None = None, partitio
         return result.run_id, run.status.value
 
 
-def run_all(instance, *, run_config: dict | None = None, shards_mode: str | None = None, log=print) -> dict[str, str]:
+STAGES = ("models", "shards", "publish")
+
+
+def run_all(instance, *, run_config: dict | None = None, shards_mode: str | None = None, stages=STAGES,
+            log=print) -> dict[str, str]:
     """models -> every shard -> publish in this process; returns {stage: run_id}. Raises on a failed stage."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -166,18 +170,20 @@ def run_all(instance, *, run_config: dict | None = None, shards_mode: str | None
         if status != "SUCCESS":
             raise RuntimeError(f"stage {name} ended {status} (run {run_id}); see the Dagster UI or logs")
 
-    stage("models", orchestration.models_job.name)
-    keys = outputs.shards.get_partition_keys()
+    if "models" in stages:
+        stage("models", orchestration.models_job.name)
+    keys = outputs.shards.get_partition_keys() if "shards" in stages else []
     if orchestration.shard_mode(shards_mode or "auto") == "in_process":
         # Each shard's kernels already use every core of this machine: one after the other.
         for key in keys:
             stage(f"topn shard {key}", orchestration.topn_job.name, key)
-    else:
+    elif keys:
         # Each run only coordinates: its step is a task on whichever worker takes it.
         with ThreadPoolExecutor(max_workers=len(keys)) as pool:
             for f in [pool.submit(stage, f"topn shard {k}", orchestration.topn_job.name, k) for k in keys]:
                 f.result()
-    stage("publish", orchestration.publish_job.name)
+    if "publish" in stages:
+        stage("publish", orchestration.publish_job.name)
     return runs
 
 
@@ -189,7 +195,7 @@ def _child(args) -> int:
     run_config = json.loads(args.run_config_json) if args.run_config_json else None
     with dg.DagsterInstance.get() as instance:
         try:
-            run_all(instance, run_config=run_config, shards_mode=args.shards)
+            run_all(instance, run_config=run_config, shards_mode=args.shards, stages=args.stages.split(","))
         except RuntimeError as exc:
             print(f"[recs] {exc}", file=sys.stderr, flush=True)
             return CANCELED_EXIT if "CANCELED" in str(exc) else 1
@@ -239,6 +245,7 @@ def supervise(args, log=print) -> int:
         cmd += ["--run-config-json", args.run_config_json]
     if args.shards:
         cmd += ["--shards", args.shards]
+    cmd += ["--stages", args.stages]
 
     def stop(signo, _frame):
         raise _Stop(signal.Signals(signo).name)
@@ -272,9 +279,14 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="Dagster run config (YAML or JSON) with ops.<asset>.config entries")
     parser.add_argument("--shards", choices=["auto", "in_process", "multiprocess", "celery"],
                         help="Where the top-N shards run (default auto: Celery workers when RECS_CELERY_BROKER is set)")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help="Comma-separated subset of models,shards,publish (default: all, in that order)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run-config-json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unknown = set(args.stages.split(",")) - set(STAGES)
+    if unknown:
+        parser.error(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
     if args.config:
         import yaml
 
