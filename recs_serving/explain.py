@@ -259,10 +259,10 @@ def enrich_items(items: list, view: CatalogView, *, anonymous: bool = False, see
         codes = list(d.get("reasons") or [])
         if anonymous:
             codes = _fix_anonymous(codes, seed)
-        elif anchors and "for_you" in codes and d["item_id"] in anchors:
-            codes = codes + [f"because_you_bought:{anchors[d['item_id']]}"]
         d["reasons"] = codes
         d.update(view.info(d["item_id"]))
+        if anchors and "for_you" in codes and d["item_id"] in anchors:  # words only: the codes stay as served
+            codes = codes + [f"because_you_bought:{anchors[d['item_id']]}"]
         key = tuple(codes)
         text = cache.get(key)
         if text is None:

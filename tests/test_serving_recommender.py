@@ -74,7 +74,8 @@ def test_in_process_api_matches_http(recommender, client):
     req = {"user_id": rel.user_ids[10], "k": 7, "recent": [{"item_id": rel.item_ids[5], "timestamp": T0, "event": "add"}]}
     a = recommender.recommend(RecommendRequest(**req)).model_dump()
     b = client.post("/v1/recommend", json=req).json()
-    assert a == b
+    # HTTP adds readable fields (title, price, ..., explanation) to the same items
+    assert a == {**b, "items": [{k: it[k] for k in ("item_id", "score", "rank", "reasons")} for it in b["items"]]}
 
 
 def test_hot_swap_under_concurrent_requests(fresh_home):
@@ -173,9 +174,9 @@ def test_sql_views_over_current_release(release_home, recommender):
     con = connect(release_home)
     (v,), = con.execute("SELECT version FROM recs.release").fetchall()
     assert v == recommender.version
-    (n,), = con.execute("SELECT count(*) FROM recs.items").fetchall()
+    (n,), = con.execute("SELECT count(*) FROM recs.catalog").fetchall()
     assert n == recommender.release.n_items
-    rows = con.execute("SELECT antecedents, consequents, lift FROM recs.rules WHERE lift > ? ORDER BY lift DESC LIMIT 3", [3]).fetchall()
+    rows = con.execute("SELECT antecedents, consequents, lift FROM recs.association_rules WHERE lift > ? ORDER BY lift DESC LIMIT 3", [3]).fetchall()
     assert rows and all(r[2] > 3 for r in rows)
     con.close()
 
