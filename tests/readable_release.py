@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
@@ -59,6 +60,7 @@ def derive(home: Path, base: str, *, tables: dict, metrics: dict | None = None, 
         pq.write_table(arrow, dst)
         manifest.setdefault("row_counts", {})[name] = arrow.num_rows
     manifest["version"] = version
+    manifest["created_at"] = datetime.now(timezone.utc).isoformat()
     if metrics is not None:
         manifest["metrics"] = metrics
     manifest["checksums"] = {f.name: _sha(f) for f in sorted(staging.iterdir())}
