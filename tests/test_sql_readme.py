@@ -121,3 +121,31 @@ def test_an_open_session_survives_pruning_of_its_release(readable_home, tmp_path
 def test_warehouse_mode_reports_a_missing_file_in_one_line(tmp_path):
     r = _cli(tmp_path, "--warehouse", "SELECT 1")
     assert r.returncode == 1 and "no warehouse at" in r.stderr and "Traceback" not in r.stderr
+
+
+def _releases(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recs_serving.releases", "--home", str(home), *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+
+
+def test_releases_cli_list_diff_rollback(readable_home, readable_versions, tmp_path):
+    from recs_serving import release as release_format
+
+    prev, cur = readable_versions
+    home = tmp_path / "home"
+    shutil.copytree(readable_home, home, copy_function=os.link)
+    listed = _releases(home, "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = [ln.split() for ln in listed.stdout.splitlines()[2:]]
+    assert len(rows) == 2 and rows[0][0] == prev and rows[1][:2] == ["*", cur]  # * marks CURRENT
+    diff = json.loads(_releases(home, "--format", "json", "diff").stdout)
+    assert (diff["from"], diff["to"]) == (prev, cur)
+    blend = {m["metric"]: m for m in diff["metrics"] if m["model"] == "served blend"}
+    assert blend["recall@10"]["delta"] == pytest.approx(0.113 - 0.9 * 0.113)
+    assert diff["top_items"] and all(t["change"] != 0 for t in diff["top_items"])
+    assert "served blend" in _releases(home, "diff", prev, cur).stdout
+    rb = _releases(home, "rollback", prev)
+    assert rb.returncode == 0 and release_format.current_version(home) == prev and f"{cur} -> {prev}" in rb.stdout
+    bad = _releases(home, "rollback", "nope")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+    assert release_format.current_version(home) == prev
