@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / "var" / "numba-cache"))
 
-USE_CASES = ("homepage", "item_page", "cart", "brand_page", "cold_start", "post_purchase", "batch100")
+# the nine-type mix of issue 15
+USE_CASES = ("homepage", "known_user", "similar", "cart", "brand", "category_price", "batch10", "customers", "post_purchase")
 T_NOW = 1_767_225_600_000  # 2026-01-01 in ms
 
 
@@ -197,11 +198,15 @@ def ensure_release(home: Path, n_items: int, n_users: int, rebuild: bool, emb_di
 
 
 def make_requests(rel, n: int, seed: int = 1) -> list[tuple[str, str, str, dict | None]]:
-    """(use_case, method, path, json body) tuples, deterministic."""
+    """(use_case, method, path, json body) tuples, deterministic: the nine-type mix of issue 15,
+    one of each in turn."""
     rnd = random.Random(seed)
     n_items, n_users = rel.n_items, rel.n_users
     pop = rel.popularity_lists[("global", "")]
-    brands = [k for (s, k) in rel.popularity_lists if s == "brand"]
+    brands = [k for (s, k) in rel.popularity_lists if s == "brand"] or [None]
+    cats = [k for (s, k) in rel.popularity_lists if s == "category"] or [None]
+    prices = np.asarray(rel.price, dtype=np.float64)
+    p_med = float(np.nanmedian(prices)) if prices.size and np.isfinite(prices).any() else 10.0
 
     def item():  # popularity-biased: half from the head, half uniform
         return rel.item_ids[int(pop[rnd.randrange(len(pop))]) if rnd.random() < 0.5 else rnd.randrange(n_items)]
@@ -215,19 +220,24 @@ def make_requests(rel, n: int, seed: int = 1) -> list[tuple[str, str, str, dict 
         if case == "homepage":
             body = {"user_id": user(), "k": 20, "recent": [{"item_id": item(), "timestamp": T_NOW - 60_000 * m, "event": "view"} for m in range(5)]}
             out.append((case, "POST", "/v1/recommend", body))
-        elif case == "item_page":
+        elif case == "known_user":
+            out.append((case, "POST", "/v1/recommend", {"user_id": user(), "k": 20}))
+        elif case == "similar":
             out.append((case, "GET", f"/v1/items/{item()}/similar?k=20", None))
         elif case == "cart":
             out.append((case, "POST", "/v1/cart/addons", {"item_ids": [item() for _ in range(3)], "k": 10, "user_id": user()}))
-        elif case == "brand_page":
+        elif case == "brand":
             out.append((case, "POST", "/v1/recommend", {"user_id": user(), "k": 20, "brand": rnd.choice(brands)}))
-        elif case == "cold_start":
-            out.append((case, "POST", "/v1/recommend", {"k": 20}))
-        elif case == "post_purchase":
+        elif case == "category_price":
+            out.append((case, "POST", "/v1/recommend", {"user_id": user(), "k": 20,
+                                                         "filters": {"category": rnd.choice(cats), "price": {"lte": round(p_med * 2, 2)}}}))
+        elif case == "batch10":
+            out.append((case, "POST", "/v1/recommend/batch", {"user_ids": [user() for _ in range(10)], "k": 20}))
+        elif case == "customers":
+            out.append((case, "GET", f"/v1/items/{item()}/customers?k=20", None))
+        else:  # post_purchase: anonymous, one purchase
             body = {"user_id": f"anon-{j}", "k": 10, "recent": [{"item_id": item(), "timestamp": T_NOW, "event": "purchase", "quantity": 1}]}
             out.append((case, "POST", "/v1/recommend", body))
-        else:
-            out.append((case, "POST", "/v1/recommend/batch", {"user_ids": [user() for _ in range(100)], "k": 20}))
     return out
 
 
@@ -241,6 +251,8 @@ def call_in_process(rec, method: str, path: str, body: dict | None):
     if path == "/v1/recommend/batch":
         return rec.recommend_batch(BatchRecommendRequest.model_validate(body))
     item = path.split("/")[3]
+    if path.split("?")[0].endswith("/customers"):
+        return rec.top_customers(item, 20)
     return rec.similar_items(item, 20)
 
 
@@ -255,6 +267,43 @@ def rss_mb(pid: int | str = "self") -> tuple[float, float]:
         if line.startswith(("VmRSS:", "VmHWM:")):
             vals[line.split(":")[0]] = int(line.split()[1]) / 1024
     return vals.get("VmRSS", float("nan")), vals.get("VmHWM", float("nan"))
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from /proc; no psutil)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def tree_memory_mb(pid: int) -> tuple[float, float, int]:
+    """(sum of RSS, sum of PSS, processes) over the server's process tree. PSS divides shared
+    pages (the mapped release, the page cache of the .npy files) among the processes mapping
+    them, so its sum is the memory the tree really holds."""
+    rss = pss = 0.0
+    n = 0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1]) / 1024
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1]) / 1024
+            n += 1
+        except OSError:
+            continue
+    return rss, pss, n
 
 
 # ----------------------------------------------------------------------------------- HTTP load
@@ -282,10 +331,10 @@ async def _one(reader, writer, payload: bytes) -> int:
 
 async def _load(port: int, reqs: list, duration: float, concurrency: int, rate: float | None):
     """Closed loop (rate None: each connection sends its next request when the last returns) or
-    open loop at ``rate`` req/s (latency measured from the scheduled send time)."""
-    payloads = [(c, _raw(m, p, b)) for c, m, p, b in reqs]
-    lat: dict[str, list[float]] = {c: [] for c in USE_CASES}
-    bad = [0]
+    open loop at ``rate`` req/s (latency measured from the scheduled send time). Every request
+    is recorded as (start offset s, latency s, use case index, ok)."""
+    payloads = [(USE_CASES.index(c), _raw(m, p, b)) for c, m, p, b in reqs]
+    samples: list[tuple[float, float, int, int]] = []
     counter = [0]
     t_start = time.perf_counter()
     t_end = t_start + duration
@@ -308,14 +357,17 @@ async def _load(port: int, reqs: list, duration: float, concurrency: int, rate: 
             i = counter[0]
             counter[0] += 1
             case, payload = payloads[i % len(payloads)]
-            status = await _one(reader, writer, payload)
-            if status != 200:
-                bad[0] += 1
-            lat[case].append(time.perf_counter() - t0)
+            try:
+                status = await _one(reader, writer, payload)
+            except (OSError, asyncio.IncompleteReadError):
+                status = 0
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            samples.append((t0 - t_start, time.perf_counter() - t0, case, int(status == 200)))
         writer.close()
 
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    return lat, bad[0], time.perf_counter() - t_start
+    return samples, time.perf_counter() - t_start
 
 
 def load_main(args) -> None:  # runs in the load-generator subprocess
@@ -326,15 +378,21 @@ def load_main(args) -> None:  # runs in the load-generator subprocess
         uvloop.install()
     except ImportError:
         pass
-    lat, bad, elapsed = asyncio.run(_load(args.port, reqs, args.duration, args.concurrency, args.rate or None))
+    samples, elapsed = asyncio.run(_load(args.port, reqs, args.duration, args.concurrency, args.rate or None))
     os.set_blocking(sys.stdout.fileno(), True)  # uvloop can leave stdout non-blocking: a big print to a pipe would be cut short
-    print(json.dumps({"lat": lat, "bad": bad, "elapsed": elapsed}), flush=True)
+    print(json.dumps({"samples": samples, "elapsed": elapsed}), flush=True)
 
 
-def cpu_s(pid: int) -> float:
-    """utime + stime of a process, in seconds (from /proc; no psutil needed)."""
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_s(pids: list[int]) -> float:
+    """utime + stime of processes, in seconds (from /proc; no psutil needed)."""
+    tot = 0.0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        tot += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return tot
 
 
 def free_port() -> int:
@@ -343,22 +401,118 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_http(home: Path, reqs: list, duration: float, concurrency: int, rate: float | None, server_pid_port=None) -> dict:
+def run_http(home: Path, reqs: list, duration: float, concurrency: int, rate: float | None, port: int, server_pid: int,
+             during=None) -> dict:
+    """One load run; ``during(t_start)`` runs in a thread alongside (the hot swap). Memory of the
+    server tree is sampled every 0.25 s."""
+    import resource
+    import threading
+
     tmp = home / "bench-requests.json"
     tmp.write_text(json.dumps([list(r) for r in reqs]))
-    port = server_pid_port
     cmd = [sys.executable, __file__, "--load-only", "--port", str(port), "--requests-file", str(tmp),
            "--duration", str(duration), "--concurrency", str(concurrency), "--rate", str(rate or 0)]
-    import resource
+    mem = {"rss": 0.0, "pss": 0.0}
+    stop = threading.Event()
 
+    def sample_memory():
+        while not stop.wait(0.25):
+            r, p, _ = tree_memory_mb(server_pid)
+            mem["rss"], mem["pss"] = max(mem["rss"], r), max(mem["pss"], p)
+
+    sampler = threading.Thread(target=sample_memory, daemon=True)
+    sampler.start()
     la0 = os.getloadavg()[0]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    pids = process_tree(server_pid)
+    c0 = cpu_s(pids)
+    t_start = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    side = None
+    if during is not None:
+        side = threading.Thread(target=during, args=(t_start,), daemon=True)
+        side.start()
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"load generator failed: {err[-2000:]}")
+    if side is not None:
+        side.join(600)
+    stop.set()
+    sampler.join()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res = json.loads(out.strip().splitlines()[-1])
     res["loadgen_cpu_s"] = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    res["server_cpu_s"] = cpu_s(process_tree(server_pid)) - c0
     res["loadavg"] = (la0, os.getloadavg()[0])
+    res["mem_peak_rss_mb"], res["mem_peak_pss_mb"] = mem["rss"], mem["pss"]
     return res
+
+
+def summarise(res: dict) -> dict:
+    s = res["samples"]
+    allv = [x[1] for x in s]
+    per_case = {c: [x[1] for x in s if x[2] == i] for i, c in enumerate(USE_CASES)}
+    return {
+        "requests": len(s), "errors": sum(1 for x in s if not x[3]), "rps": len(s) / res["elapsed"],
+        "p50_ms": pct(allv, 0.5) * 1e3, "p99_ms": pct(allv, 0.99) * 1e3, "p999_ms": pct(allv, 0.999) * 1e3,
+        "max_ms": max(allv) * 1e3 if allv else float("nan"),
+        "loadgen_cpu_ms_per_request": res["loadgen_cpu_s"] / max(len(s), 1) * 1e3,
+        "server_busy_cores": res["server_cpu_s"] / res["elapsed"], "loadavg": res["loadavg"],
+        "mem_peak_rss_mb": res["mem_peak_rss_mb"], "mem_peak_pss_mb": res["mem_peak_pss_mb"],
+        "per_case": {c: {"n": len(v), "p50_ms": pct(v, 0.5) * 1e3, "p99_ms": pct(v, 0.99) * 1e3} for c, v in per_case.items()},
+    }
+
+
+def publish_copy(home: Path) -> str:
+    """A new release that is the current one under a new name (files hard-linked, manifest
+    rewritten with the new version): what the pipeline's next run looks like to the server."""
+    from recs_serving import release as rf
+
+    src = rf.releases_dir(home) / rf.current_version(home)
+    name = rf.new_version("benchswap")
+    tmp = rf.releases_dir(home) / f".staging-{name}"
+    tmp.mkdir()
+    for f in src.iterdir():
+        if f.name != rf.MANIFEST:
+            os.link(f, tmp / f.name)
+    m = json.loads((src / rf.MANIFEST).read_text())
+    m["version"] = name
+    (tmp / rf.MANIFEST).write_text(json.dumps(m, indent=2))
+    os.replace(tmp, rf.releases_dir(home) / name)
+    rf.set_current(home, name)
+    return name
+
+
+def served_versions(port: int, probes: int = 40) -> set:
+    import urllib.request
+
+    seen = set()
+    for _ in range(probes):
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/readyz", headers={"Connection": "close"})
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                seen.add(json.loads(resp.read())["release"])
+        except OSError:
+            seen.add(None)
+    return seen
+
+
+def swap_analysis(samples: list, t_swap: float, t_done: float) -> dict:
+    """Baseline = requests started before the swap; swap window = from publishing the new
+    release until every worker served it, plus one second. Also the worst one-second bin."""
+    base = [x[1] for x in samples if x[0] < t_swap]
+    window = [x[1] for x in samples if t_swap <= x[0] <= t_done + 1.0]
+    bins: dict[int, float] = {}
+    for x in samples:
+        b = int(x[0])
+        bins[b] = max(bins.get(b, 0.0), x[1])
+    swap_bins = [bins[b] for b in bins if int(t_swap) <= b <= int(t_done) + 1]
+    base_p99 = pct(base, 0.99) * 1e3
+    return {"t_swap_s": t_swap, "t_all_workers_swapped_s": t_done, "baseline_p99_ms": base_p99,
+            "window_p99_ms": pct(window, 0.99) * 1e3, "window_max_ms": max(window) * 1e3 if window else float("nan"),
+            "swap_second_max_ms": max(swap_bins) * 1e3 if swap_bins else float("nan"),
+            "errors_in_window": sum(1 for x in samples if t_swap <= x[0] <= t_done + 1.0 and not x[3]),
+            "ratio_swap_max_to_base_p99": (max(swap_bins) * 1e3 / base_p99) if swap_bins and base_p99 else float("nan")}
 
 
 # ----------------------------------------------------------------------------------- main
@@ -371,13 +525,19 @@ def main() -> int:
     ap.add_argument("--emb-dim", type=int, default=384, help="item embedding width (MiniLM: 384)")
     ap.add_argument("--quick", action="store_true", help="10K items x 100K users")
     ap.add_argument("--home", default=None)
+    ap.add_argument("--release-home", default=None, help="benchmark the release under this RECS_HOME as it is (e.g. one built "
+                                                            "from the bundled data); no synthetic release is built")
     ap.add_argument("--rebuild", action="store_true")
-    ap.add_argument("--n", type=int, default=7000, help="in-process requests (spread over the 7 use cases)")
+    ap.add_argument("--n", type=int, default=9000, help="in-process requests (spread over the 9 use cases)")
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per HTTP run")
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--concurrency", type=int, default=32, help="connections of the load generator")
     ap.add_argument("--rate", type=float, default=1000.0, help="open-loop HTTP rate for the latency run")
     ap.add_argument("--rates", default=None, help="comma-separated open-loop rates (default: --rate); the table shows the last")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server worker processes (default: one per core)")
+    ap.add_argument("--swap", action="store_true", help="publish a new release half-way through the last open-loop run "
+                                                         "and report the latency around the swap")
     ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--skip-closed", action="store_true", help="no closed-loop run")
     ap.add_argument("--json", default=None, help="also write the results here")
     # load-generator subprocess mode
     ap.add_argument("--load-only", action="store_true", help=argparse.SUPPRESS)
@@ -391,78 +551,82 @@ def main() -> int:
     args.rate = args.rates[-1]
     if args.quick:
         args.items, args.users = 10_000, 100_000
-    home = Path(args.home or REPO / "var" / f"bench-serving-{args.items}x{args.users}")
-    home.mkdir(parents=True, exist_ok=True)
-    ensure_release(home, args.items, args.users, args.rebuild, args.emb_dim)
+    if args.release_home:
+        home = Path(args.release_home)
+    else:
+        home = Path(args.home or REPO / "var" / f"bench-serving-{args.items}x{args.users}")
+        home.mkdir(parents=True, exist_ok=True)
+        ensure_release(home, args.items, args.users, args.rebuild, args.emb_dim)
 
     from recs_serving import Recommender
 
-    results: dict = {"items": args.items, "users": args.users, "cores": os.cpu_count()}
     rss0 = rss_mb()[0]
     t0 = time.perf_counter()
-    rec = Recommender(home, watch=False)
+    rec = Recommender(home, watch=False, require_release=True)
+    results: dict = {"release": rec.version, "items": rec.release.n_items, "users": rec.release.n_users, "cores": os.cpu_count(),
+                     "workers": args.workers}
     results["load_s"] = time.perf_counter() - t0
     results["in_process_rss_mb"], results["in_process_peak_mb"] = rss_mb()
     results["in_process_rss_delta_mb"] = results["in_process_rss_mb"] - rss0
     reqs = make_requests(rec.release, args.n)
-    for r in reqs[:200]:  # warm up (numba, caches)
+    for r in reqs[:300]:  # warm up (numba, caches)
         call_in_process(rec, *r[1:])
     lat: dict[str, list[float]] = {c: [] for c in USE_CASES}
+    results["in_process_loadavg"] = os.getloadavg()[0]
     for case, m, p, b in reqs:
         t = time.perf_counter()
         call_in_process(rec, m, p, b)
         lat[case].append(time.perf_counter() - t)
     results["in_process"] = {c: {"n": len(v), "p50_ms": pct(v, 0.5) * 1e3, "p99_ms": pct(v, 0.99) * 1e3, "mean_ms": statistics.fmean(v) * 1e3} for c, v in lat.items()}
-    single = [x for c, v in lat.items() if c != "batch100" for x in v]
-    results["in_process_single"] = {"p50_ms": pct(single, 0.5) * 1e3, "p99_ms": pct(single, 0.99) * 1e3}
     rec.close()
     del rec
 
     if not args.skip_http:
         port = free_port()
         env = {**os.environ, "RECS_HOME": str(home)}
-        srv = subprocess.Popen([sys.executable, "-m", "recs_serving", "--port", str(port), "--home", str(home), "--log-level", "warning"],
-                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        srv = subprocess.Popen([sys.executable, "-m", "recs_serving", "--port", str(port), "--home", str(home), "--log-level", "warning",
+                                "--workers", str(args.workers), "--poll-interval", "0.5"],
+                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            import urllib.request
-
-            deadline = time.time() + 600
+            t_up = time.time()
+            deadline = t_up + 900
             while time.time() < deadline:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-                        if resp.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.5)
-            http_reqs = [(c, m, p, b) for c, m, p, b in make_requests_http(home, reqs)]
-            run_http(home, http_reqs, 3.0, args.concurrency, None, port)  # warm-up
-            c0 = cpu_s(srv.pid)
-            closed = run_http(home, http_reqs, args.duration, args.concurrency, None, port)
-            n_closed = sum(len(v) for v in closed["lat"].values())
-            closed["server_cpu_s"] = cpu_s(srv.pid) - c0
-            results["server_cpu_ms_per_request"] = closed["server_cpu_s"] / max(n_closed, 1) * 1e3
-            runs = [("http_closed", closed)]
-            for rate in args.rates:
-                c0 = cpu_s(srv.pid)
-                res = run_http(home, http_reqs, args.duration, args.concurrency, rate, port)
-                res["server_cpu_s"] = cpu_s(srv.pid) - c0
+                if len(served_versions(port, 8) - {None}) == 1 and None not in served_versions(port, 8):
+                    break
+                time.sleep(0.5)
+            results["server_start_s"] = time.time() - t_up
+            results["server_idle_rss_mb"], results["server_idle_pss_mb"], results["server_processes"] = tree_memory_mb(srv.pid)
+            run_http(home, reqs, 3.0, args.concurrency, None, port, srv.pid)  # warm-up
+            runs = []
+            if not args.skip_closed:
+                runs.append(("http_closed", run_http(home, reqs, args.duration, args.concurrency, None, port, srv.pid)))
+            for n_run, rate in enumerate(args.rates):
+                swap_info: dict = {}
+                during = None
+                if args.swap and n_run == len(args.rates) - 1:
+                    def during(t_start, info=swap_info):
+                        time.sleep(args.duration / 2)
+                        info["t_swap"] = time.time() - t_start
+                        name = publish_copy(home)
+                        while time.time() - t_start < args.duration + 600:
+                            if served_versions(port, 20) == {name}:
+                                break
+                            time.sleep(0.05)
+                        info["t_done"] = time.time() - t_start
+                res = run_http(home, reqs, args.duration, args.concurrency, rate, port, srv.pid, during)
+                if swap_info:
+                    res["swap"] = swap_analysis(res["samples"], swap_info["t_swap"], swap_info["t_done"])
                 runs.append((f"http_open_{rate:g}", res))
-            results["server_rss_mb"], results["server_peak_mb"] = rss_mb(srv.pid)
+            results["server_rss_mb"], results["server_pss_mb"], _ = tree_memory_mb(srv.pid)
             for name, res in runs:
-                allv = [x for v in res["lat"].values() for x in v]
-                results[name] = {
-                    "requests": len(allv), "errors": res["bad"], "rps": len(allv) / res["elapsed"],
-                    "p50_ms": pct(allv, 0.5) * 1e3, "p99_ms": pct(allv, 0.99) * 1e3, "p999_ms": pct(allv, 0.999) * 1e3,
-                    "loadgen_cpu_ms_per_request": res["loadgen_cpu_s"] / max(len(allv), 1) * 1e3,
-                    "server_busy": res.get("server_cpu_s", float("nan")) / res["elapsed"],
-                    "loadavg": res["loadavg"],
-                    "per_case": {c: {"p50_ms": pct(v, 0.5) * 1e3, "p99_ms": pct(v, 0.99) * 1e3} for c, v in res["lat"].items()},
-                }
+                results[name] = summarise(res)
+                if "swap" in res:
+                    results[name]["swap"] = res["swap"]
             results["http_open"] = results[f"http_open_{args.rates[-1]:g}"]
         finally:
             srv.send_signal(signal.SIGINT)
             try:
-                srv.wait(10)
+                srv.wait(20)
             except subprocess.TimeoutExpired:
                 srv.kill()
     report(results, args)
@@ -471,37 +635,39 @@ def main() -> int:
     return 0
 
 
-def make_requests_http(home: Path, reqs: list) -> list:
-    return reqs
-
-
 def report(r: dict, args) -> None:
-    print(f"\nrecs_serving benchmark: {r['items']:,} items x {r['users']:,} users, {r['cores']} cores; release load {r['load_s']:.1f}s")
-    print(f"in-process RSS after load: {r['in_process_rss_mb']:.0f} MiB (peak {r['in_process_peak_mb']:.0f} MiB)\n")
-    print("| use case | in-process p50 ms | in-process p99 ms |" + (" HTTP p50 ms @closed | HTTP p99 ms @closed | HTTP p50 ms @rate | HTTP p99 ms @rate |" if "http_closed" in r else ""))
-    print("|---|---:|---:|" + ("---:|---:|---:|---:|" if "http_closed" in r else ""))
+    print(f"\nrecs_serving benchmark: release {r['release']}: {r['items']:,} items x {r['users']:,} users, {r['cores']} cores, "
+          f"{r['workers']} worker(s); in-process release load {r['load_s']:.1f}s")
+    print(f"in-process RSS after load: {r['in_process_rss_mb']:.0f} MiB (peak {r['in_process_peak_mb']:.0f} MiB); "
+          f"load average during the in-process run: {r['in_process_loadavg']:.1f}\n")
+    http = "http_open" in r
+    print("| use case | in-process p50 ms | in-process p99 ms |" + (" HTTP p50 ms @rate | HTTP p99 ms @rate |" if http else ""))
+    print("|---|---:|---:|" + ("---:|---:|" if http else ""))
     for c in USE_CASES:
         ip = r["in_process"][c]
         row = f"| {c} | {ip['p50_ms']:.2f} | {ip['p99_ms']:.2f} |"
-        if "http_closed" in r:
-            hc, ho = r["http_closed"]["per_case"][c], r["http_open"]["per_case"][c]
-            row += f" {hc['p50_ms']:.2f} | {hc['p99_ms']:.2f} | {ho['p50_ms']:.2f} | {ho['p99_ms']:.2f} |"
+        if http:
+            ho = r["http_open"]["per_case"][c]
+            row += f" {ho['p50_ms']:.2f} | {ho['p99_ms']:.2f} |"
         print(row)
-    s = r["in_process_single"]
-    print(f"| single-user requests (all but batch) | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} |" + (" | | | |" if "http_closed" in r else ""))
-    if "http_closed" in r:
-        hc, ho = r["http_closed"], r["http_open"]
-        print(f"\nHTTP closed loop, {args.concurrency} connections: {hc['rps']:.0f} req/s, p50 {hc['p50_ms']:.2f} ms, p99 {hc['p99_ms']:.2f} ms, errors {hc['errors']}, server busy {hc['server_busy']:.0%} of a core")
-        for rate in args.rates:
-            ho = r[f"http_open_{rate:g}"]
-            print(f"HTTP open loop at {rate:.0f} req/s: achieved {ho['rps']:.0f} req/s, p50 {ho['p50_ms']:.2f} ms, p99 {ho['p99_ms']:.2f} ms, "
-                  f"p99.9 {ho['p999_ms']:.2f} ms, errors {ho['errors']}, server busy {ho['server_busy']:.0%} of a core, load avg {ho['loadavg'][0]:.1f}->{ho['loadavg'][1]:.1f}")
-        print(f"load generator CPU per request: {hc['loadgen_cpu_ms_per_request']:.3f} ms (closed loop; load avg {hc['loadavg'][0]:.1f}->{hc['loadavg'][1]:.1f})")
-        print(f"server CPU per request (closed loop, whole mix): {r['server_cpu_ms_per_request']:.2f} ms "
-              f"-> capacity of one fully available core ~{1000 / r['server_cpu_ms_per_request']:.0f} req/s")
-        print(f"server resident memory: {r['server_rss_mb']:.0f} MiB (peak {r['server_peak_mb']:.0f} MiB)")
+    if not http:
+        return
+    print(f"\nserver: {r['server_processes']} processes, ready in {r['server_start_s']:.1f}s; idle RSS sum {r['server_idle_rss_mb']:.0f} MiB, "
+          f"PSS sum {r['server_idle_pss_mb']:.0f} MiB\n")
+    print("| run | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | server CPU (cores) | peak RSS sum MiB | peak PSS sum MiB | load avg |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name in [k for k in r if k.startswith("http_") and k != "http_open"]:
+        h = r[name]
+        print(f"| {name} | {h['rps']:.0f} | {h['p50_ms']:.2f} | {h['p99_ms']:.2f} | {h['p999_ms']:.2f} | {h['max_ms']:.1f} | {h['errors']} | "
+              f"{h['server_busy_cores']:.2f} | {h['mem_peak_rss_mb']:.0f} | {h['mem_peak_pss_mb']:.0f} | {h['loadavg'][0]:.1f}->{h['loadavg'][1]:.1f} |")
+        if "swap" in h:
+            s = h["swap"]
+            print(f"|   hot swap at {s['t_swap_s']:.1f}s, all workers on it at {s['t_all_workers_swapped_s']:.1f}s | baseline p99 {s['baseline_p99_ms']:.2f} ms | "
+                  f"window p99 {s['window_p99_ms']:.2f} ms | swap-second max {s['swap_second_max_ms']:.1f} ms "
+                  f"({s['ratio_swap_max_to_base_p99']:.2f}x baseline p99) | errors {s['errors_in_window']} | | | | | | |")
+    print(f"\nload generator CPU per request: {r['http_open']['loadgen_cpu_ms_per_request']:.3f} ms (same machine: it competes with the server)")
     try:
-        print(f"machine load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        print(f"machine load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     except OSError:
         pass
 

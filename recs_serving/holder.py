@@ -123,6 +123,7 @@ class ReleaseHolder(Generic[S]):
             "release": served["name"] if served else None,
             "current": release_format.current_version(self.home),
             "refused": dict(refused) if refused else None,
+            "pid": os.getpid(),  # which worker answered
         }
 
     # ------------------------------------------------------------------ loading

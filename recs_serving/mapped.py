@@ -172,6 +172,10 @@ def _prune(root: Path, keep: int, spare: str) -> None:
 
 def _main(argv: list[str]) -> int:
     home, name, out, refused = Path(argv[0]), argv[1], Path(argv[2]), Path(argv[3])
+    try:
+        os.nice(19)  # the workers answering requests come first; a load may take longer
+    except OSError:
+        pass
     from .holder import load_verified
 
     try:

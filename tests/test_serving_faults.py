@@ -377,3 +377,38 @@ def test_server_error_logged_with_traceback_and_request_id(base_home, monkeypatc
     assert r.headers["x-request-id"] == rid
     rec_log = [x for x in keep.records if rid in x.getMessage()]
     assert rec_log and rec_log[0].exc_info and "injected fault" in str(rec_log[0].exc_info[1])
+
+
+def test_workers_share_the_port_and_one_mapped_copy(base_home, tmp_path):
+    """``--workers 2``: two processes answer on one port, both map the same release files,
+    and a newly published release reaches both."""
+    from recs_serving import mapped
+    from recs_serving import release as rf
+
+    home = _copy_home(base_home, tmp_path)
+    srv = Server(home, workers=2)
+    try:
+        pids = set()
+        deadline = time.time() + 60
+        while len(pids) < 2 and time.time() < deadline:
+            s, b = srv.readyz()
+            if s == 200:
+                pids.add(b["pid"])
+        assert len(pids) == 2, pids
+        cache = str(mapped.cache_root(home))
+        for pid in pids:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert cache in maps and ".npy" in maps, f"worker {pid} does not map the release cache"
+        name = "29990101T000000000000Z-next"
+        _second(home, name)
+        rf.set_current(home, name)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            seen = {srv.readyz()[1]["release"] for _ in range(20)}
+            if seen == {name}:
+                break
+            time.sleep(0.2)
+        assert seen == {name}
+        assert len(list(mapped.cache_root(home).glob(f"{name}-*"))) == 1  # built once for both workers
+    finally:
+        srv.stop()
