@@ -144,3 +144,18 @@ def test_one_line_source_cannot_retitle_a_product(bundled, tmp_path):
     assert run_ingest(home, {"sources": [], "catalog_paths": [str(cat)]}).success
     assert query(home, "SELECT title, price, category FROM recs.catalog WHERE item_id = '85123A'")[0] == (
         "Heart holder (catalog)", 9.5, "HOLDER")
+
+
+def test_same_key_from_another_file_is_replaced_with_a_warning(home, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, user in ((a, "ua"), (b, "ub")):
+        folder.mkdir()
+        (folder / "events.csv").write_text(f"user_id,item_id,ts,event\n{user},x,2023-01-01,view\n")
+    instance = dg.DagsterInstance.ephemeral()
+    for folder in (a, b):
+        result = dg.materialize([ingest], resources={"warehouse": Warehouse(path=str(home / "warehouse.duckdb"))},
+                                run_config={"ops": {"ingest": {"config": {"sources": [
+                                    {"kind": "events", "path": str(folder / "events.csv")}]}}}}, instance=instance)
+    assert query(home, "SELECT source, user_id FROM recs.interactions") == [("events.csv", "ub")]
+    warnings = [r.user_message for r in instance.all_logs(result.run_id) if "was last read from" in r.user_message]
+    assert warnings and str(a / "events.csv") in warnings[0] and "`name`" in warnings[0]

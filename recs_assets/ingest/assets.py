@@ -109,6 +109,10 @@ def ingest(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: W
                 + (f"; timestamps read as epoch {report.ts_unit}" if report.ts_unit else "")
                 + (f"; replaced rows of old keys {report.replaced_legacy_keys}" if report.replaced_legacy_keys else "")
             )
+            if report.previous_path:
+                context.log.warning(
+                    f"source {report.source!r} was last read from {report.previous_path}; its rows were replaced by "
+                    f"{source.path} (a moved checkout; for two different files give each source a `name`)")
             if spec.inbox:
                 context.log.info(f"{source.path}: ingested, moved to {inbox.move_done(Path(source.path))}")
             reports.append(report)
@@ -122,7 +126,7 @@ def ingest(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: W
             context.log.info(f"catalog {path}: {n} items")
         if config.exclusive:
             keep = [s.key for s in sources] + [default_name(p) for p in config.catalog_paths]
-            for table in ("interactions", "quarantine", "catalog_sources"):
+            for table in ("interactions", "quarantine", "catalog_sources", "source_paths"):
                 con.execute(f"DELETE FROM recs.{table} WHERE NOT list_contains(?, source)", [keep])
             load.rebuild_catalog(con)
         totals = load.summary(con)

@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS recs.interactions (
 CREATE TABLE IF NOT EXISTS recs.quarantine (
     source VARCHAR NOT NULL, row_no BIGINT NOT NULL, reason VARCHAR NOT NULL, raw VARCHAR,
     ingested_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS recs.source_paths (
+    source VARCHAR NOT NULL, path VARCHAR, ingested_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS recs.catalog_sources (
     source VARCHAR NOT NULL, priority INTEGER NOT NULL, item_id VARCHAR NOT NULL, title VARCHAR,
     description VARCHAR, brand VARCHAR, category VARCHAR, price DOUBLE, attributes VARCHAR);
@@ -40,6 +42,7 @@ class IngestReport:
     quarantined: dict[str, int] = field(default_factory=dict)
     ts_unit: str | None = None  # s/ms/us/ns when the source's timestamps are epoch numbers
     replaced_legacy_keys: list[str] = field(default_factory=list)
+    previous_path: str | None = None  # set when the same key was last read from another file
 
     @property
     def quarantined_total(self) -> int:
@@ -85,12 +88,17 @@ def ingest_events(con: duckdb.DuckDBPyConnection, source: Source, rules: TimeRul
     )
     derived = _derived_catalog(con, adapter)
     report.replaced_legacy_keys = _legacy_keys(con, source)
+    path = str(Path(source.path).resolve()) if source.path else None
+    last = con.execute("SELECT path FROM recs.source_paths WHERE source = ?", [source.key]).fetchall()
+    if last and last[0][0] and path and last[0][0] != path:
+        report.previous_path = last[0][0]
     con.execute("BEGIN TRANSACTION")
     try:
         key = [source.key]
-        for table in ("interactions", "quarantine", "catalog_sources"):
+        for table in ("interactions", "quarantine", "catalog_sources", "source_paths"):
             con.execute(f"DELETE FROM recs.{table} WHERE list_contains(?, source)",
                         [key + report.replaced_legacy_keys])
+        con.execute("INSERT INTO recs.source_paths VALUES (?, ?, now()::TIMESTAMP)", [source.key, path])
         con.execute("""
             INSERT INTO recs.interactions
             SELECT ?, user_id, item_id, ts, event, quantity, price, basket_id
