@@ -68,11 +68,13 @@ def _epoch(row_of, indptr, indices, X, Y, lr, reg, seeds, n_samples, popularity)
     n_threads = seeds.shape[0]
     per = (n_samples + n_threads - 1) // n_threads
     skipped = np.zeros(n_threads, dtype=np.int64)
+    losses = np.zeros(n_threads, dtype=np.float64)
     for t in prange(n_threads):
         state = seeds[t]
         lo_s = t * per
         hi_s = min(n_samples, lo_s + per)
         miss = 0
+        loss = 0.0
         for _ in range(lo_s, hi_s):
             state, r = _next(state)
             jj = _below(r, nnz)
@@ -98,6 +100,9 @@ def _epoch(row_of, indptr, indices, X, Y, lr, reg, seeds, n_samples, popularity)
                 g = np.float32(1.0)
             else:
                 g = np.float32(1.0) / (np.float32(1.0) + np.exp(z))
+            # sigmoid(-z): the chance the pair is mis-ordered, before the step; its epoch mean
+            # is the convergence signal (no extra exp/log per sample).
+            loss += g
             for a in range(k):
                 xu = X[u, a]
                 yi = Y[i, a]
@@ -108,7 +113,8 @@ def _epoch(row_of, indptr, indices, X, Y, lr, reg, seeds, n_samples, popularity)
             Y[i, k] += lr * (g - reg * Y[i, k])
             Y[j, k] += lr * (-g - reg * Y[j, k])
         skipped[t] = miss
-    return skipped.sum()
+        losses[t] = loss
+    return skipped.sum(), losses.sum()
 
 
 def fit(
@@ -120,6 +126,8 @@ def fit(
     regularization: float = 0.01,
     seed: int = 0,
     negatives: str = "uniform",
+    tol: float | None = None,
+    callback=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit BPR. Returns ``(user_factors, item_factors)`` of shape ``[n, factors + 1]``
     (float32); the last column carries the item bias (see the module docstring), so
@@ -129,6 +137,12 @@ def fit(
     magnitude is ignored. One iteration draws ``nnz`` samples. Users without interactions get
     zero factors (plus the constant 1.0 bias column, so they score by item bias alone);
     items never interacted with get zero factors and the lowest bias of any seen item.
+
+    ``tol``: stop early once an epoch's mean sigmoid(-z) over its samples (the soft share of
+    mis-ordered pairs, measured during the epoch) is less than ``tol`` (relative) below the mean of the 5 epochs before it, i.e. the
+    fit has stopped learning; checked from epoch 10 on. None runs every iteration.
+    ``callback(epoch, user_factors, item_factors)``, if given, runs after each epoch (progress
+    reporting); the arrays are the live factors, not copies.
     """
     ui = check_csr(user_items, "user_items")
     factors = check_int(factors, "factors", minimum=1)
@@ -160,10 +174,18 @@ def fit(
     lr = np.float32(learning_rate)
     reg = np.float32(regularization)
     popularity = negatives == "popularity"
+    if tol is not None:
+        tol = check_float(tol, "tol", minimum=0.0)
+    history = []
     for it, child in zip(range(iterations), seed_seq.spawn(iterations)):
         seeds = child.generate_state(n_threads, dtype=np.uint64)
         seeds[seeds == 0] = 0x9E3779B97F4A7C15  # xorshift state must be non-zero
-        _epoch(row_of, ui.indptr, ui.indices, X, Y, lr, reg, seeds, nnz, popularity)
+        skipped, loss = _epoch(row_of, ui.indptr, ui.indices, X, Y, lr, reg, seeds, nnz, popularity)
+        history.append(loss / max(1, nnz - skipped))
+        if callback is not None:
+            callback(it, X, Y)
+        if tol is not None and it >= 10 and history[-1] > (1.0 - tol) * np.mean(history[-6:-1]):
+            break
     if empty_items.any():
         # Never-seen items only ever appear as negatives, so SGD drifts them to arbitrary
         # directions. Reset them: zero factors and the lowest learned bias, so they rank

@@ -117,3 +117,18 @@ def test_bpr_rejects_bad_matrix():
     m = sp.csr_matrix(np.array([[1.0, -2.0], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="negative"):
         bpr.fit(m)
+
+
+def test_bpr_callback_and_convergence_stop():
+    train, held = _planted(n_users=600, n_items=200, seed=2)
+    epochs = []
+    X, Y = bpr.fit(train, factors=8, iterations=400, seed=0, tol=0.01, callback=lambda e, X, Y: epochs.append(e))
+    # The loss flattens long before 400 epochs on this small matrix, and stopping there keeps
+    # what was learned.
+    assert 10 < len(epochs) < 400 and epochs == list(range(len(epochs)))
+    assert _auc(X, Y, train, held) > 0.75
+    seen = []
+    bpr.fit(train, factors=4, iterations=3, seed=0, callback=lambda e, X, Y: seen.append(e))
+    assert seen == [0, 1, 2]
+    with pytest.raises(ValueError, match="tol"):
+        bpr.fit(train, factors=4, iterations=3, tol=-1.0)
