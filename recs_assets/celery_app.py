@@ -38,10 +38,9 @@ SETTINGS = {
 
 
 def app_args() -> dict:
-    # The worker imports the definitions (numba, polars, ...) once at start, before it forks its
-    # pool, instead of in every task.
-    return {"broker": broker_url(), "backend": backend_url(), "include": ["recs_assets.definitions"],
-            "config_source": dict_wrapper(dict(SETTINGS))}
+    # The definitions are not imported before the pool forks (LanceDB's runtime is not fork-safe);
+    # each pool process imports them with its first task and keeps them.
+    return {"broker": broker_url(), "backend": backend_url(), "include": [], "config_source": dict_wrapper(dict(SETTINGS))}
 
 
 app = make_app(app_args())

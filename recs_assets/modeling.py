@@ -43,6 +43,8 @@ class BPRParams(dg.Config):
     learning_rate: float = Field(0.05, gt=0)
     regularization: float = Field(0.01, ge=0)
     seed: int = 0
+    tol: float | None = Field(0.01, ge=0, description="Stop once an epoch's loss is less than this (relative) "
+                              "below the 5 before it; null runs every iteration")
 
 
 class CovisParams(dg.Config):
@@ -156,14 +158,14 @@ def build_matrix(events: pl.DataFrame, item_ids: np.ndarray, params: MatrixParam
     return Matrix(users["user_id"].to_numpy().astype(object), np.asarray(item_ids, dtype=object), W, B, P, as_of)
 
 
-def fit_als(m: Matrix, p: ALSParams):
+def fit_als(m: Matrix, p: ALSParams, callback=None):
     return als.fit(m.weights, factors=p.factors, iterations=p.iterations, regularization=p.regularization,
-                   alpha=p.alpha, seed=p.seed)
+                   alpha=p.alpha, seed=p.seed, callback=callback)
 
 
-def fit_bpr(m: Matrix, p: BPRParams):
+def fit_bpr(m: Matrix, p: BPRParams, callback=None):
     return bpr.fit(m.binary, factors=p.factors, iterations=p.iterations, learning_rate=p.learning_rate,
-                   regularization=p.regularization, seed=p.seed)
+                   regularization=p.regularization, seed=p.seed, tol=p.tol, callback=callback)
 
 
 def with_sessions(events: pl.DataFrame, gap_minutes: float = SESSION_GAP_MINUTES) -> pl.DataFrame:

@@ -6,6 +6,7 @@ from pydantic import Field
 
 from recs_assets import io, markdown, modeling
 from recs_assets.features import load_matrix
+from recs_assets.progress import Progress
 from recs_assets.resources import ArtifactStore, Warehouse
 from recs_kernels import fpgrowth, rules as rules_kernel
 
@@ -150,9 +151,10 @@ def factor_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
                               description="Every factor is finite and not all zero")]
 
 
-def _fit_and_store(name: str, fit, config, warehouse: Warehouse, artifacts: ArtifactStore):
+def _fit_and_store(name: str, fit, config, warehouse: Warehouse, artifacts: ArtifactStore, log=None):
     m = load_matrix(artifacts)
-    U, V = fit(m, config)
+    report = Progress(log, f"{name} iterations", config.iterations) if log else None
+    U, V = fit(m, config, callback=(lambda it, X, Y: report(it + 1)) if report else None)
     artifacts.save(name, meta=config.model_dump(), user_factors=U, item_factors=V)
     prefix = name.removesuffix("_factors")
     with warehouse.connect() as con:
@@ -168,7 +170,7 @@ def _fit_and_store(name: str, fit, config, warehouse: Warehouse, artifacts: Arti
                       "recs.als_user_factors, recs.als_item_factors")
 def als_factors(context: dg.AssetExecutionContext, config: modeling.ALSParams, warehouse: Warehouse,
                 artifacts: ArtifactStore):
-    yield from _fit_and_store("als_factors", modeling.fit_als, config, warehouse, artifacts)
+    yield from _fit_and_store("als_factors", modeling.fit_als, config, warehouse, artifacts, log=context.log.info)
 
 
 @dg.asset(group_name=GROUP, kinds={"numba", "numpy", "duckdb"}, deps=["interaction_matrix"], pool="duckdb_writer",
@@ -177,4 +179,4 @@ def als_factors(context: dg.AssetExecutionContext, config: modeling.ALSParams, w
                       "recs.bpr_user_factors, recs.bpr_item_factors")
 def bpr_factors(context: dg.AssetExecutionContext, config: modeling.BPRParams, warehouse: Warehouse,
                 artifacts: ArtifactStore):
-    yield from _fit_and_store("bpr_factors", modeling.fit_bpr, config, warehouse, artifacts)
+    yield from _fit_and_store("bpr_factors", modeling.fit_bpr, config, warehouse, artifacts, log=context.log.info)

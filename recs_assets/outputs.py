@@ -129,7 +129,7 @@ def load_blend(artifacts: ArtifactStore, request: modeling.RequestParams):
 
 @dg.asset(group_name=GROUP, kinds={"numba", "parquet"}, partitions_def=shards,
           deps=["als_factors", "bpr_factors", "item_similarity", "covisitation", "association_rules",
-                "catalog_embeddings", "popularity", "interaction_matrix"],
+                "catalog_embeddings", "popularity", "interaction_matrix", "evaluation"],
           description="Top-N per known user from the served blend (recs_kernels.blend.SOURCES), "
                       "already-seen items excluded; partitioned by a stable hash of the user id; recs.batch_topn")
 def batch_topn(context: dg.AssetExecutionContext, config: TopNConfig, artifacts: ArtifactStore) -> dg.MaterializeResult:

@@ -55,22 +55,38 @@ def built(sample, tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     mp = pytest.MonkeyPatch()
     mp.setenv("RECS_HOME", str(home))
-    with dg.DagsterInstance.ephemeral() as instance:
-        results = pipeline.materialize_all(instance, run_config=run_config(sample))
-        yield home, results, instance
+    with dg.instance_for_test(temp_dir=str(home / "dagster")) as instance:
+        runs = pipeline.run_all(instance, run_config=run_config(sample))
+        yield home, runs, instance
     mp.undo()
 
 
 def test_every_asset_and_check_succeeds(built):
-    home, results, _ = built
+    home, runs, instance = built
     materialized = set()
-    for name, result in results.items():
-        assert result.success, name
-        materialized |= {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-        for ev in result.get_asset_check_evaluations():
+    for name, run_id in runs.items():
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS, name
+        materialized |= {e.dagster_event.asset_key.to_user_string()
+                         for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)}
+        for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+            ev = e.dagster_event.event_specific_data
             assert ev.passed, ev.check_name
     expected = {k.to_user_string() for k in definitions.defs.resolve_all_asset_keys()}
     assert materialized == expected
+
+
+def test_runs_are_named_jobs_and_can_be_re_executed(built):
+    home, runs, instance = built
+    jobs = {r.job_name for r in instance.get_runs()}
+    assert jobs == {"recs_models", "recs_topn_shards", "recs_publish"}
+    shard_runs = instance.get_runs(dg.RunsFilter(job_name="recs_topn_shards"))
+    assert sorted(r.tags["dagster/partition"] for r in shard_runs) == outputs.shards.get_partition_keys()
+    parent = shard_runs[0]
+    with dg.execute_job(pipeline._recon("recs_topn_shards"), instance,
+                        reexecution_options=dg.ReexecutionOptions(parent_run_id=parent.run_id)) as result:
+        assert result.success
+        assert result.dagster_run.tags["dagster/partition"] == parent.tags["dagster/partition"]
+        assert result.dagster_run.parent_run_id == parent.run_id
 
 
 def test_release_round_trips_through_the_reader(built):
@@ -155,18 +171,24 @@ sys.exit(0 if r.success else 1)
 """
 
 
-def test_two_shards_materialize_in_parallel(built):
-    """Two shard runs at once, in two processes sharing the warehouse (as two workers would)."""
+def test_two_shards_materialize_in_parallel_without_the_warehouse(built):
+    """Two shard runs at once, in two processes (as two workers would), while another process
+    holds the warehouse file: shards write Parquet parts and never wait for it."""
     home, _, _ = built
     env = {**os.environ, "RECS_HOME": str(home)}
-    procs = [subprocess.Popen([sys.executable, "-c", SHARD_SCRIPT, key], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-             for key in outputs.shards.get_partition_keys()[:2]]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    with duckdb.connect(str(home / "warehouse.duckdb")):  # DuckDB: no other process can open the file now
+        procs = [subprocess.Popen([sys.executable, "-c", SHARD_SCRIPT, key], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+                 for key in outputs.shards.get_partition_keys()[:2]]
+        outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
-    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+    frame, params = outputs.read_parts(home=home)
+    assert params["n"] == 5
+    assert frame.group_by("shard").agg(pl.col("rank").max()).sort("shard").rows() == [(0, 5), (1, 5)]
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:  # the view reads the parts
         rows = con.execute("SELECT shard, max(rank) FROM recs.batch_topn GROUP BY 1 ORDER BY 1").fetchall()
     assert rows == [(0, 5), (1, 5)]
+    assert not list(outputs.parts_dir(home=home).glob(".*"))
 
 
 def _readme_queries():
