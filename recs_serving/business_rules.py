@@ -165,6 +165,34 @@ def _attributes(rel) -> list:
     return out
 
 
+_ATTRS: "OrderedDict[str, list]" = OrderedDict()
+
+
+def item_attributes(rel) -> list:
+    """The catalog ``attributes`` of a release's items (parsed JSON or None), cached per release."""
+    key = str(rel.path)
+    got = _ATTRS.get(key)
+    if got is None:
+        got = _ATTRS[key] = _attributes(rel)
+        while len(_ATTRS) > 3:
+            _ATTRS.popitem(last=False)
+    return got
+
+
+def _norm(x) -> str:
+    return str(x).strip().lower()  # true/"true"/"True", 1/"1", "Red"/"red" compare equal
+
+
+def attribute_mask(rel, conditions: dict[str, list]) -> np.ndarray:
+    """Items whose attributes match every ``name: [values]`` (any of the values)."""
+    attrs = item_attributes(rel)
+    m = np.ones(rel.n_items, bool)
+    for name, vals in conditions.items():
+        want = {_norm(v) for v in vals}
+        m &= np.fromiter((bool(a) and name in a and _norm(a[name]) in want for a in attrs), bool, len(attrs))
+    return m
+
+
 def _match(rel, r: dict, attrs_fn) -> np.ndarray:
     """Boolean mask of the items a rule names."""
     m = np.ones(rel.n_items, bool)
@@ -197,7 +225,7 @@ def compile_rules(rel, rows: Iterable[dict]) -> Compiled:
 
     def attrs():
         if "a" not in cache:
-            cache["a"] = _attributes(rel)
+            cache["a"] = item_attributes(rel)
         return cache["a"]
 
     blocked = np.zeros(n, bool)

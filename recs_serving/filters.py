@@ -49,6 +49,8 @@ class CompiledFilter:
                 op, value = payload
                 with np.errstate(invalid="ignore"):
                     m &= op(rel.price[idx], value)  # NaN prices never pass
+            elif kind == "mask":
+                m &= payload[idx]
         return m
 
     def full_mask(self, rel: LoadedRelease) -> np.ndarray:
@@ -87,4 +89,11 @@ def compile_filter(rel: LoadedRelease, brand: str | None, filters: dict) -> Comp
         conds.append(("price", (operator.le, filters["price_max"])))
     for op, value in (filters.get("price") or {}).items():
         conds.append(("price", (_OPS[op], value)))
+    if filters.get("attributes"):
+        from .business_rules import attribute_mask
+
+        mask = attribute_mask(rel, filters["attributes"])
+        if not mask.any():
+            return CompiledFilter((), impossible=True)
+        conds.append(("mask", mask))
     return CompiledFilter(tuple(conds))

@@ -33,7 +33,9 @@ STRING_FILTERS = ("brand", "category", "item_id_prefix")
 NUMBER_FILTERS = ("price_min", "price_max")
 RANGE_FILTERS = ("price",)
 RANGE_OPS = ("gt", "gte", "lt", "lte", "eq")
-FILTER_KEYS = STRING_FILTERS + NUMBER_FILTERS + RANGE_FILTERS
+ATTRIBUTE_FILTERS = ("attributes",)  # {"colour": "red", "in_stock": true}: the catalog's free-form columns
+MAX_ATTRIBUTE_FILTERS = 20
+FILTER_KEYS = STRING_FILTERS + NUMBER_FILTERS + RANGE_FILTERS + ATTRIBUTE_FILTERS
 MAX_FILTER_VALUES = 100
 
 
@@ -63,6 +65,24 @@ def _finite(v: Any) -> float | None:
     return f if f == f and abs(f) != float("inf") else None
 
 
+def _attribute_filter(v: Any) -> dict[str, list]:
+    """``{name: value or [values]}``; values are strings, finite numbers or booleans."""
+    if not isinstance(v, dict) or not v or len(v) > MAX_ATTRIBUTE_FILTERS:
+        raise ValueError(f"filter 'attributes' takes an object of 1..{MAX_ATTRIBUTE_FILTERS} attribute: value(s)")
+    out = {}
+    for name, vals in v.items():
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_ID_LEN:
+            raise ValueError("filter 'attributes': names are non-empty strings")
+        vals = vals if isinstance(vals, list) else [vals]
+        ok = vals and len(vals) <= MAX_FILTER_VALUES and all(
+            isinstance(x, bool) or (isinstance(x, str) and len(x) <= MAX_ID_LEN) or (isinstance(x, (int, float)) and _finite(x) is not None)
+            for x in vals)
+        if not ok:
+            raise ValueError(f"filter 'attributes'.{name} takes a string, number or boolean, or a list of 1..{MAX_FILTER_VALUES}")
+        out[name] = vals
+    return out
+
+
 def validate_filters(value: dict[str, Any]) -> dict[str, Any]:
     """Check filter names against the whitelist and values against their type."""
     out: dict[str, Any] = {}
@@ -74,6 +94,8 @@ def validate_filters(value: dict[str, Any]) -> dict[str, Any]:
             if not vals or len(vals) > MAX_FILTER_VALUES or not all(isinstance(s, str) and 0 < len(s) <= MAX_ID_LEN for s in vals):
                 raise ValueError(f"filter {key!r} takes a non-empty string or a list of 1..{MAX_FILTER_VALUES} of them")
             out[key] = vals
+        elif key in ATTRIBUTE_FILTERS:
+            out[key] = _attribute_filter(v)
         elif key in NUMBER_FILTERS:
             x = _finite(v)
             if x is None:
@@ -115,6 +137,7 @@ class Filters(TypedDict, total=False):
     price_min: float
     price_max: float
     price: PriceRange
+    attributes: dict[str, str | float | bool | list[str | float | bool]]
 
 
 def _filters_before(v: Any) -> Any:

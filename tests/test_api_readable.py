@@ -176,3 +176,25 @@ def test_prometheus_metrics_include_process_and_release(readable_client, readabl
 
     names = {f.name for f in text_string_to_metric_families(text)}
     assert {"recs_requests", "recs_request_duration_seconds", "recs_release_ready", "process_start_time_seconds"} <= names
+
+
+def test_filters_on_catalog_attributes(readable_client, readable_rec):
+    import json as _json
+
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(readable_rec.release.path / "items.parquet", columns=["item_id", "attributes"]).to_pylist()
+    attrs = {r["item_id"]: _json.loads(r["attributes"]) for r in t}
+    for path, body in (("/v1/recommend", {"user_id": "12347", "k": 10}), ("/v1/recommend", {"k": 10}),
+                       ("/v1/cart/addons", {"item_ids": ["85123A"], "k": 10}),
+                       ("/v1/recommend/batch", {"user_ids": ["12347", "nobody"], "k": 10})):
+        r = readable_client.post(path, json={**body, "filters": {"attributes": {"colour": "red", "in_stock": True}}})
+        assert r.status_code == 200, r.text
+        j = r.json()
+        lists = j["results"].values() if "results" in j else [j["items"]]
+        for items in lists:
+            assert items and all(attrs[it["item_id"]]["colour"] == "red" and attrs[it["item_id"]]["in_stock"] for it in items), path
+    none = readable_client.post("/v1/recommend", json={"k": 5, "filters": {"attributes": {"colour": "ultraviolet"}}})
+    assert none.status_code == 200 and none.json()["items"] == []
+    bad = readable_client.post("/v1/recommend", json={"k": 5, "filters": {"attributes": {"colour": {"nested": 1}}}})
+    assert bad.status_code == 400 and "attributes" in bad.text
