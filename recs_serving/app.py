@@ -44,12 +44,13 @@ from .schemas import (
     ItemDetail,
     UserDetail,
 )
+from litestar.openapi.spec import Example
 from .api_docs import BatchBody, CartBody, ItemPath, RecommendBody, UserPath, TAGS, cors_config
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a full request (200 recent events, 1000 users) fits easily
 ADMIN_TOKEN_ENV = "RECS_ADMIN_TOKEN"
 
-KQuery = Annotated[int, QueryParameter(ge=1, le=MAX_K, description=f"number of results, 1..{MAX_K}")]
+KQuery = Annotated[int, QueryParameter(ge=1, le=MAX_K, description=f"number of results, 1..{MAX_K}", examples=[Example(value=5)])]
 
 
 def _rec(request: Request) -> Recommender:
