@@ -167,6 +167,19 @@ def test_ragged_csv_rows_are_quarantined_and_the_header_kept(home, tmp_path):
     assert sorted(r[0] for r in query(home, "SELECT user_id FROM recs.interactions")) == ["u1", "u3"]
 
 
+def test_quoted_newlines_still_read_and_a_late_ragged_line_is_named(home, tmp_path):
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text('user_id,item_id,ts,event,note\nu1,a,1700000000000,view,"two\nlines"\nu2,b,1700000000000,view,"x, y"\n')
+    assert run_ingest(home, {"sources": [{"kind": "events", "path": str(quoted)}]}).success
+    assert query(home, "SELECT count(*) FROM recs.interactions")[0][0] == 2
+    late = tmp_path / "late.csv"  # the ragged line lies beyond the sniffer's sample
+    late.write_text("user_id,item_id,ts,event\n" + "".join(f"u{i},a,1700000000000,view\n" for i in range(30_000))
+                    + "u9,b,1700000000000,view,extra\n")
+    result = run_ingest(home, {"sources": [{"kind": "events", "path": str(late)}]}, raise_on_error=False)
+    text = failure_text(result)
+    assert "late.csv" in text and "Line: 30002" in text and "user_id" not in text.split("Line")[0].split("late.csv")[1]
+
+
 # ------------------------------------------------------------------------------ disk and lock
 
 

@@ -103,12 +103,30 @@ def _reader(path: str) -> str:
     if lower.endswith(".parquet") or lower.endswith(".pq"):
         return f"read_parquet({_lit(path)})"
     if lower.endswith(".csv") or lower.endswith(".csv.gz") or lower.endswith(".tsv"):
-        # null_padding: a ragged row gets its extra fields as columnN (quarantined as
-        # ragged_row) instead of the sniffer taking a longer line for the header
-        return f"read_csv({_lit(path)}, header=true, all_varchar=false, null_padding=true)"
+        if _ragged_csv(path):
+            # null_padding: a ragged row gets its extra fields as columnN (quarantined as
+            # ragged_row) instead of the sniffer taking a longer line for the header. The
+            # parallel reader cannot combine it with quoted newlines.
+            return f"read_csv({_lit(path)}, header=true, all_varchar=false, null_padding=true, parallel=false)"
+        return f"read_csv({_lit(path)}, header=true, all_varchar=false)"
     if lower.endswith(".json") or lower.endswith(".jsonl") or lower.endswith(".ndjson"):
         return f"read_json_auto({_lit(path)})"
     raise SourceError(f"{path}: unsupported file type (use .parquet, .csv or .jsonl)")
+
+
+def _ragged_csv(path: str) -> bool:
+    """The sniffer's columns are not the header line's: a line with more fields than the header
+    (within the sniffed sample) took its place. A ragged line further down fails the read
+    with DuckDB's message naming the line."""
+    header = _header(Source(kind="events", path=path))
+    if header is None:
+        return False
+    try:
+        with duckdb.connect() as con:
+            sniffed = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_csv({_lit(path)}, header=true)").fetchall()]
+    except duckdb.Error:
+        return True
+    return sniffed != header
 
 
 def _lit(text: str) -> str:
