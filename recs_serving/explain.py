@@ -192,7 +192,12 @@ def explain_code(code: str, view: CatalogView) -> str:
 
 def explain(codes: Iterable[str], view: CatalogView) -> str:
     codes = list(codes)
+    with_items = {c.partition(":")[2] for c in codes if c.startswith("bought_with:")}
+    # one sentence per item: "often bought with X" already says the shoppers who chose X chose this
+    codes = [c for c in codes if not (c.startswith("related_to:") and c.partition(":")[2] in with_items)]
     anchor = next((c for c in codes if c.startswith("because_you_bought:")), None)
+    if anchor and anchor.partition(":")[2] in with_items:
+        codes = [c for c in codes if c != f"bought_with:{anchor.partition(':')[2]}"]
     if anchor and "for_you" in codes:  # one sentence: the taste model's pick and the purchase it resembles most
         rest = [c for c in codes if c not in ("for_you", anchor)]
         head = f"Picked for you because you bought {view.title(anchor.partition(':')[2])}"
