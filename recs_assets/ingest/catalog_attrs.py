@@ -36,6 +36,7 @@ MIN_BRAND_CATEGORIES = 3
 # a design line with anything: distinct next words (or the title's end) per title.
 MIN_BRAND_FOLLOWERS = 0.3
 MAX_BRAND_VARIANT = 0.35  # share of titles with a sibling differing only in this word
+VARIANT_SAMPLE = 200_000
 
 
 def _tokens(title: str, vocab: set[str] | None = None) -> list[str]:
@@ -144,10 +145,13 @@ def _brands(tokenized, segments, categories, modifiers: set[str], quantifiers: s
         for a, b in zip(flat, flat[1:] + [None]):
             followers[a].add(b)
     # Variant attributes: a title has a sibling identical but for this word (RED/BLUE, SMALL/LARGE).
-    fillers: dict[tuple, set] = defaultdict(set)
-    for ws in tokenized:
+    # (Keyed by hash and measured on at most VARIANT_SAMPLE titles: memory stays bounded.)
+    fillers: dict[int, set] = defaultdict(set)
+    step = max(1, len(tokenized) // VARIANT_SAMPLE)
+    for ws in tokenized[::step]:
         for j, w in enumerate(ws):
-            fillers[tuple(ws[:j]) + ("*",) + tuple(ws[j + 1:])].add(w)
+            fillers[hash((tuple(ws[:j]), tuple(ws[j + 1:])))].add(w)
+    n_sampled = Counter(w for ws in tokenized[::step] for w in set(ws))
     # Unit words come after a count ("3 TIER", "11 PC").
     after_count = Counter(b for ws in tokenized for a, b in zip(ws, ws[1:]) if a == COUNT)
     variant = Counter()
@@ -161,7 +165,7 @@ def _brands(tokenized, segments, categories, modifiers: set[str], quantifiers: s
         if w not in quantifiers and w not in FUNCTION
         and len(cats[w] - {None}) >= MIN_BRAND_CATEGORIES
         and len(followers[w]) >= MIN_BRAND_FOLLOWERS * n[w]
-        and variant[w] < MAX_BRAND_VARIANT * n[w]
+        and variant[w] < MAX_BRAND_VARIANT * n_sampled[w]
         and w not in types
         and 2 * after_count[w] < n[w]
     }
