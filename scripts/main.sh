@@ -8,5 +8,5 @@ API_PORT="${RECS_API_PORT:-8000}"
 .venv/bin/python -m recs_serving --port "$API_PORT" --home "$RECS_HOME" &
 API_PID=$!
 trap 'kill $API_PID 2>/dev/null' EXIT
-echo "[recs] API on http://127.0.0.1:$API_PORT (docs: /schema/swagger), Dagster UI on http://127.0.0.1:3000"
+echo "[recs] API on http://127.0.0.1:$API_PORT (pages: /ui, docs: /schema/swagger), Dagster UI on http://127.0.0.1:3000"
 .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
