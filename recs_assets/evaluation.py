@@ -1,128 +1,573 @@
-"""Temporal hold-out evaluation: every model is re-fit on the training period only."""
+"""Evaluate what is served.
+
+Models are fit on a training period with the functions the production assets use
+(``recs_assets.modeling``) and the configs those assets ran with, published as a release into
+a temporary RECS_HOME through the one release writer, loaded into the in-process
+``recs_serving.Recommender``, and the held-out period is replayed through its public API,
+one use case at a time:
+
+  homepage    a known user, their last events before the cut as ``recent``; truth: the items
+              new to them they bought (or, with no purchases in the data, interacted with)
+  session     the first half of a held-out session as ``recent`` of an anonymous visitor;
+              truth: the rest of the session
+  item_page   similar items of one item of a held-out session; truth: the next item
+  cart        cart add-ons of a held-out basket minus one item; truth: that item
+  cold_start  a user first seen after the cut, no events; truth: what they bought
+
+Sampling is seeded and bounded per use case, so the cost does not grow with the data.
+"""
 from __future__ import annotations
 
-from datetime import datetime
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from recs_assets import modeling
-from recs_kernels import rules as rules_kernel
+from recs_assets import io, modeling
+from recs_assets.features import aligned_values, basket_matrix, popularity_table
+from recs_assets.models import ItemsetConfig, RulesConfig, mine, rule_columns
+from recs_assets.outputs import TopNConfig
+from recs_kernels import blend as blend_kernel
 from recs_kernels import topk
+from recs_kernels.sources import SOURCES
 
-MODELS = ("popularity", "trending", "als", "bpr", "covisitation", "rules", "blend")
-
-
-def split(events: pl.DataFrame, cut: datetime):
-    return events.filter(pl.col("ts") < cut), events.filter(pl.col("ts") >= cut)
+USE_CASES = ("homepage", "session", "item_page", "cart", "cold_start")
 
 
-def ground_truth(train_m: modeling.Matrix, test: pl.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Known users' purchases after the cut of items that are new to them."""
-    urow = {u: i for i, u in enumerate(train_m.user_ids)}
-    icol = modeling.item_index(train_m.item_ids)
-    t = test.filter((pl.col("event") == "purchase") & pl.col("user_id").is_not_null()).select("user_id", "item_id").unique()
-    truth: dict[int, set[int]] = {}
-    seen = train_m.binary
-    for u, i in t.iter_rows():
-        r, c = urow.get(u), icol.get(i)
-        if r is None or c is None:
-            continue
-        lo, hi = seen.indptr[r], seen.indptr[r + 1]
-        if c in seen.indices[lo:hi]:
-            continue
-        truth.setdefault(r, set()).add(c)
-    rows = np.array(sorted(truth), dtype=np.int64)
-    return rows, [np.fromiter(truth[r], dtype=np.int64) for r in rows]
+# ----------------------------------------------------------------------------- configs
+@dataclass
+class Configs:
+    """The configs the production model assets ran with (read from their artifacts)."""
+
+    matrix: modeling.MatrixParams = field(default_factory=modeling.MatrixParams)
+    als: modeling.ALSParams = field(default_factory=modeling.ALSParams)
+    bpr: modeling.BPRParams = field(default_factory=modeling.BPRParams)
+    covis: modeling.CovisParams = field(default_factory=modeling.CovisParams)
+    similarity: modeling.SimilarityParams = field(default_factory=modeling.SimilarityParams)
+    popularity: modeling.PopularityParams = field(default_factory=modeling.PopularityParams)
+    itemsets: ItemsetConfig = field(default_factory=ItemsetConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    topn: TopNConfig = field(default_factory=TopNConfig)
+    similar_k: int = 20
+
+    def dump(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.model_dump() if hasattr(v, "model_dump") else v
+        return out
 
 
-def metrics(ids: np.ndarray, truth: list[np.ndarray], n_items: int, k: int = 10) -> dict[str, float]:
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    recall, ndcg = [], []
-    for row, t in zip(ids[:, :k], truth):
-        hits = np.isin(row, t)
-        recall.append(hits.sum() / min(k, len(t)))
-        ndcg.append((hits * discounts).sum() / discounts[: min(k, len(t))].sum())
-    valid = ids[:, :k][ids[:, :k] >= 0]
-    return {
-        f"recall@{k}": float(np.mean(recall)) if recall else 0.0,
-        f"ndcg@{k}": float(np.mean(ndcg)) if ndcg else 0.0,
-        "coverage": float(len(np.unique(valid)) / max(n_items, 1)),
+def _from_meta(cls, meta: dict):
+    return cls.model_validate({k: v for k, v in meta.items() if k in cls.model_fields})
+
+
+# artifact name -> (Configs field, config class, where in the meta the config is)
+ARTIFACT_CONFIGS = {
+    "interaction_matrix": ("matrix", modeling.MatrixParams, "params"),
+    "als_factors": ("als", modeling.ALSParams, None),
+    "bpr_factors": ("bpr", modeling.BPRParams, None),
+    "covisitation": ("covis", modeling.CovisParams, None),
+    "item_similarity": ("similarity", modeling.SimilarityParams, None),
+    "popularity": ("popularity", modeling.PopularityParams, None),
+    "frequent_itemsets": ("itemsets", ItemsetConfig, None),
+}
+
+
+def configs_from_artifacts(artifacts) -> Configs:
+    """One config, no copies: every re-fit uses what the production asset recorded."""
+    cfg = Configs()
+    for name, (attr, cls, key) in ARTIFACT_CONFIGS.items():
+        meta = artifacts.meta(name)
+        setattr(cfg, attr, _from_meta(cls, meta.get(key, {}) if key else meta))
+    cfg.rules = _from_meta(RulesConfig, artifacts.meta("rules"))  # written by association_rules
+    return cfg
+
+
+# ----------------------------------------------------------------------------- periods
+def resolve_cut(events: pl.DataFrame, cut: str | None, test_fraction: float = 0.1) -> datetime:
+    """``cut`` when it leaves events on both sides; otherwise the time by which
+    ``1 - test_fraction`` of the events happened (no calendar of any particular data set)."""
+    if events.height == 0:
+        raise ValueError("no events to evaluate on")
+    lo, hi = events["ts"].min(), events["ts"].max()
+    if cut:
+        wanted = datetime.fromisoformat(cut)
+        if lo < wanted <= hi:
+            return wanted
+    ts = events["ts"].sort()
+    q = ts.gather(min(events.height - 1, int(events.height * (1.0 - test_fraction))))[0]
+    return q if q > lo else hi
+
+
+def validation_start(events: pl.DataFrame, cut: datetime, valid_days: float) -> datetime:
+    """``cut - valid_days``, shortened to half of the time before the cut on short data."""
+    lo = events["ts"].min()
+    span = cut - lo
+    return cut - min(timedelta(days=valid_days), span / 2)
+
+
+def positives(frame: pl.DataFrame) -> pl.DataFrame:
+    """Purchases, or every event when the data has no purchases (ratings, clicks)."""
+    p = frame.filter(pl.col("event") == "purchase")
+    return p if p.height else frame
+
+
+# ----------------------------------------------------------------------------- cases
+@dataclass
+class Cases:
+    """The queries of one held-out period, per use case, and why a use case has none."""
+
+    queries: dict = field(default_factory=dict)  # use case -> list of (request, truth item ids)
+    skipped: dict = field(default_factory=dict)  # use case -> reason
+    seeds: set = field(default_factory=set)  # item ids that anchor a query (similar items are computed for them)
+    topn_users: list = field(default_factory=list)
+
+    def counts(self) -> dict:
+        return {u: len(q) for u, q in self.queries.items()}
+
+
+def _ms(ts) -> int:
+    return int(ts.timestamp() * 1000) if isinstance(ts, datetime) else int(ts)
+
+
+def _sample(n: int, cap: int, rng: np.random.Generator) -> np.ndarray:
+    return np.arange(n) if n <= cap else np.sort(rng.choice(n, cap, replace=False))
+
+
+def build_cases(train: pl.DataFrame, held: pl.DataFrame, item_ids: np.ndarray, *, max_users: int, recent_events: int,
+                seed: int, session_gap_minutes: float = modeling.SESSION_GAP_MINUTES, use_cases=USE_CASES) -> Cases:
+    """Queries replaying ``held`` for models fit on ``train`` (seeded, at most ``max_users`` per use case)."""
+    from recs_serving.schemas import CartAddonsRequest, Interaction, RecommendRequest
+
+    rng = np.random.default_rng(seed)
+    known_items = set(item_ids.tolist())
+    held = held.filter(pl.col("item_id").is_in(list(known_items)))
+    out = Cases()
+    train_users = train.filter(pl.col("user_id").is_not_null()).select("user_id").unique()
+    pos = positives(held).filter(pl.col("user_id").is_not_null()).select("user_id", "item_id").unique()
+
+    if "homepage" in use_cases:
+        seen = train.filter(pl.col("user_id").is_not_null()).select("user_id", "item_id").unique()
+        new = pos.join(train_users, on="user_id").join(seen, on=["user_id", "item_id"], how="anti")
+        truth = new.group_by("user_id").agg("item_id").sort("user_id")
+        pick = _sample(truth.height, max_users, rng)
+        truth = truth[pick] if truth.height else truth
+        if truth.height == 0:
+            out.skipped["homepage"] = "no known user bought an item new to them in the held-out period"
+        else:
+            last = (train.join(truth.select("user_id"), on="user_id").sort("ts")
+                    .group_by("user_id", maintain_order=True).tail(recent_events))
+            recent = {u: [Interaction(item_id=i, timestamp=_ms(t), event=e) for i, t, e in zip(g["item_id"], g["ts"], g["event"])]
+                      for (u,), g in last.group_by("user_id")}
+            out.queries["homepage"] = [
+                (RecommendRequest(user_id=u, k=10, recent=recent.get(u, [])), list(items))
+                for u, items in truth.iter_rows()]
+            out.topn_users = truth["user_id"].to_list()
+            out.seeds |= {r.item_id for rs in recent.values() for r in rs}
+
+    if "cold_start" in use_cases:
+        cold = pos.join(train_users, on="user_id", how="anti").group_by("user_id").agg("item_id").sort("user_id")
+        if cold.height == 0:
+            out.skipped["cold_start"] = "no new users in the held-out period"
+        else:
+            cold = cold[_sample(cold.height, max_users, rng)]
+            out.queries["cold_start"] = [(RecommendRequest(user_id=None, k=10), list(items)) for _, items in cold.iter_rows()]
+
+    if {"session", "item_page"} & set(use_cases):
+        s = modeling.with_sessions(held, session_gap_minutes).sort("session", "ts", maintain_order=True).unique(["session", "item_id"], keep="first", maintain_order=True)
+        groups = s.group_by("session", maintain_order=True).agg("item_id", "ts", "event").filter(pl.col("item_id").list.len() >= 2)
+        groups = groups.sort("session")
+        if groups.height == 0:
+            out.skipped["session"] = out.skipped["item_page"] = "no held-out session has two distinct items"
+        else:
+            if "session" in use_cases:
+                g = groups[_sample(groups.height, max_users, rng)]
+                qs = []
+                for _, items, ts, ev in g.iter_rows():
+                    h = max(1, min(len(items) // 2, recent_events))
+                    recent = [Interaction(item_id=i, timestamp=_ms(t), event=e) for i, t, e in zip(items[:h], ts[:h], ev[:h])]
+                    qs.append((RecommendRequest(user_id=None, k=10, recent=recent), list(items[h:])))
+                    out.seeds |= set(items[:h])
+                out.queries["session"] = qs
+            if "item_page" in use_cases:
+                g = groups[_sample(groups.height, max_users, rng)]
+                qs = []
+                for _, items, _, _ in g.iter_rows():
+                    j = int(rng.integers(0, len(items) - 1))
+                    qs.append((items[j], [items[j + 1]]))
+                    out.seeds.add(items[j])
+                out.queries["item_page"] = qs
+
+    if "cart" in use_cases:
+        b = (held.filter((pl.col("event") == "purchase") & pl.col("basket_id").is_not_null())
+             .select("basket_id", "item_id").unique(maintain_order=True)
+             .group_by("basket_id").agg(pl.col("item_id").sort()).filter(pl.col("item_id").list.len() >= 2).sort("basket_id"))
+        if b.height == 0:
+            out.skipped["cart"] = "no held-out purchase basket with two items (the data has no basket ids)" \
+                if held["basket_id"].null_count() == held.height else "no held-out purchase basket with two items"
+        else:
+            b = b[_sample(b.height, max_users, rng)]
+            qs = []
+            for _, items in b.iter_rows():
+                j = int(rng.integers(0, len(items)))
+                cart = items[:j] + items[j + 1:]
+                qs.append((CartAddonsRequest(item_ids=cart[:200], k=10), [items[j]]))
+                out.seeds |= set(cart[:200])
+            out.queries["cart"] = qs
+    return out
+
+
+# ----------------------------------------------------------------------------- models
+@dataclass
+class PeriodModels:
+    """Everything fit on one training period (train-period fits are reused across use cases
+    and tuning trials; only what a hyperparameter touches is re-fit)."""
+
+    events: pl.DataFrame
+    item_ids: np.ndarray
+    as_of: datetime
+    cfg: Configs
+    matrix: modeling.Matrix
+    als: tuple
+    bpr: tuple
+    covis: sp.csr_matrix
+    similarity: sp.csr_matrix
+    popularity: tuple  # (global, trending)
+    rules: dict | None
+    rules_note: str = ""
+
+
+def fit_rules(events: pl.DataFrame, item_ids: np.ndarray, cfg: Configs) -> tuple[dict | None, str]:
+    B, _ = basket_matrix(events, item_ids)
+    if B.shape[0] == 0 or B.nnz == 0:
+        return None, "no purchase baskets in the training period: no rules"
+    itemsets, support = mine(B, cfg.itemsets)
+    if not len(itemsets):
+        return None, f"no frequent itemsets in {B.shape[0]} baskets: no rules"
+    return rule_columns(itemsets, support, B.shape[0], cfg.rules), f"{len(itemsets)} itemsets from {B.shape[0]} baskets"
+
+
+def fit_period(events: pl.DataFrame, item_ids: np.ndarray, cfg: Configs, as_of: datetime) -> PeriodModels:
+    """Every model on ``events`` (all before ``as_of``), ages measured from ``as_of``."""
+    m = modeling.build_matrix(events, item_ids, cfg.matrix, as_of=as_of)
+    rules, note = fit_rules(events, item_ids, cfg)
+    return PeriodModels(
+        events=events, item_ids=item_ids, as_of=as_of, cfg=cfg, matrix=m,
+        als=modeling.fit_als(m, cfg.als), bpr=modeling.fit_bpr(m, cfg.bpr),
+        covis=sp.csr_matrix(modeling.covisitation(events, item_ids, cfg.covis)),
+        similarity=modeling.user_similarity(events, item_ids, cfg.similarity),
+        popularity=modeling.popularity_scores(events, item_ids, cfg.popularity.trending_days, as_of=as_of),
+        rules=rules, rules_note=note,
+    )
+
+
+def refit(pm: PeriodModels, cfg: Configs) -> PeriodModels:
+    """``pm`` with the parts ``cfg`` changes re-fit (matrix decay -> matrix and ALS; ALS -> ALS)."""
+    out = dataclasses.replace(pm, cfg=cfg)
+    if cfg.matrix != pm.cfg.matrix:
+        out.matrix = modeling.build_matrix(pm.events, pm.item_ids, cfg.matrix, as_of=pm.as_of)
+        out.als = modeling.fit_als(out.matrix, cfg.als)
+    elif cfg.als != pm.cfg.als:
+        out.als = modeling.fit_als(pm.matrix, cfg.als)
+    return out
+
+
+# ----------------------------------------------------------------------------- release
+def _similar_rows(M: np.ndarray, rows: np.ndarray, k: int, item_ids: np.ndarray, source: str) -> pl.DataFrame:
+    """Cosine top-k neighbours of the items ``rows`` only (what the replay can reach)."""
+    norms = np.linalg.norm(M.astype(np.float64), axis=1)
+    W = (M / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
+    k = min(k, max(1, W.shape[0] - 1))
+    ex = sp.csr_matrix((np.ones(len(rows), np.float32), (np.arange(len(rows)), rows)), shape=(len(rows), W.shape[0]))
+    ids, scores = topk.batch(W[rows], W, k, ex)
+    r, c = np.nonzero(ids >= 0)
+    return pl.DataFrame({"item_id": pl.Series(item_ids[rows[r]], dtype=pl.String), "rank": (c + 1).astype(np.int32),
+                         "similar_item_id": pl.Series(item_ids[ids[r, c]], dtype=pl.String),
+                         "score": scores[r, c].astype(np.float32), "source": [source] * len(r)})
+
+
+RULE_SCHEMA = {"antecedents": pl.List(pl.String), "consequents": pl.List(pl.String), "support": pl.Float64,
+               "confidence": pl.Float64, "lift": pl.Float64}
+
+
+def _rules_table(cols: dict | None, item_ids: np.ndarray) -> pl.DataFrame:
+    if not cols or not len(cols.get("antecedents", [])):
+        return pl.DataFrame(schema=RULE_SCHEMA)
+    return pl.DataFrame({
+        "antecedents": [[item_ids[i] for i in a] for a in cols["antecedents"]],
+        "consequents": [[item_ids[i] for i in c] for c in cols["consequents"]],
+        **{k: np.asarray(v, dtype=np.float64) for k, v in cols.items() if k not in ("antecedents", "consequents")},
+    }, schema_overrides={"antecedents": pl.List(pl.String), "consequents": pl.List(pl.String)})
+
+
+def _rules_csr(cols: dict | None, n_items: int) -> sp.csr_matrix:
+    if not cols or not len(cols.get("antecedents", [])):
+        return sp.csr_matrix((n_items, n_items), dtype=np.float32)
+    return modeling.rules_matrix(list(cols["antecedents"]), list(cols["consequents"]), cols["confidence"], n_items)
+
+
+def topn_config(cfg: Configs, weights: dict | None = None, mmr_lambda: float | None = None) -> TopNConfig:
+    t = cfg.topn
+    blend = {**t.blend.model_dump(), **(weights or {})}
+    request = {**t.request.model_dump(), **({"mmr_lambda": float(mmr_lambda)} if mmr_lambda is not None else {})}
+    return TopNConfig.model_validate({**t.model_dump(), "blend": blend, "request": request})
+
+
+def release_parts(pm: PeriodModels, catalog: pl.DataFrame, embeddings: np.ndarray, cases: Cases,
+                  topn: TopNConfig) -> tuple[dict, dict]:
+    """Tables and arrays of a release of ``pm``: top-N and neighbour rows only where the
+    replay reads them (the sampled users and the query items), so the cost stays bounded."""
+    m, items = pm.matrix, pm.item_ids
+    glob, trending = pm.popularity
+    ua, va = pm.als
+    ub, vb = pm.bpr
+    urow = {u: i for i, u in enumerate(m.user_ids)}
+    rows = np.array(sorted({urow[u] for u in cases.topn_users if u in urow}), dtype=np.int64)
+    topn_tbl = pl.DataFrame(schema={"user_id": pl.String, "rank": pl.Int32, "item_id": pl.String, "score": pl.Float32, "reason": pl.String})
+    if len(rows):
+        bl = modeling.make_blend(als_items=va, bpr_items=vb, item_sim=pm.similarity, covis=pm.covis,
+                                 rules=_rules_csr(pm.rules, len(items)), embeddings=embeddings, trending=trending,
+                                 popularity=glob, content_dim=topn.request.content_dim)
+        history = blend_kernel.cap_history(m.weights[rows], topn.request.history_cap)
+        ids, scores = bl.top_k(topn.blend.weights(), topn.n, als_users=ua[rows], bpr_users=ub[rows], history=history,
+                               exclude=m.binary[rows])
+        r, c = np.nonzero(ids >= 0)
+        topn_tbl = pl.DataFrame({"user_id": pl.Series(m.user_ids[rows[r]], dtype=pl.String), "rank": (c + 1).astype(np.int32),
+                                 "item_id": pl.Series(items[ids[r, c]], dtype=pl.String), "score": scores[r, c].astype(np.float32),
+                                 "reason": pl.Series(["for_you"] * len(r), dtype=pl.String)})
+    index = modeling.item_index(items)
+    seed_rows = np.array(sorted(index[i] for i in cases.seeds if i in index), dtype=np.int64)
+    similar = pl.concat([_similar_rows(va, seed_rows, pm.cfg.similar_k, items, "factors"),
+                         _similar_rows(embeddings, seed_rows, pm.cfg.similar_k, items, "content")]) if len(seed_rows) else \
+        pl.DataFrame(schema={"item_id": pl.String, "rank": pl.Int32, "similar_item_id": pl.String, "score": pl.Float32, "source": pl.String})
+    coo = m.weights.tocoo()
+    user_items = pl.DataFrame({"user_id": pl.Series(m.user_ids[coo.row], dtype=pl.String),
+                               "item_id": pl.Series(items[coo.col], dtype=pl.String), "weight": coo.data,
+                               "purchases": aligned_values(coo, m.purchases).astype(np.int32)})
+    cat = catalog.select("item_id", "title", "description", "brand", "category", "price")
+    tables = {
+        "items": cat.with_columns(pl.int_range(pl.len(), dtype=pl.Int32).alias("idx"),
+                                  pl.Series("popularity", glob.astype(np.float32)), pl.Series("trending", trending.astype(np.float32)))
+        .select("idx", "item_id", "title", "description", "brand", "category", "price", "popularity", "trending"),
+        "users": pl.DataFrame({"idx": np.arange(len(m.user_ids), dtype=np.int32), "user_id": pl.Series(m.user_ids, dtype=pl.String)}),
+        "user_items": user_items, "topn": topn_tbl, "similar_items": similar,
+        "covisitation": io.neighbour_table(items, pm.covis), "item_similarity": io.neighbour_table(items, pm.similarity),
+        "rules": _rules_table(pm.rules, items),
+        "popularity": popularity_table(catalog, glob, trending, pm.cfg.popularity.top_n),
     }
+    arrays = {"als_user_factors": ua, "als_item_factors": va, "bpr_user_factors": ub, "bpr_item_factors": vb,
+              "item_embeddings": embeddings}
+    return tables, arrays
 
 
-def rules_matrix(itemsets, support, n_baskets: int, n_items: int, min_confidence: float) -> sp.csr_matrix:
-    """Single-item rules A -> C as an item x item matrix of confidence (for scoring)."""
-    cols = rules_kernel.association_rules(itemsets, support, n_baskets, metric="confidence",
-                                          min_threshold=min_confidence).to_dict()
-    r, c, v = [], [], []
-    for a, cons, conf in zip(cols["antecedents"], cols["consequents"], cols["confidence"]):
-        if len(a) == 1 and len(cons) == 1:
-            r.append(a[0]); c.append(cons[0]); v.append(conf)
-    return sp.csr_matrix((np.asarray(v, np.float32), (np.asarray(r, np.int64), np.asarray(c, np.int64))),
-                         shape=(n_items, n_items))
+def publish_period(home: Path, pm: PeriodModels, catalog: pl.DataFrame, embeddings: np.ndarray, cases: Cases,
+                   topn: TopNConfig) -> None:
+    """A release of the period's models through the one release writer."""
+    from recs_assets.contract import contract_from_configs
+    from recs_serving import release as release_format
+
+    tables, arrays = release_parts(pm, catalog, embeddings, cases, topn)
+    c = pm.cfg
+    contract = contract_from_configs(matrix=c.matrix, als=c.als, bpr=c.bpr, covisitation=c.covis,
+                                     item_similarity=c.similarity, popularity=c.popularity, topn=topn.model_dump())
+    release_format.write_release(home, contract=contract, tables=tables, arrays=arrays, run_id="evaluation", keep=1,
+                                 extra={"evaluation": {"as_of": str(pm.as_of)}})
 
 
-def rank_blocked(score_block, n_rows: int, n_items: int, exclude: sp.csr_matrix, k: int,
-                 block_bytes: int = 64 << 20) -> np.ndarray:
-    """Top k per row of scores produced a block of rows at a time, so memory stays bounded."""
-    ids = np.full((n_rows, k), -1, np.int32)
-    vals = np.full((n_rows, k), -np.inf, np.float32)
-    ex = sp.csr_matrix(exclude)
-    ex.sort_indices()
-    indptr, indices = ex.indptr.astype(np.int64), ex.indices.astype(np.int32)
-    block = max(1, block_bytes // (4 * max(n_items, 1)))
-    for b0 in range(0, n_rows, block):
-        b1 = min(n_rows, b0 + block)
-        S = np.ascontiguousarray(score_block(slice(b0, b1)), dtype=np.float32)
-        topk._select_block(S, indptr, indices, b0, k, ids[b0:b1], vals[b0:b1])
-    return ids
+class ServedReplay:
+    """A train-period release loaded into the in-process ``Recommender``; replays ``Cases``
+    with any blend weights and MMR lambda (a contract override on the loaded release)."""
+
+    def __init__(self, pm: PeriodModels, catalog: pl.DataFrame, embeddings: np.ndarray, cases: Cases, topn: TopNConfig):
+        from recs_serving import Recommender
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="recs-eval-")
+        publish_period(Path(self._tmp.name), pm, catalog, embeddings, cases, topn)
+        self.base = Recommender(self._tmp.name, watch=False, require_release=True)
+        self.rec = self.base
+        self.cases = cases
+        self.n_items = len(pm.item_ids)
+
+    def close(self) -> None:
+        self.base.close()
+        self._tmp.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def set(self, weights: dict, mmr_lambda: float) -> None:
+        full = {s: float(weights.get(s, 0.0)) for s in SOURCES}
+        self.rec = self.base.with_contract(self.base.contract.replace(weights=full, mmr_lambda=float(mmr_lambda)))
+
+    def answers_one(self, use_case: str, i: int) -> list[str]:
+        req = self.cases.queries[use_case][i][0]
+        if use_case == "item_page":
+            r = self.rec.similar_items(req, k=10, as_dict=True)
+        elif use_case == "cart":
+            r = self.rec.cart_addons(req, as_dict=True)
+        else:
+            r = self.rec.recommend(req, as_dict=True)
+        return [it["item_id"] for it in r["items"]]
+
+    def answers(self, use_case: str) -> list[list[str]]:
+        n = len(self.cases.queries[use_case])
+        if use_case == "cold_start":  # one anonymous answer, whoever asks
+            return [self.answers_one(use_case, 0)] * n
+        return [self.answers_one(use_case, i) for i in range(n)]
+
+    def score(self, weights: dict, mmr_lambda: float, use_cases=None, k: int = 10) -> dict[str, dict]:
+        self.set(weights, mmr_lambda)
+        res = {}
+        for uc in use_cases or list(self.cases.queries):
+            if uc in self.cases.queries:
+                res[uc] = metrics(self.answers(uc), [t for _, t in self.cases.queries[uc]], self.n_items, k)
+        return res
 
 
-def evaluate(events: pl.DataFrame, item_ids: np.ndarray, cut: datetime, *, matrix_p, als_p, bpr_p, covis_p,
-             pop_p, blend_p, baskets_fn, fpgrowth_fn, sim_p=None, k: int = 10,
-             max_test_users: int = 20_000, seed: int = 0) -> tuple[pl.DataFrame, dict]:
-    train, test = split(events, cut)
-    m = modeling.build_matrix(train, item_ids, matrix_p)
-    rows, truth = ground_truth(m, test)
-    if len(rows) > max_test_users:
-        # Scores are dense per test user: a seeded sample keeps memory bounded at any scale.
-        pick = np.sort(np.random.default_rng(seed).choice(len(rows), max_test_users, replace=False))
-        rows, truth = rows[pick], [truth[i] for i in pick]
-    info = {"cut": cut.isoformat(), "train_events": train.height, "test_events": test.height,
-            "test_users": int(len(rows)), "test_pairs": int(sum(len(t) for t in truth))}
-    if len(rows) == 0:
-        raise ValueError(f"the hold-out after {cut:%Y-%m-%d} has no known users buying new items; move the cut")
-    exclude = m.binary[rows]
-    n_items = len(item_ids)
-    results: dict[str, dict] = {}
-    glob, trending = modeling.popularity_scores(train, item_ids, pop_p.trending_days)
+def metrics(answers: list[list[str]], truth: list[list[str]], n_items: int, k: int = 10) -> dict[str, float]:
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    recall, ndcg, shown = [], [], set()
+    for ans, t in zip(answers, truth):
+        ts = set(t)
+        hits = np.array([a in ts for a in ans[:k]] + [False] * (k - len(ans[:k])), dtype=bool)
+        shown.update(ans[:k])
+        n = min(k, len(ts))
+        recall.append(hits.sum() / n)
+        ndcg.append((hits * discounts).sum() / discounts[:n].sum())
+    return {f"recall@{k}": float(np.mean(recall)) if recall else 0.0, f"ndcg@{k}": float(np.mean(ndcg)) if ndcg else 0.0,
+            "coverage": len(shown) / max(n_items, 1), "users": len(answers)}
 
-    def rank(score_block):
-        return rank_blocked(score_block, len(rows), n_items, exclude, k)
 
-    def constant(v):
-        return lambda sl: np.broadcast_to(v, (sl.stop - sl.start, n_items))
+# ----------------------------------------------------------------------------- protocol
+@dataclass
+class Settings:
+    """How the protocol samples and tunes (the evaluation asset's config)."""
 
-    results["popularity"] = metrics(rank(constant(glob)), truth, n_items, k)
-    results["trending"] = metrics(rank(constant(trending + 1e-3 * glob)), truth, n_items, k)
-    ua, va = modeling.fit_als(m, als_p)
-    results["als"] = metrics(rank(lambda sl: ua[rows[sl]] @ va.T), truth, n_items, k)
-    ub, vb = modeling.fit_bpr(m, bpr_p)
-    results["bpr"] = metrics(rank(lambda sl: ub[rows[sl]] @ vb.T), truth, n_items, k)
-    sim = modeling.normalized_similarity(modeling.covisitation(train, item_ids, covis_p))
-    hist = m.weights[rows]
-    results["covisitation"] = metrics(rank(lambda sl: (hist[sl] @ sim).toarray()), truth, n_items, k)
-    baskets, n_baskets = baskets_fn(train)
-    itemsets, support = fpgrowth_fn(baskets)
-    R = rules_matrix(itemsets, support, n_baskets, n_items, min_confidence=0.05)
-    seen = m.binary[rows]
-    # Items no rule reaches fall back to trending, a hair below any rule score.
-    results["rules"] = metrics(rank(lambda sl: (seen[sl] @ R).toarray() + 1e-3 * trending), truth, n_items, k)
-    user_sim = modeling.user_similarity(train, item_ids, sim_p or modeling.SimilarityParams())
-    bl = modeling.make_blend(blend_p, va, vb, user_sim, trending)
-    ids, _ = bl.top_k(k, als_users=ua[rows], bpr_users=ub[rows], history=hist, exclude=exclude)
-    results["blend"] = metrics(ids, truth, n_items, k)
-    table = pl.DataFrame([{"model": name, **vals} for name, vals in results.items()])
-    return table, info
+    cut: str | None = None
+    valid_days: float = 30.0
+    max_users: int = 500
+    recent_events: int = 10
+    tune: bool = True
+    budget_seconds: float = 60.0
+    use_case_weights: dict = field(default_factory=lambda: {"homepage": 2.0})
+    mmr_lambdas: tuple = (1.0, 0.8)
+    min_ratio_over_popularity: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class Outcome:
+    table: pl.DataFrame  # split, use_case, model, recall@10, ndcg@10, coverage, users
+    served: dict  # weights, mmr_lambda, source (tuned | best_single:<s> | configured)
+    gate: dict  # passed, reason, validation objectives
+    info: dict  # periods, counts, skipped use cases, timings, configs used
+    curve: list = field(default_factory=list)
+
+
+def _rows(split: str, model: str, per_uc: dict) -> list[dict]:
+    return [{"split": split, "use_case": uc, "model": model, **m} for uc, m in per_uc.items()]
+
+
+def _recorded_metrics(rec, weights: dict, item_ids, truth: dict, n_items: int) -> dict:
+    return {uc: metrics(rec.answers(weights, uc, item_ids), truth[uc], n_items) for uc in rec.contrib}
+
+
+def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg: Configs, s: Settings, log=print) -> Outcome:
+    """Validation window: tune weights (and MMR lambda) on models fit before it; test split:
+    models fit before the cut with the chosen values, every single source and the served
+    answer replayed. Use cases without data are skipped with a reason, never an error."""
+    from recs_assets import tuning
+
+    t0 = time.perf_counter()
+    items = catalog["item_id"].to_numpy().astype(object)
+    cut = resolve_cut(events, s.cut)
+    vstart = validation_start(events, cut, s.valid_days)
+    info: dict = {"cut": cut.isoformat(), "validation_start": vstart.isoformat(), "configs": cfg.dump()}
+    timings: dict = {}
+    rows: list[dict] = []
+    configured = cfg.topn.blend.weights()
+    served = {"weights": configured, "mmr_lambda": cfg.topn.request.mmr_lambda, "source": "configured"}
+    gate = {"passed": True, "reason": "not evaluated"}
+    curve: list = []
+    truth_of = lambda cases: {uc: [t for _, t in q] for uc, q in cases.queries.items()}  # noqa: E731
+
+    # ---- validation: [cut - valid_days, cut), models fit before it
+    train_v, held_v = events.filter(pl.col("ts") < vstart), events.filter((pl.col("ts") >= vstart) & (pl.col("ts") < cut))
+    cases_v = build_cases(train_v, held_v, items, max_users=s.max_users, recent_events=s.recent_events, seed=s.seed,
+                          session_gap_minutes=cfg.covis.session_gap_minutes)
+    info["validation_cases"], info["validation_skipped"] = cases_v.counts(), dict(cases_v.skipped)
+    if not cases_v.queries or train_v.height == 0:
+        gate = {"passed": True, "reason": "no validation requests (" + "; ".join(cases_v.skipped.values()) + "): configured weights served"}
+    else:
+        pm_v = fit_period(train_v, items, cfg, vstart)
+        timings["fit_validation"] = time.perf_counter() - t0
+        with ServedReplay(pm_v, catalog, embeddings, cases_v, topn_config(cfg)) as rp:
+            rec = tuning.record(rp, list(cases_v.queries))
+            timings["record_validation"] = time.perf_counter() - t0
+            ucw = s.use_case_weights
+            budget = s.budget_seconds if s.tune else 0.0
+            res = tuning.search(rec, configured, ucw, budget, seed=s.seed)
+            curve = res.curve
+            single = {src: v for src, (v, _) in res.single.items()}
+            best_single = max(single, key=lambda x: (single[x], -SOURCES.index(x)))
+            weights = res.weights if s.tune else configured
+            lam_trials = {}
+            for lam in (s.mmr_lambdas if s.tune else (cfg.topn.request.mmr_lambda,)):
+                if lam >= 1.0:  # MMR off: the recorded replay is exact
+                    per = {uc: rec.recall(weights, uc) for uc in rec.contrib}
+                else:
+                    per = {uc: m["recall@10"] for uc, m in rp.score(weights, lam).items()}
+                lam_trials[float(lam)] = tuning.objective(per, ucw)
+            lam = max(lam_trials, key=lambda x: (lam_trials[x], x))
+            served_v = lam_trials[lam]
+            info["validation_mmr_lambda"] = {str(k): round(v, 5) for k, v in lam_trials.items()}
+            if served_v + 1e-12 < single[best_single]:
+                # The blend does not beat its best part here: serve that part alone, and say so.
+                weights, lam, served_v = {x: (1.0 if x == best_single else 0.0) for x in SOURCES}, 1.0, single[best_single]
+                source = f"best_single:{best_single}"
+            else:
+                source = "tuned" if s.tune else "configured"
+            served = {"weights": weights, "mmr_lambda": float(lam), "source": source}
+            beats = served_v > single["popularity"] * s.min_ratio_over_popularity
+            gate = {"passed": beats, "served": served_v, "popularity": single["popularity"],
+                    "required_ratio": s.min_ratio_over_popularity, "best_single": best_single,
+                    "best_single_value": single[best_single], "source": source,
+                    "reason": "served beats popularity on validation" if beats
+                    else "served does not beat all-time popularity on validation"}
+            item_ids = rp.base.release.item_ids
+            rows += _rows("validation", "served", _recorded_metrics(rec, weights, item_ids, truth_of(cases_v), len(items))
+                          if lam >= 1.0 else rp.score(weights, lam))
+            for src in SOURCES:
+                rows += _rows("validation", src, _recorded_metrics(rec, {src: 1.0}, item_ids, truth_of(cases_v), len(items)))
+            info["trials"] = res.trials
+        timings["tune"] = time.perf_counter() - t0
+
+    # ---- test: [cut, end), models fit before the cut with the chosen values
+    train_t, held_t = events.filter(pl.col("ts") < cut), events.filter(pl.col("ts") >= cut)
+    cases_t = build_cases(train_t, held_t, items, max_users=s.max_users, recent_events=s.recent_events, seed=s.seed + 1,
+                          session_gap_minutes=cfg.covis.session_gap_minutes)
+    info["test_cases"], info["test_skipped"] = cases_t.counts(), dict(cases_t.skipped)
+    if cases_t.queries and train_t.height:
+        pm_t = fit_period(train_t, items, cfg, cut)
+        timings["fit_test"] = time.perf_counter() - t0
+        with ServedReplay(pm_t, catalog, embeddings, cases_t, topn_config(cfg, served["weights"], served["mmr_lambda"])) as rp:
+            rows += _rows("test", "served", rp.score(served["weights"], served["mmr_lambda"]))
+            rec = tuning.record(rp, list(cases_t.queries))
+            for src in SOURCES:
+                rows += _rows("test", src, _recorded_metrics(rec, {src: 1.0}, rp.base.release.item_ids, truth_of(cases_t), len(items)))
+    timings["total"] = time.perf_counter() - t0
+    info["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    schema = {"split": pl.String, "use_case": pl.String, "model": pl.String, "recall@10": pl.Float64, "ndcg@10": pl.Float64,
+              "coverage": pl.Float64, "users": pl.Int64}
+    table = pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+    return Outcome(table=table, served=served, gate=gate, info=info, curve=curve)

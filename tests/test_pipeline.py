@@ -13,6 +13,7 @@ import pytest
 
 from recs_assets import definitions, orchestration, outputs, pipeline, quality
 from recs_assets.resources import ArtifactStore, Embedder, Warehouse
+from recs_kernels.sources import SOURCES
 from recs_serving import release as release_format
 
 from conftest import BUNDLED
@@ -26,8 +27,7 @@ SMALL = {
         "bpr_factors": {"config": {"factors": 16, "iterations": 100}},
         "frequent_itemsets": {"config": {"min_support": 0.02}},
         "batch_topn": {"config": {"n": 20}},
-        "evaluation": {"config": {"als": {"factors": 16, "iterations": 5}, "bpr": {"factors": 16, "iterations": 100},
-                                  "itemsets": {"min_support": 0.02}}},
+        "evaluation": {"config": {"max_users": 100, "budget_seconds": 2}},
     }
 }
 
@@ -100,7 +100,7 @@ def test_release_round_trips_through_the_reader(built):
     assert rel.array("item_embeddings").shape == (len(items["item_id"]), 384)
     topn = pl.from_arrow(rel.table("topn"))
     assert set(topn["item_id"].unique().to_list()) <= set(items["item_id"])
-    assert {r["model"] for r in m["metrics"]["evaluation"]} == {"popularity", "trending", "als", "bpr", "covisitation", "rules", "blend"}
+    assert {r["model"] for r in m["metrics"]["evaluation"]} == {*SOURCES, "served"}
     assert m["lancedb"]["version"] >= 1
 
 
@@ -152,12 +152,13 @@ def test_second_run_reuses_embedding_cache(built, sample):
 def test_failing_check_leaves_previous_release_current(built, sample):
     home, _, instance = built
     before = release_format.current_version(home)
-    result = dg.materialize([*definitions.all_assets, *quality.CHECKS], selection=orchestration.PUBLISH,
+    result = dg.materialize([*definitions.all_assets, *quality.CHECKS],
+                            selection=orchestration.PUBLISH | dg.AssetSelection.assets("evaluation"),
                             resources=definitions.resources, instance=instance, raise_on_error=False,
                             run_config={"ops": {"evaluation": {"config": {**SMALL["ops"]["evaluation"]["config"],
                                                                           "min_ratio_over_popularity": 1000.0}}}})
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks["models_beat_popularity"] is False
+    assert checks["served_beats_popularity"] is False
     assert "release" not in {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert release_format.current_version(home) == before
 

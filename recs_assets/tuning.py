@@ -1,0 +1,201 @@
+"""Blend weights and MMR lambda tuned on a validation window, within a time budget.
+
+The blend is linear in its weights: for one request the candidates and every source's
+z-scores do not depend on the weights, only their sum does. So the validation requests are
+replayed ONCE through the served path (``Recommender``, every weight 1, MMR off) while the
+scorer's per-source contributions are recorded; any weight vector is then scored by one
+matrix product and a rank count per request (a numba loop), thousands of trials a second.
+MMR lambda (which re-ranks after the blend) is chosen by replaying the real served path.
+The search is a coordinate search from the configured weights and every single source,
+then seeded random perturbations, until the budget is spent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+
+from recs_kernels.sources import SOURCES
+
+K = 10
+
+
+@njit(cache=True)
+def _recalls(total, cand, seg, tpos, tptr, denom, k):
+    """recall@k per request: a truth item (row ``tpos``) is a hit when fewer than k candidates
+    of its request outrank it (higher total, ties to the lower item index, as served)."""
+    n_q = seg.shape[0] - 1
+    out = np.zeros(n_q)
+    for q in range(n_q):
+        a, b = seg[q], seg[q + 1]
+        hits = 0
+        for t in range(tptr[q], tptr[q + 1]):
+            p = tpos[t]
+            s = total[p]
+            c = cand[p]
+            r = 0
+            for j in range(a, b):
+                if total[j] > s or (total[j] == s and cand[j] < c):
+                    r += 1
+                    if r >= k:
+                        break
+            if r < k:
+                hits += 1
+        out[q] = hits / denom[q] if denom[q] > 0 else 0.0
+    return out
+
+
+@dataclass
+class Recorded:
+    """Per use case: every request's candidates and per-source contributions, concatenated."""
+
+    contrib: dict = field(default_factory=dict)  # use case -> [rows, len(SOURCES)] float32
+    cand: dict = field(default_factory=dict)
+    seg: dict = field(default_factory=dict)
+    tpos: dict = field(default_factory=dict)
+    tptr: dict = field(default_factory=dict)
+    denom: dict = field(default_factory=dict)
+
+    def recall(self, weights: dict, use_case: str, k: int = K) -> float:
+        w = np.array([float(weights.get(s, 0.0)) for s in SOURCES], np.float32)
+        total = self.contrib[use_case] @ w
+        r = _recalls(total, self.cand[use_case], self.seg[use_case], self.tpos[use_case], self.tptr[use_case],
+                     self.denom[use_case], k)
+        return float(r.mean()) if r.size else 0.0
+
+    def answers(self, weights: dict, use_case: str, item_ids, k: int = K) -> list[list[str]]:
+        """The served top-k per request for ``weights`` (MMR off), as item ids."""
+        w = np.array([float(weights.get(s, 0.0)) for s in SOURCES], np.float32)
+        total = self.contrib[use_case] @ w
+        cand, seg = self.cand[use_case], self.seg[use_case]
+        out = []
+        for a, b in zip(seg[:-1], seg[1:]):
+            order = np.lexsort((cand[a:b], -total[a:b]))[:k]
+            out.append([item_ids[i] for i in cand[a:b][order]])
+        return out
+
+
+def record(replay, use_cases, k: int = K) -> Recorded:
+    """Replay ``use_cases`` once with every weight 1 and MMR off, keeping what the scorer saw."""
+    base = replay.base
+    view = base.with_contract(base.contract.replace(weights={s: 1.0 for s in SOURCES}, mmr_lambda=1.0))
+    st = view._current()
+    calls: list = []
+
+    class _Recording:
+        def __getattr__(self, name):
+            return getattr(st.scorer, name)
+
+        def score_candidates(self, weights, cand, **kw):
+            total, C, anchors = st.scorer.score_candidates(weights, cand, **kw)
+            calls.append((np.asarray(cand, np.int64), np.array(C, np.float32)))
+            return total, C, anchors
+
+    pinned = dataclasses.replace(st, scorer=_Recording())
+    view._current = lambda: pinned
+    index = st.rel.item_index
+    out = Recorded()
+    saved = replay.rec
+    replay.rec = view
+    try:
+        for uc in use_cases:
+            if uc not in replay.cases.queries:
+                continue
+            C_parts, c_parts, seg, tpos, tptr, denom = [], [], [0], [], [0], []
+            qs = replay.cases.queries[uc]
+            single = uc == "cold_start"  # one anonymous answer for all
+            calls.clear()
+            if single:
+                replay.answers_one(uc, 0)
+            for i, (_, truth) in enumerate(qs):
+                if not single:
+                    calls.clear()
+                    replay.answers_one(uc, i)
+                cand, C = calls[-1] if calls else (np.zeros(0, np.int64), np.zeros((0, len(SOURCES)), np.float32))
+                pos = {int(c): j for j, c in enumerate(cand)}
+                t_idx = [index.get(t) for t in dict.fromkeys(truth)]
+                tpos.extend(seg[-1] + pos[t] for t in t_idx if t is not None and t in pos)
+                tptr.append(len(tpos))
+                denom.append(min(k, len(set(truth))))
+                C_parts.append(C)
+                c_parts.append(cand)
+                seg.append(seg[-1] + len(cand))
+            out.contrib[uc] = np.ascontiguousarray(np.concatenate(C_parts)) if C_parts else np.zeros((0, len(SOURCES)), np.float32)
+            out.cand[uc] = np.concatenate(c_parts) if c_parts else np.zeros(0, np.int64)
+            out.seg[uc] = np.asarray(seg, np.int64)
+            out.tpos[uc] = np.asarray(tpos, np.int64)
+            out.tptr[uc] = np.asarray(tptr, np.int64)
+            out.denom[uc] = np.asarray(denom, np.float64)
+    finally:
+        replay.rec = saved
+    return out
+
+
+def objective(per_use_case: dict, weights: dict) -> float:
+    """Weighted mean of recall@k over the use cases present."""
+    num = sum(weights.get(u, 1.0) * v for u, v in per_use_case.items())
+    den = sum(weights.get(u, 1.0) for u in per_use_case)
+    return num / den if den else 0.0
+
+
+@dataclass
+class SearchResult:
+    weights: dict
+    value: float
+    per_use_case: dict
+    trials: int
+    curve: list  # (trial, value, best so far)
+    single: dict  # source -> (objective, per use case)
+
+
+def search(rec: Recorded, start: dict, use_case_weights: dict, budget_seconds: float, seed: int = 0) -> SearchResult:
+    """Coordinate search, then random perturbations, on the recorded validation requests."""
+    t_end = time.perf_counter() + budget_seconds
+    ucs = list(rec.contrib)
+    curve: list = []
+    cache: dict = {}
+
+    def f(w: dict) -> tuple[float, dict]:
+        key = tuple(round(float(w.get(s, 0.0)), 6) for s in SOURCES)
+        if key not in cache:
+            per = {u: rec.recall(w, u) for u in ucs}
+            cache[key] = (objective(per, use_case_weights), per)
+            best_so_far = max(curve[-1][2], cache[key][0]) if curve else cache[key][0]
+            curve.append((len(curve), cache[key][0], best_so_far))
+        return cache[key]
+
+    single = {s: f({s: 1.0}) for s in SOURCES}
+    best = {s: float(start.get(s, 0.0)) for s in SOURCES}
+    best_v, _ = f(best)
+    for s, (v, _) in single.items():
+        if v > best_v:
+            best, best_v = {x: (1.0 if x == s else 0.0) for x in SOURCES}, v
+    improved = True
+    while improved and time.perf_counter() < t_end:
+        improved = False
+        for s in SOURCES:
+            cur = best[s]
+            tries = [0.0, cur / 2, cur * 2] if cur > 0 else [0.05, 0.2, 0.5, 1.0]
+            for v in tries:
+                if time.perf_counter() >= t_end:
+                    break
+                cand = {**best, s: v}
+                if not any(cand.values()):
+                    continue
+                val, _ = f(cand)
+                if val > best_v + 1e-9:
+                    best, best_v, improved = cand, val, True
+    rng = np.random.default_rng(seed)
+    while time.perf_counter() < t_end and len(cache) < 5000:
+        cand = {s: float(best[s] * np.exp(rng.normal(0, 0.5))) if best[s] > 0 else
+                (float(rng.choice([0.0, 0.0, 0.1])) * max(best.values())) for s in SOURCES}
+        val, _ = f(cand)
+        if val > best_v + 1e-9:
+            best, best_v = cand, val
+    top = max(best.values())
+    best = {s: round(v / top, 4) for s, v in best.items()}  # scale-free: the largest weight is 1
+    val, per = f(best)
+    return SearchResult(best, val, per, len(cache), curve, single)
