@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     if workers == 1:
         uvicorn.run(app_from_env(), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log, **kw)
     else:
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics sums every worker (see metrics.py)
+            import tempfile
+
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recs-prometheus-")
         uvicorn.run("recs_serving.__main__:app_from_env", factory=True, workers=workers, host=args.host, port=args.port,
                     log_level=args.log_level, access_log=args.access_log, **kw)
     return 0
