@@ -77,6 +77,13 @@ class _State:
     item_id_arr: np.ndarray  # rel.item_ids as an object array: ids of many picks in one take
     contract: ReleaseContract  # what answers follow: the release's, or an override (with_contract)
 
+    @property
+    def topn_current(self) -> bool:
+        """The batch top-N table answers for this contract: it was computed with these weights
+        and history cap (an override of either makes known users go through the blend)."""
+        c, r = self.contract, self.rel.contract
+        return c.weights == r.weights and c.candidates.history_cap == r.candidates.history_cap
+
     @staticmethod
     def of(rel: LoadedRelease) -> "_State":
         ids = np.empty(rel.n_items, dtype=object)
@@ -539,7 +546,7 @@ class Recommender:
         q = self._query(st, k=req.k, user_id=req.user_id, recent=req.recent, brand=req.brand,
                         exclusions=req.exclusions, filters=req.filters, lam=req.mmr_lambda, meta=meta)
         meta["user_known"] = q.user >= 0
-        if q.user >= 0 and q.seeds.size == 0 and rel_has_topn(st.rel, q.user):
+        if q.user >= 0 and q.seeds.size == 0 and st.topn_current and rel_has_topn(st.rel, q.user):
             meta["strategy"] = "topn"
             picks = self._topn_picks(st, q)
         elif q.user >= 0 or q.seeds.size:
@@ -623,8 +630,10 @@ class Recommender:
                            filters=req.filters, lam=None, meta={})
         uidx = _lookup_many(rel.user_index, uniq)
         has = uidx >= 0
-        if rel.topn_ids.shape[1]:
+        if rel.topn_ids.shape[1] and st.topn_current:
             has &= rel.topn_ids[np.maximum(uidx, 0), 0] >= 0
+        else:  # no table for this contract: known users take the full path below
+            has &= False
         known = np.flatnonzero(has)
         results: dict[str, list] = {}
         if known.size:

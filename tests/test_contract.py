@@ -171,3 +171,21 @@ def test_with_contract_overrides_answers_without_rewriting_the_release(recommend
     assert [i.item_id for i in alt.items] != [i.item_id for i in base.items]
     with pytest.raises(ValueError, match="content_dim"):
         recommender.with_contract(recommender.contract.replace(content_dim=8))
+
+
+def test_an_override_of_the_weights_bypasses_the_batch_table(recommender, release_home):
+    """The table was computed with the release's weights: under other weights a known user is
+    scored by the blend (so evaluating a weight set evaluates it on every path)."""
+    rel = recommender.release
+    assert rel.item_sim.indices.size > 0  # item_similarity.parquet is read (the item_sim source)
+    uid = rel.user_ids[_known_users(rel, 4)[2]]
+    same = recommender.with_contract(recommender.contract.replace(mmr_lambda=1.0))
+    assert same.recommend(user_id=uid, k=10).metadata["strategy"] == "topn"
+    only_trending = {s: 0.0 for s in SOURCES} | {"trending": 1.0}
+    view = recommender.with_contract(recommender.contract.replace(weights=only_trending, mmr_lambda=1.0))
+    res = view.recommend(user_id=uid, k=10)
+    assert res.metadata["strategy"] == "blend"
+    tz = rel.trending[[rel.item_index[i.item_id] for i in res.items]]
+    assert list(tz) == sorted(tz, reverse=True) and [i.item_id for i in res.items] != _table_row(release_home, uid)[:10]
+    batch = view.recommend_batch([uid], 10, as_dict=True)["results"][uid]
+    assert [i["item_id"] for i in batch] == [i.item_id for i in res.items]
