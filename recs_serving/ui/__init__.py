@@ -165,11 +165,14 @@ def _plot_rows(rows: list[dict]) -> tuple[str | None, list[dict]]:
     """The first recall-like metric of the evaluation, as bars (label, value, width in %)."""
     if not rows:
         return None, []
+    if any(r.get("split") == "test" for r in rows):  # the held-out split is the one to read
+        rows = [r for r in rows if r.get("split") == "test"]
     names = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     metric = next((n for n in names if n.startswith("recall")), names[0] if names else None)
     if metric is None:
         return None, []
-    vals = [(releases._model_key(r), float(r.get(metric) or 0.0)) for r in rows]
+    vals = [(" / ".join(str(r[k]) for k in ("use_case", "model") if r.get(k) is not None) or "?", float(r.get(metric) or 0.0))
+            for r in rows]
     top = max((v for _, v in vals), default=0.0) or 1.0
     return metric, [{"label": lab, "value": v, "width": round(100 * v / top, 1)} for lab, v in vals]
 
