@@ -31,6 +31,9 @@ def contract_from_configs(*, matrix, als, bpr, covisitation, item_similarity, po
     m = modeling.MatrixParams.model_validate(_dump(matrix))
     a = modeling.ALSParams.model_validate(_dump(als))
     t = _dump(topn)
+    missing = [k for k in ("n", "blend", "request") if k not in t]
+    if missing:
+        raise ValueError(f"the batch_topn config lacks {missing}; re-materialize batch_topn with this code")
     blend = modeling.BlendParams.model_validate(_dump(t["blend"]))
     req = modeling.RequestParams.model_validate(_dump(t["request"]))
     configs = {"interaction_matrix": m.model_dump(), "als_factors": a.model_dump(), "bpr_factors": _dump(bpr),
