@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 
 PID_TAG, START_TAG, HOST_TAG, INVOCATION_TAG = "recs/pid", "recs/pid_start", "recs/host", "recs/invocation"
-GRACE_SECONDS = 7.0
+GRACE_SECONDS = 5.0
 CANCELED_EXIT = 130
 
 
@@ -193,15 +193,20 @@ def _child(args) -> int:
 
     setup_interrupt_handlers()  # SIGTERM interrupts a run like SIGINT
     run_config = json.loads(args.run_config_json) if args.run_config_json else None
-    with dg.DagsterInstance.get() as instance:
-        try:
-            run_all(instance, run_config=run_config, shards_mode=args.shards, stages=args.stages.split(","))
-        except RuntimeError as exc:
-            print(f"[recs] {exc}", file=sys.stderr, flush=True)
-            return CANCELED_EXIT if "CANCELED" in str(exc) else 1
-        except KeyboardInterrupt:
-            return CANCELED_EXIT
-    return 0
+    rc = 0
+    try:
+        instance = dg.DagsterInstance.get()
+        run_all(instance, run_config=run_config, shards_mode=args.shards, stages=args.stages.split(","))
+    except RuntimeError as exc:
+        print(f"[recs] {exc}", file=sys.stderr, flush=True)
+        rc = CANCELED_EXIT if "CANCELED" in str(exc) else 1
+    except KeyboardInterrupt:
+        rc = CANCELED_EXIT
+    # Everything is recorded by now; skip the interpreter's teardown, which can wait seconds on
+    # library threads after an interrupted step.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 # ---------------------------------------------------------------- the supervisor
@@ -227,7 +232,7 @@ def _cancel(instance, child: subprocess.Popen, log) -> None:
     try:
         child.wait(timeout=GRACE_SECONDS)
     except subprocess.TimeoutExpired:
-        log(f"[recs] the run did not stop within {GRACE_SECONDS:.0f}s (inside a kernel): killing it")
+        log(f"[recs] the run did not stop within {GRACE_SECONDS:.0f}s (a kernel holds the interpreter): killing it")
         child.kill()
         child.wait()
     for run in _runs_of(instance, child.pid):
@@ -294,7 +299,11 @@ def main(argv=None) -> int:
             args.run_config_json = json.dumps(yaml.safe_load(f))
     if args.child:
         return _child(args)
-    return supervise(args)
+    rc = supervise(args)
+    # Nothing is left to clean up; the interpreter's teardown (library threads) can take seconds.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 if __name__ == "__main__":
