@@ -149,24 +149,28 @@ def _metrics(sAC, sA, sC, n, out):
 
 
 @njit(cache=True, inline="always")
-def _worse(vals, seq, a, b, k):
-    # the rule kept last when the budget is full: lower metric, then later in the output order
-    return vals[a, k] < vals[b, k] or (vals[a, k] == vals[b, k] and seq[a] > seq[b])
+def _worse(hkey, hseq, a, b):
+    # the rule dropped first when the budget is full: lower metric, then later in the output order
+    return hkey[a] < hkey[b] or (hkey[a] == hkey[b] and hseq[a] > hseq[b])
 
 
 @njit(cache=True)
-def _sift_down(heap, n, i, vals, seq, k):
+def _sift_down(hkey, hseq, hslot, n, i):
+    """Min-heap on (metric, -sequence); keys live in the heap's own arrays so a sift reads
+    contiguous memory, not the wide rule slots."""
     while True:
         lo = i
         l = 2 * i + 1
         r = l + 1
-        if l < n and _worse(vals, seq, heap[l], heap[lo], k):
+        if l < n and _worse(hkey, hseq, l, lo):
             lo = l
-        if r < n and _worse(vals, seq, heap[r], heap[lo], k):
+        if r < n and _worse(hkey, hseq, r, lo):
             lo = r
         if lo == i:
             return
-        heap[i], heap[lo] = heap[lo], heap[i]
+        hkey[i], hkey[lo] = hkey[lo], hkey[i]
+        hseq[i], hseq[lo] = hseq[lo], hseq[i]
+        hslot[i], hslot[lo] = hslot[lo], hslot[i]
         i = lo
 
 
@@ -187,7 +191,9 @@ def _rules(items, off, lens, sup, n, metric_idx, thr, table, max_rules):
     con_len = np.empty(cap, dtype=np.int32)
     vals = np.empty((cap, 11), dtype=np.float64)
     seq = np.empty(cap, dtype=np.int64)
-    heap = np.empty(0, dtype=np.int64)
+    hslot = np.empty(0, dtype=np.int64)
+    hkey = np.empty(0, dtype=np.float64)
+    hseq = np.empty(0, dtype=np.int64)
     n_rules = 0
     n_pass = 0
     comb = np.empty(maxL + 1, dtype=np.int64)
@@ -251,12 +257,14 @@ def _rules(items, off, lens, sup, n, metric_idx, thr, table, max_rules):
                         slot = n_rules
                         n_rules += 1
                     else:
-                        if heap.shape[0] == 0:
-                            heap = np.arange(n_rules).astype(np.int64)
+                        if hslot.shape[0] == 0:
+                            hslot = np.arange(n_rules).astype(np.int64)
+                            hkey = vals[:n_rules, metric_idx].copy()
+                            hseq = seq[:n_rules].copy()
                             for q in range(n_rules // 2 - 1, -1, -1):
-                                _sift_down(heap, n_rules, q, vals, seq, metric_idx)
-                        if m[metric_idx] > vals[heap[0], metric_idx]:
-                            slot = heap[0]
+                                _sift_down(hkey, hseq, hslot, n_rules, q)
+                        if m[metric_idx] > hkey[0]:
+                            slot = hslot[0]
                     if slot >= 0:
                         for j in range(na):
                             ant[slot, j] = abuf[j]
@@ -267,8 +275,10 @@ def _rules(items, off, lens, sup, n, metric_idx, thr, table, max_rules):
                         for q in range(11):
                             vals[slot, q] = m[q]
                         seq[slot] = n_pass
-                        if heap.shape[0] > 0:
-                            _sift_down(heap, n_rules, 0, vals, seq, metric_idx)
+                        if hslot.shape[0] > 0:
+                            hkey[0] = m[metric_idx]
+                            hseq[0] = n_pass
+                            _sift_down(hkey, hseq, hslot, n_rules, 0)
                     n_pass += 1
                 j = r - 1
                 while j >= 0 and comb[j] == L - r + j:
@@ -286,12 +296,21 @@ def _rules(items, off, lens, sup, n, metric_idx, thr, table, max_rules):
 
 
 def _split(rows, lens):
-    """Fixed-width rows + lengths -> list of tuples (Python ints)."""
+    """Fixed-width rows + lengths -> list of tuples (Python ints), built column-wise per
+    length (shared int objects, zip): per-row slicing of 500K rules costs seconds."""
+    out = [None] * lens.size
     if lens.size == 0:
-        return []
-    out = []
-    for row, L in zip(rows.tolist(), lens.tolist()):
-        out.append(tuple(row[:L]))
+        return out
+    # slots past a row's length hold garbage (fixed-width, np.empty): only valid cells count
+    valid = np.arange(rows.shape[1]) < lens[:, None]
+    hi = int(rows[valid].max()) + 1
+    pyints = np.empty(hi, dtype=object)
+    pyints[:] = list(range(hi))
+    for L in np.unique(lens).tolist():
+        at = np.flatnonzero(lens == L)
+        block = rows[at, :L]
+        for i, t in zip(at.tolist(), zip(*[pyints[block[:, j]].tolist() for j in range(L)])):
+            out[i] = t
     return out
 
 
