@@ -110,6 +110,7 @@ def cluster(tmp_path_factory, redis_url, pg_url):
         "als_factors": {"config": {"factors": 8, "iterations": 3}},
         "bpr_factors": {"config": {"factors": 8, "iterations": 20}},
         "batch_topn": {"config": {"n": 10}},
+        "evaluation": {"config": {"budget_seconds": 3}},
     }}))
     home = root / "home"
     env = {**os.environ, "RECS_HOME": str(home), "RECS_DAGSTER_YAML": str(REPO / "deploy" / "dagster.production.yaml"),
@@ -162,7 +163,7 @@ def _worker_spans(instance, run_id):
         ev = e.dagster_event
         if ev is None:
             continue
-        if ev.event_type_value == "ENGINE_EVENT" and "in celery worker" in (e.user_message or ""):
+        if ev.event_type_value == "ENGINE_EVENT" and "in celery worker" in (ev.message or ""):
             start, pid = e.timestamp, ev.pid
         if ev.event_type_value == "STEP_SUCCESS":
             end = e.timestamp
@@ -213,7 +214,7 @@ def test_kill_9_worker_mid_shard_then_rerun(cluster):
             nonlocal victim
             for run in _shard_runs_since(instance, t0):
                 for e in instance.all_logs(run.run_id):
-                    if e.dagster_event and "in celery worker" in (e.user_message or ""):
+                    if e.dagster_event and "in celery worker" in (e.dagster_event.message or ""):
                         victim = (run.run_id, e.dagster_event.pid)
                         return True
             return launcher.poll() is not None
@@ -225,7 +226,8 @@ def test_kill_9_worker_mid_shard_then_rerun(cluster):
         runs = {r.run_id: r for r in _shard_runs_since(instance, t0)}
         assert len(runs) == SHARDS, out[-3000:]
         status = runs[victim[0]].status
-        messages = " ".join(e.user_message or "" for e in instance.all_logs(victim[0]))
+        messages = " ".join((e.user_message or "") + " " + ((e.dagster_event and e.dagster_event.message) or "")
+                            for e in instance.all_logs(victim[0]))
         # Either the task went back to the queue and finished elsewhere, or the run failed saying why.
         assert status == dg.DagsterRunStatus.SUCCESS or "WorkerLostError" in messages, messages[-3000:]
         print(f"killed worker pid {victim[1]} mid-shard: run {victim[0]} ended {status.value}; launcher exit {launcher.returncode}")

@@ -41,6 +41,7 @@ def env(tmp_path_factory):
         "als_factors": {"config": {"factors": 8, "iterations": 3}},
         "bpr_factors": {"config": {"factors": 8, "iterations": 20}},
         "batch_topn": {"config": {"n": 10}},
+        "evaluation": {"config": {"budget_seconds": 3}},
     }}))
     e = {**os.environ, "RECS_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
          "RECS_DAGSTER_STORAGE": str(dagster_home / "storage"), "RECS_DAGSTER_LOGS": str(dagster_home / "logs"),
