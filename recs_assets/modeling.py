@@ -75,8 +75,9 @@ class BlendParams(dg.Config):
     als: float = Field(1.0, ge=0)
     bpr: float = Field(0.5, ge=0)
     item_sim: float = Field(0.1, ge=0, description="Item-item similarity from users' whole histories")
-    covis: float = Field(0.1, ge=0, description="Co-visitation within baskets/sessions")
-    rules: float = Field(0.1, ge=0, description="Single-antecedent association rules (confidence)")
+    # sparse sources' z-scores are large on their few non-zeros: small weights already count
+    covis: float = Field(0.03, ge=0, description="Co-visitation within baskets/sessions")
+    rules: float = Field(0.03, ge=0, description="Single-antecedent association rules (confidence)")
     content: float = Field(0.05, ge=0, description="Text embeddings: the history's direction")
     trending: float = Field(1.0, ge=0)
     popularity: float = Field(0.0, ge=0)
