@@ -10,7 +10,6 @@ import pytest
 from release_factory import TOPN, build_tables, make_contract
 from serving_fixtures import recommender, release_home  # noqa: F401
 
-from recs_serving import Recommender
 from recs_serving.loader import load_release
 from recs_serving.release import (
     SCHEMA_VERSION,
