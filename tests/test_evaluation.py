@@ -1,0 +1,105 @@
+"""The evaluation of what is served, on small synthetic data (real kernels, a real release,
+the real in-process Recommender)."""
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recs_assets import evaluation as ev
+from recs_assets import synthetic, tuning
+from recs_kernels.sources import SOURCES
+
+
+def _frames(shape: str = "sessions", users: int = 250, items: int = 120, events: int = 8_000, seed: int = 3):
+    d = synthetic.generate(users, items, events, seed=seed, shape=shape)
+    e = d.events.with_columns(pl.from_epoch("ts", time_unit="ms").alias("ts"))
+    for col, dtype in (("quantity", pl.Int32), ("price", pl.Float64), ("basket_id", pl.String)):
+        if col not in e.columns:
+            e = e.with_columns(pl.lit(None, dtype).alias(col))
+    e = e.select("user_id", "item_id", "ts", "event", "quantity", "price", "basket_id")
+    catalog = d.catalog.sort("item_id")
+    emb = np.random.default_rng(0).normal(size=(catalog.height, 16)).astype(np.float32)
+    return e, catalog, emb
+
+
+def _small_configs() -> ev.Configs:
+    cfg = ev.Configs()
+    cfg.als = cfg.als.model_copy(update={"factors": 8, "iterations": 4})
+    cfg.bpr = cfg.bpr.model_copy(update={"factors": 8, "iterations": 20})
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def sessions_data():
+    return _frames()
+
+
+def test_resolve_cut_follows_the_data(sessions_data):
+    events, _, _ = sessions_data
+    lo, hi = events["ts"].min(), events["ts"].max()
+    # a date of another data set (Online Retail's) is not assumed: 90% of the events come before the cut
+    cut = ev.resolve_cut(events, "2011-11-01")
+    assert lo < cut <= hi
+    assert abs(events.filter(pl.col("ts") < cut).height / events.height - 0.9) < 0.02
+    inside = lo + (hi - lo) / 2
+    assert ev.resolve_cut(events, inside.isoformat()) == inside
+    vstart = ev.validation_start(events, cut, 10_000)  # longer than the data: half the time before the cut
+    assert lo < vstart < cut
+
+
+def test_use_cases_without_data_are_skipped_with_a_reason():
+    events, catalog, _ = _frames("ratings", users=200, items=100, events=4_000)
+    items = catalog["item_id"].to_numpy().astype(object)
+    cut = ev.resolve_cut(events, None)
+    train, held = events.filter(pl.col("ts") < cut), events.filter(pl.col("ts") >= cut)
+    cases = ev.build_cases(train, held, items, max_users=50, recent_events=5, seed=0)
+    assert "no basket ids" in cases.skipped["cart"]
+    assert "homepage" in cases.queries and len(cases.queries["homepage"]) <= 50
+    # a hold-out of users never seen before: no homepage requests, cold start only
+    newcomers = held.with_columns((pl.lit("new-") + pl.col("user_id")).alias("user_id"))
+    cases = ev.build_cases(train, newcomers, items, max_users=50, recent_events=5, seed=0)
+    assert "homepage" in cases.skipped and "cold_start" in cases.queries
+
+
+def test_recorded_replay_is_the_served_answer(sessions_data):
+    """Tuning scores weight vectors from one recorded replay: with MMR off it must give exactly
+    what the Recommender answers with those weights."""
+    events, catalog, emb = sessions_data
+    items = catalog["item_id"].to_numpy().astype(object)
+    cut = ev.resolve_cut(events, None)
+    train, held = events.filter(pl.col("ts") < cut), events.filter(pl.col("ts") >= cut)
+    cases = ev.build_cases(train, held, items, max_users=40, recent_events=5, seed=0)
+    assert {"homepage", "session", "item_page", "cart", "cold_start"} <= set(cases.queries)
+    cfg = _small_configs()
+    pm = ev.fit_period(train, items, cfg, cut)
+    with ev.ServedReplay(pm, catalog, emb, cases, ev.topn_config(cfg)) as rp:
+        rec = tuning.record(rp, list(cases.queries))
+        for weights in ({"als": 1.0, "item_sim": 0.3, "trending": 0.5}, {"covis": 1.0, "rules": 2.0, "popularity": 0.1}):
+            rp.set(weights, 1.0)
+            for uc in cases.queries:
+                served = rp.answers(uc)
+                recorded = rec.answers(weights, uc, rp.base.release.item_ids)
+                truth = [t for _, t in cases.queries[uc]]
+                assert [a[:10] for a in served] == recorded, (uc, weights)
+                assert rec.recall(weights, uc) == pytest.approx(ev.metrics(served, truth, len(items))["recall@10"])
+
+
+@pytest.mark.parametrize("shape", ["sessions", "ratings"])
+def test_protocol_tunes_on_validation_and_reports_the_test_split(shape, sessions_data):
+    events, catalog, emb = sessions_data if shape == "sessions" else _frames("ratings", users=300, items=120, events=8_000)
+    s = ev.Settings(cut=None, valid_days=30, max_users=40, recent_events=5, budget_seconds=1.0, mmr_lambdas=(1.0, 0.8))
+    out = ev.run(events, catalog, emb, _small_configs(), s)
+    test = out.table.filter(pl.col("split") == "test")
+    assert set(test["model"].unique()) == {*SOURCES, "served"}
+    assert {"homepage", "cold_start"} <= set(test["use_case"].unique())
+    if shape == "ratings":
+        assert "cart" in out.info["test_skipped"] and "cart" not in set(test["use_case"])
+    assert (test["users"] <= 40).all() and test["recall@10"].is_between(0, 1).all()
+    # the served values: tuned, or the best single source when the blend does not beat it
+    assert out.served["source"] == "tuned" or out.served["source"].startswith("best_single:")
+    assert set(out.served["weights"]) == set(SOURCES) and max(out.served["weights"].values()) == 1.0
+    assert out.gate["served"] >= out.gate["best_single_value"] - 1e-12
+    assert out.gate["passed"] == (out.gate["served"] > out.gate["popularity"])
+    assert len(out.curve) > len(SOURCES)  # every single source, then the search
+    assert datetime.fromisoformat(out.info["validation_start"]) < datetime.fromisoformat(out.info["cut"])
