@@ -224,3 +224,15 @@ def test_every_readme_sql_block_runs_through_the_lock_free_tool(built):
     rows = check_readme_blocks(home)
     assert len(rows) == len(readme_sql_blocks()) >= 12
     assert sum(n > 0 for n in rows.values()) >= 10, rows
+
+
+def test_evaluation_refits_with_the_model_assets_configs(built):
+    """One config: the run_config overrides of the model assets reach the evaluation's re-fits."""
+    _, runs, instance = built
+    meta = next(e.dagster_event.event_specific_data.materialization.metadata for run_id in runs.values()
+                for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+                if e.dagster_event.asset_key.to_user_string() == "evaluation")
+    used = meta["configs_used"].value
+    assert used["als"]["factors"] == 16 and used["als"]["iterations"] == 5
+    assert used["itemsets"]["min_support"] == 0.02 and used["bpr"]["factors"] == 16
+    assert meta["served_source"].value in {"tuned", "configured"} or meta["served_source"].value.startswith("best_single:")
