@@ -83,8 +83,11 @@ def diff(home: str | Path | None, a: str | None = None, b: str | None = None, to
         a = older[-1]
     ma, mb = release_format.open_release(home, a).manifest, release_format.open_release(home, b).manifest
     ra = {_model_key(r): r for r in evaluation_rows(ma)}
+    rows_b = evaluation_rows(mb)
+    if any(r.get("split") == "test" for r in rows_b):  # compare what the held-out split says
+        rows_b = [r for r in rows_b if r.get("split") == "test"]
     metrics = []
-    for row in evaluation_rows(mb):
+    for row in rows_b:
         key = _model_key(row)
         old = ra.get(key, {})
         for name, val in row.items():

@@ -165,15 +165,16 @@ def _plot_rows(rows: list[dict]) -> tuple[str | None, list[dict]]:
     """The first recall-like metric of the evaluation, as bars (label, value, width in %)."""
     if not rows:
         return None, []
-    if any(r.get("split") == "test" for r in rows):  # the held-out split is the one to read
-        rows = [r for r in rows if r.get("split") == "test"]
+    if rows[0].get("use_case") is not None:  # one use case per plot: the first (homepage), every model
+        rows = [r for r in rows if r.get("use_case") == rows[0]["use_case"]]
     names = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     metric = next((n for n in names if n.startswith("recall")), names[0] if names else None)
     if metric is None:
         return None, []
-    vals = [(" / ".join(str(r[k]) for k in ("use_case", "model") if r.get(k) is not None) or "?", float(r.get(metric) or 0.0))
-            for r in rows]
+    vals = [(str(r.get("model", "?")), float(r.get(metric) or 0.0)) for r in rows]
     top = max((v for _, v in vals), default=0.0) or 1.0
+    if rows[0].get("use_case") is not None:
+        metric = f"{metric}, {rows[0]['use_case']}"
     return metric, [{"label": lab, "value": v, "width": round(100 * v / top, 1)} for lab, v in vals]
 
 
@@ -182,6 +183,9 @@ def release_page(request: Request, message: str | None = None) -> Template:
     rec = _rec(request)
     rel = rec.release
     rows = releases.evaluation_rows(rel.manifest)
+    held_out = [r for r in rows if r.get("split") == "test"]
+    other_rows = len(rows) - len(held_out) if held_out else 0
+    rows = held_out or rows  # the test split is the one to read; validation rows stay in recs.evaluation
     cols: list[str] = []
     for r in rows:
         cols += [c for c in r if c not in cols and c != "cut"]
@@ -194,7 +198,7 @@ def release_page(request: Request, message: str | None = None) -> Template:
     for r in d["top_items"]:
         r["title"] = view.title(r["item_id"])
     return _page("release.html", request, rel=rel, manifest=rel.manifest, eval_rows=rows, eval_cols=cols, metric=metric,
-                 bars=bars, diff=d, versions=releases.list_releases(rec.home),
+                 bars=bars, other_rows=other_rows, diff=d, versions=releases.list_releases(rec.home),
                  admin=bool(request.app.state.admin_token), message=message)
 
 
