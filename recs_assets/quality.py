@@ -4,7 +4,7 @@ import polars as pl
 from pydantic import Field
 
 from recs_assets import evaluation as ev
-from recs_assets import io, markdown
+from recs_assets import gates, io, markdown
 from recs_assets.features import load_matrix
 from recs_assets.outputs import N_SHARDS, part_path
 from recs_assets.resources import ArtifactStore, Warehouse
@@ -156,4 +156,5 @@ def interactions_valid(warehouse: Warehouse) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=rows > 0 and bad == 0, metadata={"rows": rows, "bad_events": bad})
 
 
-CHECKS = [similar_items_valid, batch_topn_valid, covisitation_valid, popularity_valid, interactions_valid]
+CHECKS = [similar_items_valid, batch_topn_valid, covisitation_valid, popularity_valid, interactions_valid,
+          *gates.CHECKS]
