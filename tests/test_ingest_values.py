@@ -167,7 +167,7 @@ def test_ragged_csv_rows_are_quarantined_and_the_header_kept(home, tmp_path):
     assert sorted(r[0] for r in query(home, "SELECT user_id FROM recs.interactions")) == ["u1", "u3"]
 
 
-def test_quoted_newlines_still_read_and_a_late_ragged_line_is_named(home, tmp_path):
+def test_quoted_newlines_still_read_and_a_late_ragged_line_is_quarantined(home, tmp_path):
     quoted = tmp_path / "quoted.csv"
     quoted.write_text('user_id,item_id,ts,event,note\nu1,a,1700000000000,view,"two\nlines"\nu2,b,1700000000000,view,"x, y"\n')
     assert run_ingest(home, {"sources": [{"kind": "events", "path": str(quoted)}]}).success
@@ -175,9 +175,26 @@ def test_quoted_newlines_still_read_and_a_late_ragged_line_is_named(home, tmp_pa
     late = tmp_path / "late.csv"  # the ragged line lies beyond the sniffer's sample
     late.write_text("user_id,item_id,ts,event\n" + "".join(f"u{i},a,1700000000000,view\n" for i in range(30_000))
                     + "u9,b,1700000000000,view,extra\n")
-    result = run_ingest(home, {"sources": [{"kind": "events", "path": str(late)}]}, raise_on_error=False)
-    text = failure_text(result)
-    assert "late.csv" in text and "Line: 30002" in text and "user_id" not in text.split("Line")[0].split("late.csv")[1]
+    run_ingest(home, {"sources": [{"kind": "events", "path": str(late)}]})
+    assert reasons(home) == {"ragged_row": 1}
+    raw = json.loads(query(home, "SELECT raw FROM recs.quarantine")[0][0])
+    assert raw["line"] == 30002 and raw["csv_line"] == "u9,b,1700000000000,view,extra" and raw["file"].endswith("late.csv")
+    assert query(home, "SELECT count(*) FROM recs.interactions WHERE source = 'late.csv'")[0][0] == 30_000
+    typed = tmp_path / "typed.csv"  # a value that does not fit the sniffed column type
+    typed.write_text("user_id,item_id,ts,event,quantity\n" + "".join(f"u{i},a,1700000000000,view,1\n" for i in range(30_000))
+                     + "u9,b,1700000000000,view,lots\n")
+    run_ingest(home, {"sources": [{"kind": "events", "path": str(typed)}]})
+    assert reasons(home) == {"ragged_row": 1, "unparseable_row": 1}
+    raw = json.loads(query(home, "SELECT raw FROM recs.quarantine WHERE reason = 'unparseable_row'")[0][0])
+    assert "lots" in raw["csv_line"] and raw["error"]
+
+
+def test_unreadable_catalog_lines_are_quarantined(home, tmp_path):
+    cat = tmp_path / "catalog.csv"
+    cat.write_text("item_id,title,price\nx,Red mug,4.5\ny,Blue mug,3.0,oops\nz,Green mug,2.0\n")
+    assert run_ingest(home, {"sources": [], "catalog_paths": [str(cat)]}).success
+    assert sorted(r[0] for r in query(home, "SELECT item_id FROM recs.catalog")) == ["x", "z"]
+    assert query(home, "SELECT source, reason FROM recs.quarantine") == [("catalog.csv", "ragged_row")]
 
 
 # ------------------------------------------------------------------------------ disk and lock

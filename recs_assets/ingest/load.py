@@ -13,7 +13,8 @@ import duckdb
 import polars as pl
 
 from recs_assets.ingest import catalog_attrs
-from recs_assets.ingest.sources import Source, SourceError, TimeRules, _lit, _reader, default_name, describe, stage
+from recs_assets.ingest.sources import (Source, SourceError, TimeRules, _collect_rejects, _last_reject_scan, _lit,
+                                        _reader, default_name, describe, stage)
 
 DDL = """
 CREATE SCHEMA IF NOT EXISTS recs;
@@ -80,11 +81,13 @@ def ingest_events(con: duckdb.DuckDBPyConnection, source: Source, rules: TimeRul
     info = stage(con, source, rules)
     adapter = info.adapter
     report = IngestReport(source=source.key, adapter=adapter, ts_unit=info.ts_unit)
-    report.read = con.execute("SELECT count(*) FROM _staged").fetchall()[0][0]
+    report.read = con.execute("SELECT (SELECT count(*) FROM _staged) + (SELECT count(*) FROM _rejected)").fetchall()[0][0]
     report.quarantined = dict(
-        con.execute(
-            "SELECT reason, count(*) FROM _staged WHERE reason IS NOT NULL GROUP BY 1 ORDER BY 2 DESC"
-        ).fetchall()
+        con.execute("""
+            SELECT reason, count(*) FROM (
+                SELECT reason FROM _staged WHERE reason IS NOT NULL UNION ALL SELECT reason FROM _rejected)
+            GROUP BY 1 ORDER BY 2 DESC
+        """).fetchall()
     )
     derived = _derived_catalog(con, adapter)
     report.replaced_legacy_keys = _legacy_keys(con, source)
@@ -109,6 +112,7 @@ def ingest_events(con: duckdb.DuckDBPyConnection, source: Source, rules: TimeRul
             SELECT ?, s.row_no, s.reason, to_json(r), now()::TIMESTAMP
             FROM _staged s JOIN _raw r USING (row_no) WHERE s.reason IS NOT NULL ORDER BY s.row_no
         """, key)
+        con.execute("INSERT INTO recs.quarantine SELECT ?, row_no, reason, raw, now()::TIMESTAMP FROM _rejected", key)
         con.register("_derived", derived)
         con.execute("INSERT INTO recs.catalog_sources SELECT ?, 0, * FROM _derived", key)
         con.unregister("_derived")
@@ -172,12 +176,17 @@ def ingest_catalog(con: duckdb.DuckDBPyConnection, path: str) -> int:
             "DELETE FROM recs.catalog_sources WHERE source = ? OR list_contains(?, source) "
             "OR (source LIKE '/%' AND ends_with(source, '/' || ?) AND priority = 1)",
             [key, legacy, key])
+        con.execute("DELETE FROM recs.quarantine WHERE source = ?", [key])
+        scans = _last_reject_scan(con)
         con.execute(f"""
             INSERT INTO recs.catalog_sources
             SELECT ?, 1, CAST(item_id AS VARCHAR), {col('title')}, {col('description')}, {col('brand')},
                    {col('category')}, {col('price', 'DOUBLE')}, {attrs}
             FROM {_reader(path)} WHERE item_id IS NOT NULL
         """, [key])
+        # catalog lines the CSV reader could not take are kept in the quarantine, not lost
+        _collect_rejects(con, scans)
+        con.execute("INSERT INTO recs.quarantine SELECT ?, row_no, reason, raw, now()::TIMESTAMP FROM _rejected", [key])
         rebuild_catalog(con)
         con.execute("COMMIT")
     except duckdb.Error as exc:

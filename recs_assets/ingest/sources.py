@@ -103,38 +103,17 @@ def _reader(path: str) -> str:
     if lower.endswith(".parquet") or lower.endswith(".pq"):
         return f"read_parquet({_lit(path)})"
     if lower.endswith(".csv") or lower.endswith(".csv.gz") or lower.endswith(".tsv"):
-        if _ragged_csv(path):
-            # null_padding: a ragged row gets its extra fields as columnN (quarantined as
-            # ragged_row) instead of the sniffer taking a longer line for the header. The
-            # parallel reader cannot combine it with quoted newlines.
-            return f"read_csv({_lit(path)}, header=true, all_varchar=false, null_padding=true, parallel=false)"
-        return f"read_csv({_lit(path)}, header=true, all_varchar=false)"
+        # store_rejects: a line the reader cannot take (more or fewer fields than the header,
+        # a value not of the column's sniffed type) is set aside for the quarantine instead of
+        # failing the file, and the sniffer does not take a ragged line for the header.
+        return f"read_csv({_lit(path)}, header=true, all_varchar=false, store_rejects=true)"
     if lower.endswith(".json") or lower.endswith(".jsonl") or lower.endswith(".ndjson"):
         return f"read_json_auto({_lit(path)})"
     raise SourceError(f"{path}: unsupported file type (use .parquet, .csv or .jsonl)")
 
 
-def _ragged_csv(path: str) -> bool:
-    """The sniffer's columns are not the header line's: a line with more fields than the header
-    (within the sniffed sample) took its place. A ragged line further down fails the read
-    with DuckDB's message naming the line."""
-    header = _header(Source(kind="events", path=path))
-    if header is None:
-        return False
-    try:
-        with duckdb.connect() as con:
-            sniffed = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_csv({_lit(path)}, header=true)").fetchall()]
-    except duckdb.Error:
-        return True
-    return sniffed != header
-
-
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def describe(con: duckdb.DuckDBPyConnection, source: Source) -> dict[str, str]:
@@ -152,23 +131,6 @@ def describe(con: duckdb.DuckDBPyConnection, source: Source) -> dict[str, str]:
     except duckdb.Error as exc:
         raise SourceError(f"{label}: cannot be read: {exc}") from exc
     return {r[0]: r[1] for r in rows}
-
-
-def _header(source: Source) -> list[str] | None:
-    """The CSV header line as written, to tell padding columns (columnN) from real ones."""
-    if source.kind == "sql" or not source.path.lower().endswith((".csv", ".tsv")) or not Path(source.path).is_file():
-        return None
-    with open(source.path, encoding="utf-8", errors="replace") as fh:
-        first = fh.readline().rstrip("\r\n")
-    sep = "\t" if source.path.lower().endswith(".tsv") else ","
-    return [c.strip().strip('"') for c in first.split(sep)]
-
-
-def _padding_columns(columns: dict[str, str], source: Source) -> list[str]:
-    header = _header(source)
-    if header is None:
-        return []
-    return [c for c in columns if c not in header and c.startswith("column") and c[6:].isdigit()]
 
 
 def resolve_kind(columns: dict[str, str], source: Source) -> SourceKind:
@@ -199,26 +161,54 @@ def stage(con: duckdb.DuckDBPyConnection, source: Source, rules: TimeRules | Non
     kind = resolve_kind(columns, source)
     label = source.path or f"query {source.key}"
     relation = f"({source.query})" if source.kind == "sql" else _reader(source.path)
-    padding = _padding_columns(columns, source)
-    ragged = " OR ".join(f"r.{_ident(c)} IS NOT NULL" for c in padding) or "false"
     try:
+        scans = _last_reject_scan(con)
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _raw AS
             SELECT row_number() OVER () AS row_no, r.* FROM {relation} r
         """)
+        _collect_rejects(con, scans)
         if kind == "online_retail":
             _require(columns, ONLINE_RETAIL_COLUMNS, label)
-            _stage_online_retail(con, columns, source.merges_case(kind), ragged, rules)
+            _stage_online_retail(con, columns, source.merges_case(kind), rules)
             info = StageInfo(kind)
         else:
             _require(columns, EVENT_COLUMNS_REQUIRED, label)
             unit = _epoch_unit(con, columns["ts"])
-            _stage_events(con, columns, unit, source.merges_case(kind), ragged, rules)
+            _stage_events(con, columns, unit, source.merges_case(kind), rules)
             info = StageInfo(kind, unit)
     except duckdb.Error as exc:
         raise SourceError(f"{label}: cannot be read: {exc}") from exc
     _mark_duplicates(con)
     return info
+
+
+def _last_reject_scan(con) -> int:
+    # Checked, not tried: inside a transaction a failed query would abort it.
+    exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'reject_scans'").fetchall()[0][0]
+    if not exists:  # no CSV read with store_rejects yet on this connection
+        return 0
+    return con.execute("SELECT coalesce(max(scan_id), 0) FROM reject_scans").fetchall()[0][0]
+
+
+def _collect_rejects(con, after_scan: int) -> None:
+    """TEMP TABLE _rejected(row_no, reason, raw): CSV lines the reader set aside, one row per line
+    (row_no is the line number in its file)."""
+    con.execute("CREATE OR REPLACE TEMP TABLE _rejected (row_no BIGINT, reason VARCHAR, raw VARCHAR)")
+    if _last_reject_scan(con) <= after_scan:
+        return
+    con.execute("""
+        INSERT INTO _rejected
+        SELECT e.line,
+               CASE WHEN bool_or(e.error_type IN ('TOO MANY COLUMNS', 'MISSING COLUMNS')) THEN 'ragged_row'
+                    ELSE 'unparseable_row' END,
+               to_json({file: any_value(s.file_path), line: e.line, csv_line: any_value(e.csv_line),
+                        error: string_agg(DISTINCT e.error_message, '; ')})
+        FROM reject_errors e JOIN reject_scans s USING (scan_id, file_id)
+        WHERE e.scan_id > ?
+        GROUP BY e.scan_id, e.file_id, e.line
+        ORDER BY e.line
+    """, [after_scan])
 
 
 def _time_checks(rules: TimeRules) -> str:
@@ -239,7 +229,7 @@ def _given(expr: str) -> str:
     return f"NULLIF(trim(CAST({expr} AS VARCHAR)), '') IS NOT NULL"
 
 
-def _stage_online_retail(con, columns: dict[str, str], merge_case: bool, ragged: str, rules: TimeRules) -> None:
+def _stage_online_retail(con, columns: dict[str, str], merge_case: bool, rules: TimeRules) -> None:
     codes = ", ".join(_lit(c) for c in NON_PRODUCT_CODES)
     description = "Description" if "Description" in columns else "NULL"
     item = "upper(trim(CAST(StockCode AS VARCHAR)))" if merge_case else "trim(CAST(StockCode AS VARCHAR))"
@@ -255,8 +245,7 @@ def _stage_online_retail(con, columns: dict[str, str], merge_case: bool, ragged:
                TRY_CAST(UnitPrice AS DOUBLE) AS price,
                trim(CAST(InvoiceNo AS VARCHAR)) AS basket_id,
                NULLIF(trim(CAST({description} AS VARCHAR)), '') AS title,
-               upper(trim(CAST(StockCode AS VARCHAR))) AS code,
-               {ragged} AS ragged
+               upper(trim(CAST(StockCode AS VARCHAR))) AS code
         FROM _raw r
     """)
     con.execute(f"""
@@ -265,7 +254,6 @@ def _stage_online_retail(con, columns: dict[str, str], merge_case: bool, ragged:
                CAST(CASE WHEN abs(quantity) <= 2147483647 THEN quantity END AS INTEGER) AS quantity,
                price, basket_id, title,
                CASE
-                 WHEN ragged THEN 'ragged_row'
                  WHEN basket_id IS NULL OR basket_id = '' THEN 'missing_basket'
                  WHEN upper(basket_id) LIKE 'C%' THEN 'cancellation'
                  WHEN item_id IS NULL THEN 'missing_item_id'
@@ -329,8 +317,7 @@ def _ts_expression(col_type: str, unit: str | None) -> str:
       END"""
 
 
-def _stage_events(con, columns: dict[str, str], unit: str | None, merge_case: bool, ragged: str,
-                  rules: TimeRules) -> None:
+def _stage_events(con, columns: dict[str, str], unit: str | None, merge_case: bool, rules: TimeRules) -> None:
     synonyms = " ".join(f"WHEN {_lit(k)} THEN {_lit(v)}" for k, v in EVENT_SYNONYMS.items())
     has_qty = "quantity" in columns
     has_price = "price" in columns
@@ -347,8 +334,7 @@ def _stage_events(con, columns: dict[str, str], unit: str | None, merge_case: bo
                CASE lower(trim(CAST(event AS VARCHAR))) {synonyms} ELSE NULL END AS event,
                {quantity} AS quantity, {price} AS price, {basket} AS basket_id,
                {_given("quantity") if has_qty else "false"} AS qty_given,
-               {_given("price") if has_price else "false"} AS price_given,
-               {ragged} AS ragged
+               {_given("price") if has_price else "false"} AS price_given
         FROM _raw r
     """)
     con.execute(f"""
@@ -359,7 +345,6 @@ def _stage_events(con, columns: dict[str, str], unit: str | None, merge_case: bo
                price, basket_id,
                CAST(NULL AS VARCHAR) AS title,
                CASE
-                 WHEN ragged THEN 'ragged_row'
                  WHEN item_id IS NULL THEN 'missing_item_id'
                  WHEN user_id IS NULL AND basket_id IS NULL THEN 'missing_user_and_basket'
                  WHEN ts IS NULL THEN 'bad_timestamp'
