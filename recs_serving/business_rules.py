@@ -298,7 +298,9 @@ def with_blocked(rel, exclude: np.ndarray) -> np.ndarray:
 def request_exclusions(rel, user_id: str | None = None, recent: Iterable = (), exclusions: Iterable[str] = (),
                        seeds: Iterable[str] = ()) -> set[str]:
     """Item ids a request rules out (its exclusions, recent events, cart, and the customer's
-    purchases): pins never bring those back."""
+    purchases): pins never bring those back. Empty when the release has no pins (nothing to check)."""
+    if not for_release(rel).pins:
+        return set()
     out = set(exclusions) | {getattr(r, "item_id", r) for r in recent} | set(seeds)
     u = rel.user_index.get(user_id, -1) if user_id is not None else -1
     if u >= 0:

@@ -262,7 +262,31 @@ def taste_anchors_many(rel, user_ids: list, item_lists: list[list[str]]) -> list
 
 
 def taste_anchors(rel, user_id: str | None, item_ids: list[str]) -> dict[str, str]:
-    return taste_anchors_many(rel, [user_id], [list(item_ids)])[0]
+    """``taste_anchors_many`` for one customer (the request path: a handful of numpy calls)."""
+    import numpy as np
+
+    Y = getattr(rel, "als_item", None)
+    u = rel.user_index.get(user_id, -1) if user_id is not None else -1
+    if Y is None or u < 0 or not item_ids:
+        return {}
+    h, w, bought = rel.history(u)
+    bought = np.asarray(bought, bool)
+    h = np.asarray(h, np.int64)[bought] if bought.any() else np.asarray(h, np.int64)
+    if h.size > HISTORY_FOR_ANCHORS:
+        w = np.asarray(w)[bought] if bought.any() else np.asarray(w)
+        h = h[np.argsort(-w, kind="stable")[:HISTORY_FOR_ANCHORS]]
+    get = rel.item_index.get
+    c = np.fromiter((get(i, -1) for i in item_ids), np.int64, len(item_ids))
+    if h.size == 0 or (c < 0).all():
+        return {}
+    H = np.asarray(Y[h], np.float32)
+    C = np.asarray(Y[np.maximum(c, 0)], np.float32)
+    S = (C @ H.T) / np.maximum(np.outer(np.linalg.norm(C, axis=1), np.linalg.norm(H, axis=1)), 1e-12)
+    S[c[:, None] == h[None, :]] = -np.inf  # never "because you bought" the item itself
+    best = h[S.argmax(axis=1)]
+    ok = (c >= 0) & np.isfinite(S.max(axis=1))
+    ids = rel.item_ids
+    return {item_ids[j]: ids[int(best[j])] for j in np.flatnonzero(ok).tolist()}
 
 
 def _fix_anonymous(codes: list[str], seed: str | None) -> list[str]:
