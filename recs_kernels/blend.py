@@ -239,6 +239,24 @@ class Blend:
 
         als_users/bpr_users: factor rows of these users; history: CSR (n_users x n_items) of
         the weighted history ``h`` (already capped, see ``cap_history``)."""
+        Q, names, row_const, col_const, sparse_parts = self.parts(weights, als_users=als_users, bpr_users=bpr_users,
+                                                                  history=history, n_users=n_users)
+        n = row_const.shape[0]
+        out = np.empty((n, self.n_items), dtype=np.float32) if out is None else out[:n]
+        if names:
+            np.matmul(Q, self._stacked_items(names), out=out)
+        else:
+            out[:] = 0.0
+        _add_row_col(out, row_const.astype(np.float32), col_const)
+        for P, scale in sparse_parts:
+            _scatter_rows(out, P.indptr, P.indices, P.data, scale.astype(np.float32))
+        return out
+
+    def parts(self, weights: dict, *, als_users=None, bpr_users=None, history=None, n_users: int | None = None):
+        """The dense blend of a block of users, unassembled: score = Q @ stacked_items(names)
+        + row_const[:, None] + col_const[None, :] + sum(scale[:, None] * P) over sparse_parts
+        (P: CSR users x items, non-negative). ``score`` assembles it densely; the candidate
+        top-N (recs_kernels.candidates) scores only a few items per user from the same parts."""
         w = self._weights(weights)
         n = n_users
         for arr in (als_users, bpr_users, history):
@@ -248,7 +266,6 @@ class Blend:
         if n is None:
             raise ValueError("score needs the users' factors or history (or n_users for vectors only)")
         H = sp.csr_matrix(history, dtype=np.float32) if history is not None else None
-        out = np.empty((n, self.n_items), dtype=np.float32) if out is None else out[:n]
         row_const = np.zeros(n, dtype=np.float64)
         users = {"als": als_users, "bpr": bpr_users,
                  "content": (H @ self.items["content"]) if (H is not None and "content" in w) else None}
@@ -263,10 +280,7 @@ class Blend:
             row_const -= (U @ mom.mean) * scale
             names.append(name)
             scaled.append(U * scale[:, None])
-        if names:
-            np.matmul(np.hstack(scaled).astype(np.float32), self._stacked_items(tuple(names)), out=out)
-        else:
-            out[:] = 0.0
+        Q = np.ascontiguousarray(np.hstack(scaled), dtype=np.float32) if names else None
         sparse_parts = []
         if H is not None:
             m = float(self.n_items)
@@ -284,10 +298,7 @@ class Blend:
         for name in VECTOR_SOURCES:
             if name in w:
                 col_const += np.float32(w[name]) * self.vectors[name]
-        _add_row_col(out, row_const.astype(np.float32), col_const)
-        for P, scale in sparse_parts:
-            _scatter_rows(out, P.indptr, P.indices, P.data, scale.astype(np.float32))
-        return out
+        return Q, tuple(names), row_const, col_const, sparse_parts
 
     def top_k(self, weights: dict, k: int, *, als_users=None, bpr_users=None, history=None, exclude=None,
               block_users: int | None = None):
