@@ -4,6 +4,7 @@ import os
 import time
 import uuid
 import zlib
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -16,8 +17,9 @@ from pydantic import Field
 
 from recs_assets import io, markdown, modeling, paths
 from recs_assets.features import load_matrix
+from recs_assets.progress import Progress
 from recs_assets.resources import ArtifactStore, Warehouse
-from recs_kernels import blend, topk
+from recs_kernels import blend, candidates, topk
 
 GROUP = "outputs"
 DEFAULT_SHARDS = 2
@@ -112,6 +114,12 @@ class TopNConfig(dg.Config):
     n: int = Field(50, ge=1, le=1000, description="Items per user")
     blend: modeling.BlendParams = Field(default_factory=modeling.BlendParams)
     request: modeling.RequestParams = Field(default_factory=modeling.RequestParams)
+    exact: bool = Field(False, description="Score every item of the catalogue (the dense reference) instead of "
+                                           "candidates: the factor part's top-C on a low-rank projection, the "
+                                           "history's neighbours and trending, each scored exactly")
+    candidate_rank: int | None = Field(32, ge=1, description="Rank of the projection that picks the factor "
+                                                             "candidates (null: full rank)")
+    n_candidates: int | None = Field(None, ge=1, description="Factor candidates per user (default max(4n, 200))")
 
 
 def load_blend(artifacts: ArtifactStore, request: modeling.RequestParams):
@@ -142,8 +150,14 @@ def batch_topn(context: dg.AssetExecutionContext, config: TopNConfig, artifacts:
     rows = np.flatnonzero(shard_of(m.user_ids) == shard)
     bl, ua, ub = load_blend(artifacts, config.request)
     history = blend.cap_history(m.weights[rows], config.request.history_cap)
-    ids, scores = bl.top_k(config.blend.weights(), config.n, als_users=ua[rows], bpr_users=ub[rows],
-                           history=history, exclude=m.binary[rows])
+    if config.exact:
+        ids, scores = bl.top_k(config.blend.weights(), config.n, als_users=ua[rows], bpr_users=ub[rows],
+                               history=history, exclude=m.binary[rows])
+    else:
+        ids, scores = candidates.top_k(bl, config.blend.weights(), config.n, als_users=ua[rows], bpr_users=ub[rows],
+                                       history=history, exclude=m.binary[rows], rank=config.candidate_rank,
+                                       n_candidates=config.n_candidates,
+                                       callback=Progress(context.log.info, "top-N", len(rows), unit="users"))
     valid = ids >= 0
     r_idx, c_idx = np.nonzero(valid)
     table = pl.DataFrame({
@@ -191,6 +205,47 @@ def similar_items(context: dg.AssetExecutionContext, config: SimilarConfig, ware
 class VectorStoreConfig(dg.Config):
     table: str = "items"
     index_min_rows: int = Field(20_000, description="Build an ANN (IVF-PQ) index once the catalog has this many items")
+    prune: bool = Field(True, description="Compact the store and delete table versions no release on disk pins")
+
+
+# A version written this close before the oldest pinned one is kept too: lance measures
+# "older than" from its own clock, read a moment after ours.
+PRUNE_MARGIN = timedelta(seconds=5)
+
+
+def pinned_versions(home: Path, uri: str, table: str) -> set[int]:
+    """LanceDB versions of `table` that releases on disk (the current one and the kept ones) pin."""
+    out: set[int] = set()
+    for manifest in (home / "releases").glob("*/manifest.json"):
+        try:
+            pin = json.loads(manifest.read_text()).get("lancedb") or {}
+            if pin.get("table") == table and Path(pin["uri"]).resolve() == Path(uri).resolve():
+                out.add(int(pin["version"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a half-written or foreign manifest pins nothing
+    return out
+
+
+def prune_versions(tbl, pinned: set[int]) -> dict:
+    """Compact `tbl` and delete every version older than the oldest pinned one (all but the
+    latest when nothing is pinned). Lance prunes by age only, and tags would make it fail, so
+    versions between pinned ones stay: at most a few per kept release, so the size is flat."""
+    import warnings
+
+    versions = tbl.list_versions()
+    stamps = [v["timestamp"] for v in versions if int(v["version"]) in pinned]
+    if stamps:
+        oldest = min(stamps)
+        now = datetime.now(oldest.tzinfo)
+        older_than = max(now - oldest + PRUNE_MARGIN, timedelta(0))
+    else:
+        older_than = timedelta(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "removes every version": that is the point
+        # This asset is the table's only writer: files of killed writes can go at once.
+        tbl.optimize(cleanup_older_than=older_than, delete_unverified=True)
+    after = tbl.list_versions()
+    return {"versions_before": len(versions), "versions_after": len(after), "pinned": sorted(pinned)}
 
 
 @dg.asset(group_name=GROUP, kinds={"lancedb"}, deps=["catalog", "catalog_embeddings", "als_factors"],
@@ -222,6 +277,18 @@ def vector_store(context: dg.AssetExecutionContext, config: VectorStoreConfig, w
             tbl.create_index(col, config=BTree(), replace=True)
         except Exception as exc:  # scalar indexes are an optimisation only
             context.log.warning(f"scalar index on {col} skipped: {exc}")
+    hygiene = {}
+    if config.prune:
+        hygiene = prune_versions(tbl, pinned_versions(paths.recs_home(), uri, config.table))
+        # Other tables here (factor exports) are pinned by no release: their latest version only.
+        for name in db.table_names():
+            if name != config.table:
+                try:
+                    prune_versions(db.open_table(name), set())
+                except Exception as exc:  # hygiene must never fail the store
+                    context.log.warning(f"pruning LanceDB table {name} skipped: {exc}")
     version = int(tbl.version)
     return dg.MaterializeResult(metadata={"uri": uri, "table": config.table, "version": version,
-                                          "rows": tbl.count_rows(), "ann_index": indexed})
+                                          "rows": tbl.count_rows(), "ann_index": indexed,
+                                          "pinned_versions": ", ".join(map(str, hygiene.get("pinned", []))) or "none",
+                                          "versions_kept": hygiene.get("versions_after", len(tbl.list_versions()))})
