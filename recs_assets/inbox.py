@@ -8,6 +8,7 @@ still in flight, so a file leaves it only when it has landed or failed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -113,9 +114,11 @@ def inbox_sensor(context: dg.SensorEvaluationContext):
     if not new:
         context.update_cursor(json.dumps(pending))
         return dg.SkipReason(f"no new files in the inbox ({len(pending)} in flight, {len(settled)} settled)")
-    run_key = "inbox:" + "|".join(new)
+    # A short key whatever the number of files (run keys and tags are stored and indexed).
+    run_key = "inbox:" + hashlib.sha1("|".join(new).encode()).hexdigest()[:16]
     for k in new:
         pending[k] = run_key
     context.update_cursor(json.dumps(pending))
+    names = ", ".join(files[k].name for k in new)
     return dg.RunRequest(run_key=run_key, run_config=ingest_run_config([files[k] for k in new]),
-                         tags={RUN_TAG: run_key})
+                         tags={RUN_TAG: run_key, "recs/inbox_files": names[:1000]})
