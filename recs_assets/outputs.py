@@ -209,8 +209,8 @@ class VectorStoreConfig(dg.Config):
 
 
 # A version written this close before the oldest pinned one is kept too: lance measures
-# "older than" from its own clock, read a moment after ours.
-PRUNE_MARGIN = timedelta(seconds=5)
+# "older than" from its own clock, read a moment after ours (compaction runs before, apart).
+PRUNE_MARGIN = timedelta(seconds=1)
 
 
 def pinned_versions(home: Path, uri: str, table: str) -> set[int]:
@@ -232,6 +232,7 @@ def prune_versions(tbl, pinned: set[int]) -> dict:
     versions between pinned ones stay: at most a few per kept release, so the size is flat."""
     import warnings
 
+    tbl.optimize(cleanup_older_than=timedelta(days=36500))  # compaction alone (compact_files needs pylance)
     versions = tbl.list_versions()
     stamps = [v["timestamp"] for v in versions if int(v["version"]) in pinned]
     if stamps:
@@ -281,7 +282,7 @@ def vector_store(context: dg.AssetExecutionContext, config: VectorStoreConfig, w
     if config.prune:
         hygiene = prune_versions(tbl, pinned_versions(paths.recs_home(), uri, config.table))
         # Other tables here (factor exports) are pinned by no release: their latest version only.
-        for name in db.table_names():
+        for name in db.list_tables().tables:
             if name != config.table:
                 try:
                     prune_versions(db.open_table(name), set())
