@@ -80,7 +80,7 @@ def baskets(context: dg.AssetExecutionContext, config: BasketConfig, warehouse: 
     items = io.load_item_ids(warehouse)
     rows = basket_rows(events, config.session_gap_minutes)
     B, basket_ids = basket_matrix(events, items, rows=rows)
-    io.save_csr(artifacts, "baskets", B, basket_ids=basket_ids)
+    io.save_csr(artifacts, "baskets", B, meta=config.model_dump(), basket_ids=basket_ids)
     sizes = np.diff(B.indptr)
     summary = pl.DataFrame({"basket_id": pl.Series(basket_ids, dtype=pl.String), "n_items": sizes.astype(np.int32)})
     warehouse.replace_table("baskets", summary)
