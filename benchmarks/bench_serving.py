@@ -562,7 +562,7 @@ def main() -> int:
 
     rss0 = rss_mb()[0]
     t0 = time.perf_counter()
-    rec = Recommender(home, watch=False, require_release=True)
+    rec = Recommender(home, watch=False, require_release=True, cache=True)  # mapped, as the server's workers run it
     results: dict = {"release": rec.version, "items": rec.release.n_items, "users": rec.release.n_users, "cores": os.cpu_count(),
                      "workers": args.workers}
     results["load_s"] = time.perf_counter() - t0

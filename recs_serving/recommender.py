@@ -594,7 +594,18 @@ class Recommender:
         k = _check_k(k)
         meta: dict = {"strategy": "als"}
         customers: list[Customer] = []
-        if rel.als_user is not None and rel.n_users:
+        if rel.als_user is not None and rel.n_users > SCAN_USERS:
+            # Bounded work per request (a full scan of 1M users is ~0.5 s): exact ALS scores on
+            # candidates = buyers of the item's neighbours plus a fixed stride sample of users.
+            a, b = rel.buyers.indptr[i], rel.buyers.indptr[i + 1]
+            cand = _customer_candidates(rel, i)
+            s = np.asarray(rel.als_user[cand], dtype=np.float32) @ rel.als_item[i]
+            s[_member(cand, np.asarray(rel.buyers.indices[a:b], np.int64))] = -np.inf  # already bought it
+            top, scores = _topk.topk_scores(s, min(k, cand.size))
+            ids = np.where(top >= 0, cand[np.maximum(top, 0)], -1)
+            meta["strategy"] = "als_candidates"
+            meta["candidates"] = int(cand.size)
+        elif rel.als_user is not None and rel.n_users:
             y = rel.als_item[i]
             s = np.empty(rel.n_users, np.float32)
             for a0 in range(0, rel.n_users, 1 << 17):  # chunks: float16 rows are cast block by block
@@ -603,6 +614,7 @@ class Recommender:
             a, b = rel.buyers.indptr[i], rel.buyers.indptr[i + 1]
             s[rel.buyers.indices[a:b]] = -np.inf  # already bought it: not a target
             ids, scores = _topk.topk_scores(s, min(k, rel.n_users))
+        if rel.als_user is not None and rel.n_users:
             customers = [
                 Customer.model_construct(user_id=rel.user_ids[u], score=round(float(v), 6), rank=r + 1)
                 for r, (u, v) in enumerate(zip(ids.tolist(), scores.tolist())) if u >= 0
@@ -706,6 +718,27 @@ class Recommender:
         sel_sc = np.take_along_axis(sc, safe_p, 1).astype(np.float64)
         counts = (picks >= 0).sum(axis=1).tolist()  # picks are left-aligned: -1 only after the last pick
         return sel_ids, sel_sc, counts
+
+
+SCAN_USERS = 200_000  # above this many users, /customers scores candidates instead of every user
+CUSTOMER_SAMPLE = 8192
+BUYERS_PER_NEIGHBOUR = 256
+
+
+def _customer_candidates(rel: LoadedRelease, i: int) -> np.ndarray:
+    """Sorted unique user idx to score for item ``i``: buyers of its neighbours (similar items,
+    co-visitation, item similarity; at most BUYERS_PER_NEIGHBOUR each) and every
+    ``n_users // CUSTOMER_SAMPLE``-th user. At most ~8K + 60 x 256 users whatever the release."""
+    parts = [np.arange(0, rel.n_users, max(1, rel.n_users // CUSTOMER_SAMPLE), dtype=np.int64)]
+    for adj in (rel.sim_factors, rel.covis, getattr(rel, "item_sim", None)):
+        if adj is None:
+            continue
+        nb = adj.indices[adj.indptr[i]:min(adj.indptr[i + 1], adj.indptr[i] + 20)]
+        for j in np.asarray(nb).tolist():
+            a, b = rel.buyers.indptr[j], rel.buyers.indptr[j + 1]
+            step = max(1, (b - a) // BUYERS_PER_NEIGHBOUR)
+            parts.append(np.asarray(rel.buyers.indices[a:b:step], np.int64))
+    return np.unique(np.concatenate(parts))
 
 
 def _member(x: np.ndarray, sorted_: np.ndarray) -> np.ndarray:

@@ -412,3 +412,22 @@ def test_workers_share_the_port_and_one_mapped_copy(base_home, tmp_path):
         assert len(list(mapped.cache_root(home).glob(f"{name}-*"))) == 1  # built once for both workers
     finally:
         srv.stop()
+
+
+def test_customers_candidate_path_matches_full_scan_when_it_covers_everyone(base_home, monkeypatch):
+    """Above SCAN_USERS users /customers scores bounded candidates (neighbours' buyers and a
+    stride sample); on a release small enough for the sample to hold every user, both paths
+    must give the same answer."""
+    from recs_serving import Recommender
+    from recs_serving import recommender as rmod
+
+    rec = Recommender(base_home, watch=False)
+    rel = rec.release
+    items = [rel.item_ids[i] for i in rel.popularity_lists[("global", "")][:5]]
+    full = [rec.top_customers(i, 15) for i in items]
+    monkeypatch.setattr(rmod, "SCAN_USERS", 0)
+    cand = [rec.top_customers(i, 15) for i in items]
+    for f, c in zip(full, cand):
+        assert c.metadata["strategy"] == "als_candidates" and c.metadata["candidates"] == rel.n_users
+        assert [x.user_id for x in c.customers] == [x.user_id for x in f.customers]
+    rec.close()
