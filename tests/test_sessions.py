@@ -124,3 +124,21 @@ def test_no_baskets_at_all_gives_empty_itemsets_and_rules(tmp_path, monkeypatch)
     r = result.asset_materializations_for_node("association_rules")[0].metadata
     assert f["itemsets"].value == 0 and "no baskets" in f["reason"].value
     assert r["rules"].value == 0 and "no frequent itemsets" in r["reason"].value
+
+
+def test_as_of_measures_ages_and_trending_and_leaves_later_events_out():
+    t = datetime(2024, 1, 1)
+    ev = _events([("u1", "a", t, "purchase", None), ("u1", "b", t + timedelta(days=30), "purchase", None),
+                  ("u2", "b", t + timedelta(days=30), "purchase", None),
+                  ("u2", "c", datetime(2999, 1, 1), "purchase", None)])   # a stray future event
+    items = np.array(["a", "b", "c"], dtype=object)
+    p = modeling.MatrixParams(decay_days=30)
+    m = modeling.build_matrix(ev, items, p, as_of=t + timedelta(days=30))
+    W = m.weights.toarray()
+    assert m.as_of == t + timedelta(days=30) and W[:, 2].sum() == 0          # 2999 left out
+    assert np.isclose(W[0, 1] / W[0, 0], np.e, rtol=1e-4)                     # a is 30 days (one decay) older
+    # the config's as_of is used when no argument is given; the default is the newest event
+    assert modeling.build_matrix(ev, items, modeling.MatrixParams(as_of="2024-01-31")).as_of == m.as_of
+    assert modeling.build_matrix(ev, items, p).as_of == datetime(2999, 1, 1)
+    glob, trend = modeling.popularity_scores(ev, items, 7, as_of="2024-01-31T00:00:00+00:00")
+    assert glob[2] == 0 and trend[0] == 0 and trend[1] > 0
