@@ -35,6 +35,8 @@ CACHE_DIR = "serving-cache"
 DONE = "DONE"
 KEEP = 4  # cache entries kept (a few releases; workers may still map an older one)
 BUILD_TIMEOUT_S = 3600
+NICE_ENV = "RECS_BUILD_NICE"
+DEFAULT_NICE = 10  # CPU weight ~1/10 of a worker's; 19 starves the build on a busy machine
 
 
 def cache_root(home: Path) -> Path:
@@ -172,9 +174,9 @@ def _prune(root: Path, keep: int, spare: str) -> None:
 
 def _main(argv: list[str]) -> int:
     home, name, out, refused = Path(argv[0]), argv[1], Path(argv[2]), Path(argv[3])
-    try:
-        os.nice(19)  # the workers answering requests come first; a load may take longer
-    except OSError:
+    try:  # the workers answering requests come first; a load may take longer
+        os.nice(int(os.environ.get(NICE_ENV, DEFAULT_NICE)))
+    except (OSError, ValueError):
         pass
     from .holder import load_verified
 
