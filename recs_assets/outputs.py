@@ -43,6 +43,16 @@ def shard_count() -> int:
 N_SHARDS = shard_count()
 shards = dg.StaticPartitionsDefinition([str(i) for i in range(N_SHARDS)])
 SHARDS_TAG = "recs/topn_shards"
+HOME_TAG = "recs/home_id"
+
+
+def home_id(home: Path | None = None) -> str:
+    """An id stored in RECS_HOME, so a worker can tell that it sees the launcher's RECS_HOME."""
+    f = (home or paths.recs_home()) / ".recs-home-id"
+    if not f.exists():
+        f.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(f, lambda tmp: tmp.write_text(uuid.uuid4().hex))
+    return f.read_text().strip()
 
 
 def parts_dir(n_shards: int = N_SHARDS, home: Path | None = None) -> Path:
@@ -146,6 +156,9 @@ def batch_topn(context: dg.AssetExecutionContext, config: TopNConfig, artifacts:
     if expected and int(expected) != N_SHARDS:
         raise RuntimeError(f"this process has {N_SHARDS} top-N shards but the run was launched with {expected}; "
                            "set RECS_TOPN_SHARDS the same on the launcher and every worker")
+    if context.run.tags.get(HOME_TAG, home_id()) != home_id():
+        raise RuntimeError(f"this process's RECS_HOME ({paths.recs_home()}) is not the launcher's; every worker "
+                           "must see the same RECS_HOME (shared storage)")
     m = load_matrix(artifacts)
     rows = np.flatnonzero(shard_of(m.user_ids) == shard)
     bl, ua, ub = load_blend(artifacts, config.request)

@@ -141,6 +141,7 @@ def run_job(instance, job_name: str, *, run_config: dict | None = None, partitio
     if partition is not None:
         all_tags["dagster/partition"] = partition
         all_tags[outputs.SHARDS_TAG] = str(outputs.N_SHARDS)
+        all_tags[outputs.HOME_TAG] = outputs.home_id()
     with dg.execute_job(_recon(job_name), instance, run_config=_config_for(run_config, job_name, shards_mode),
                         tags=all_tags, raise_on_error=False) as result:
         run = instance.get_run_by_id(result.run_id)

@@ -101,8 +101,8 @@ def _wait(pred, timeout, message):
 def cluster(tmp_path_factory, redis_url, pg_url):
     root = tmp_path_factory.mktemp("cluster")
     data = root / "data"
-    subprocess.run([sys.executable, "-m", "recs_assets.synthetic", "--users", "2000", "--items", "200",
-                    "--events", "40000", "--out", str(data), "--no-progress"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "recs_assets.synthetic", "--users", "8000", "--items", "200",
+                    "--events", "80000", "--out", str(data), "--no-progress"], check=True, capture_output=True)
     config = root / "run.json"
     config.write_text(json.dumps({"ops": {
         "ingest": {"config": {"sources": [{"kind": "events", "path": str(data / "events.parquet")}],
@@ -157,20 +157,33 @@ def _instance(cluster):
 
 
 def _worker_spans(instance, run_id):
-    """(pid, start, end) of the step as the worker saw it: its own 'in celery worker' event and the step's end."""
-    start = pid = end = None
+    """(worker, start, end) of the step as the worker saw it: its own 'in celery worker' event and the step's end."""
+    start = worker = end = None
     for e in instance.all_logs(run_id):
         ev = e.dagster_event
         if ev is None:
             continue
         if ev.event_type_value == "ENGINE_EVENT" and "in celery worker" in (ev.message or ""):
-            start, pid = e.timestamp, ev.pid
+            start, worker = e.timestamp, ev.event_specific_data.metadata["Celery worker"].value
         if ev.event_type_value == "STEP_SUCCESS":
             end = e.timestamp
-    return pid, start, end
+    return worker, start, end
 
 
-def test_readme_commands_run_shards_on_two_workers_at_once(cluster):
+def _pool_process(worker: subprocess.Popen) -> int:
+    """The pool process of a worker started with concurrency 1: the one executing its task."""
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def test_scale_out_on_two_celery_workers(cluster):
+    """One test (the phases share the models stage, and must not run beside each other)."""
+    readme_commands_run_shards_on_two_workers_at_once(cluster)
+    kill_9_worker_mid_shard_then_rerun(cluster)
+
+
+def readme_commands_run_shards_on_two_workers_at_once(cluster):
     """README "Scaling out": worker.sh on two workers, then the main command with the production instance."""
     t0 = time.monotonic()
     proc = subprocess.run(["bash", "-c", "source scripts/env.sh && .venv/bin/python -m recs_assets.pipeline --config "
@@ -186,7 +199,7 @@ def test_readme_commands_run_shards_on_two_workers_at_once(cluster):
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
         spans = [_worker_spans(instance, r.run_id) for r in runs]
     assert all(s[0] and s[1] and s[2] for s in spans), spans
-    assert len({pid for pid, _, _ in spans}) >= 2, f"every shard ran in one process: {spans}"
+    assert len({w for w, _, _ in spans}) >= 2, f"every shard ran on one worker: {spans}"
     overlapping = [(a, b) for a in spans for b in spans if a[0] != b[0] and a[1] < b[2] and b[1] < a[2]]
     assert overlapping, f"no two shards ran at the same time: {spans}"
     frame = pl.read_parquet(sorted((cluster["home"] / "topn" / f"{SHARDS}-shards").glob("part-*.parquet")))
@@ -205,7 +218,7 @@ def _shard_runs_since(instance, t0):
             if r.create_timestamp.timestamp() >= t0]
 
 
-def test_kill_9_worker_mid_shard_then_rerun(cluster):
+def kill_9_worker_mid_shard_then_rerun(cluster):
     t0 = time.time()
     launcher = _shards_command(cluster)
     victim = None
@@ -214,14 +227,16 @@ def test_kill_9_worker_mid_shard_then_rerun(cluster):
             nonlocal victim
             for run in _shard_runs_since(instance, t0):
                 for e in instance.all_logs(run.run_id):
-                    if e.dagster_event and "in celery worker" in (e.dagster_event.message or ""):
-                        victim = (run.run_id, e.dagster_event.pid)
+                    ev = e.dagster_event
+                    if ev and ev.event_type_value == "ENGINE_EVENT" and "in celery worker" in (ev.message or ""):
+                        victim = (run.run_id, ev.event_specific_data.metadata["Celery worker"].value.split("@")[0])
                         return True
             return launcher.poll() is not None
 
         _wait(executing, TIMEOUT, "no shard started on a worker")
         assert victim, launcher.communicate()[0][-3000:]
-        os.kill(victim[1], signal.SIGKILL)  # the worker process running that shard (as the OOM killer would)
+        pid = _pool_process(cluster["workers"][victim[1]])
+        os.kill(pid, signal.SIGKILL)  # the worker process running that shard (as the OOM killer would)
         out = launcher.communicate(timeout=TIMEOUT)[0]
         runs = {r.run_id: r for r in _shard_runs_since(instance, t0)}
         assert len(runs) == SHARDS, out[-3000:]
@@ -230,7 +245,8 @@ def test_kill_9_worker_mid_shard_then_rerun(cluster):
                             for e in instance.all_logs(victim[0]))
         # Either the task went back to the queue and finished elsewhere, or the run failed saying why.
         assert status == dg.DagsterRunStatus.SUCCESS or "WorkerLostError" in messages, messages[-3000:]
-        print(f"killed worker pid {victim[1]} mid-shard: run {victim[0]} ended {status.value}; launcher exit {launcher.returncode}")
+        print(f"killed {victim[1]}'s pool process {pid} mid-shard: run {victim[0]} ended {status.value}; "
+              f"launcher exit {launcher.returncode}")
     # No reader ever sees half a shard: every part present is whole and of its own shard.
     parts_dir = cluster["home"] / "topn" / f"{SHARDS}-shards"
     for part in parts_dir.glob("part-*.parquet"):
