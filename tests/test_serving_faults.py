@@ -416,8 +416,7 @@ def test_workers_share_the_port_and_one_mapped_copy(base_home, tmp_path):
 
 def test_customers_candidate_path_matches_full_scan_when_it_covers_everyone(base_home, monkeypatch):
     """Above SCAN_USERS users /customers scores bounded candidates (neighbours' buyers and a
-    stride sample); on a release small enough for the sample to hold every user, both paths
-    must give the same answer."""
+    block of users); when the block holds every user, both paths must give the same answer."""
     from recs_serving import Recommender
     from recs_serving import recommender as rmod
 
@@ -426,6 +425,7 @@ def test_customers_candidate_path_matches_full_scan_when_it_covers_everyone(base
     items = [rel.item_ids[i] for i in rel.popularity_lists[("global", "")][:5]]
     full = [rec.top_customers(i, 15) for i in items]
     monkeypatch.setattr(rmod, "SCAN_USERS", 0)
+    monkeypatch.setattr(rmod, "CUSTOMER_SAMPLE", rel.n_users)  # the block covers everyone
     cand = [rec.top_customers(i, 15) for i in items]
     for f, c in zip(full, cand):
         assert c.metadata["strategy"] == "als_candidates" and c.metadata["candidates"] == rel.n_users
