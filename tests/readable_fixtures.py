@@ -20,8 +20,21 @@ def readable_home(tmp_path_factory) -> Path:
 
     if os.environ.get("RECS_TEST_READABLE_HOME"):  # a home built earlier by readable_release.build (development)
         return Path(os.environ["RECS_TEST_READABLE_HOME"])
-    home = tmp_path_factory.mktemp("readable-home")
-    readable_release.build(home)
+    # One build per test session even when xdist splits these modules over workers: the
+    # workers share the base temp's parent; the first builds under a lock, the others reuse it.
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    home = root / "readable-home"
+    with open(root / "readable-home.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (home / ".built").exists():
+            shutil.rmtree(home, ignore_errors=True)
+            home.mkdir(parents=True)
+            readable_release.build(home)
+            (home / ".built").touch()
     return home
 
 
