@@ -139,8 +139,13 @@ def cluster(tmp_path_factory, redis_url, pg_url):
                  "RECS_CELERY_BROKER": redis_url, "RECS_DAGSTER_STORAGE": str(dagster_home / "storage"),
                  "RECS_DAGSTER_LOGS": str(dagster_home / "logs")}.items():
         mp.setenv(k, v)
-    yield {"env": env, "config": str(config), "home": home, "root": root, "workers": workers}
+    launched: list[subprocess.Popen] = []
+    yield {"env": env, "config": str(config), "home": home, "root": root, "workers": workers, "launched": launched}
     mp.undo()
+    for p in launched:  # a launcher left waiting by a failed assertion
+        if p.poll() is None:
+            p.terminate()
+            p.wait(30)
     for w in workers.values():
         if w.poll() is None:
             os.killpg(w.pid, signal.SIGTERM)
@@ -208,9 +213,10 @@ def readme_commands_run_shards_on_two_workers_at_once(cluster):
 
 
 def _shards_command(cluster):
-    return subprocess.Popen(["bash", "-c", "source scripts/env.sh && exec .venv/bin/python -m recs_assets.pipeline "
+    cluster["launched"].append(subprocess.Popen(["bash", "-c", "source scripts/env.sh && exec .venv/bin/python -m recs_assets.pipeline "
                              "--stages shards --config " + cluster["config"]], cwd=REPO, env=cluster["env"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return cluster["launched"][-1]
 
 
 def _shard_runs_since(instance, t0):
