@@ -12,9 +12,7 @@ newest timestamp in the request; ties are broken by item index everywhere.
 """
 from __future__ import annotations
 
-import atexit
 import copy
-import gc
 import logging
 import os
 import threading
@@ -763,23 +761,6 @@ def _lookup_many(index, keys: list) -> np.ndarray:
         return many(keys)
     get = index.get
     return np.fromiter((get(u, -1) for u in keys), dtype=np.int64, count=len(keys))
-
-
-def _freeze_heap() -> None:
-    """Move everything alive now (the loaded release's id lists and dicts, imported modules)
-    out of the cyclic collector's reach. A full collection walks every tracked object: with a
-    release loaded that is ~90 ms, paid every few hundred requests by whichever request
-    allocated the object that triggered it (the p99). Frozen objects are still freed by
-    reference counting, so a swapped-out release goes away when its last request ends."""
-    global _UNFREEZE_AT_EXIT
-    gc.collect()
-    gc.freeze()
-    if not _UNFREEZE_AT_EXIT:  # let interpreter shutdown collect (and finalise) them as usual
-        atexit.register(gc.unfreeze)
-        _UNFREEZE_AT_EXIT = True
-
-
-_UNFREEZE_AT_EXIT = False
 
 
 def rel_has_topn(rel: LoadedRelease, u: int) -> bool:
