@@ -40,10 +40,7 @@ class Projection:
             self.basis = None
             self.Vrt = np.ascontiguousarray(Vt, dtype=np.float32)
             return
-        G = np.zeros((d, d), np.float64)
-        for a in range(0, Vt.shape[1], 1 << 15):
-            blk = np.asarray(Vt[:, a:a + (1 << 15)], np.float64)
-            G += blk @ blk.T
+        G = np.asarray(Vt @ Vt.T, np.float64)  # d x d; float32 accumulation is ample for a basis
         _, vecs = np.linalg.eigh(G)
         self.basis = np.ascontiguousarray(vecs[:, ::-1][:, :rank], dtype=np.float32)  # d x r
         self.Vrt = np.ascontiguousarray(self.basis.T @ Vt, dtype=np.float32)  # r x n
@@ -60,12 +57,14 @@ def _add_cols(A, col):
             A[r, j] += col[j]
 
 
-@njit(cache=True, parallel=True)
-def _score_candidates(Q, Vt, col_const, row_const, top_ids, n_ptr, n_idx, n_dat, extra, ex_indptr, ex_indices,
+# reassoc lets the dot products vectorise; no nnan/ninf, since -inf marks empty heap slots
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def _score_candidates(Q, V, col_const, row_const, top_ids, n_ptr, n_idx, n_dat, extra, ex_indptr, ex_indices,
                       row0, k, n_items, out_ids, out_scores, n_chunks):
     """Per row: the union of ``top_ids[r]``, the neighbour part's support (CSR n_ptr/n_idx/
     n_dat, values already weighted) and ``extra`` (global ids), less the excluded items,
-    scored exactly (Q[r] . Vt[:, j] + col_const[j] + row_const[r] + N[r, j]); top k into out."""
+    scored exactly (Q[r] . V[j] + col_const[j] + row_const[r] + N[r, j]); top k into out.
+    V is item-major (n_items x d): a candidate's factors are one contiguous row."""
     n = top_ids.shape[0]
     d = Q.shape[1]
     per = (n + n_chunks - 1) // n_chunks
@@ -114,7 +113,7 @@ def _score_candidates(Q, Vt, col_const, row_const, top_ids, n_ptr, n_idx, n_dat,
                 j = cand[c]
                 s = np.float32(0.0)
                 for q in range(d):
-                    s += Q[r, q] * Vt[q, j]
+                    s += Q[r, q] * V[j, q]
                 s = s + col_const[j] + np.float32(row_const[r]) + acc[j]
                 # keep the k best by (score desc, id asc): replace the worst when better
                 if s > hs[0] or (s == hs[0] and j < hi_ids[0]):
@@ -158,6 +157,7 @@ def top_k(blend, weights: dict, k: int, *, als_users=None, bpr_users=None, histo
     ids = np.full((n, k), -1, dtype=np.int32)
     scores = np.full((n, k), -np.inf, dtype=np.float32)
     n_chunks = 64
+    V = None  # item-major stacked factors, for the candidates' exact dot products
     for b0 in range(0, n, block):
         b1 = min(n, b0 + block)
         Q, names, row_const, col_const, sparse_parts = blend.parts(
@@ -169,9 +169,11 @@ def top_k(blend, weights: dict, k: int, *, als_users=None, bpr_users=None, histo
             Vt = blend._stacked_items(names)
             if projection is None or projection.Vrt.shape[1] != m:
                 projection = Projection(Vt, rank)
+            if V is None:
+                V = np.ascontiguousarray(Vt.T)
             A = np.matmul(projection.users(Q), projection.Vrt)
         else:
-            Vt = np.zeros((1, m), np.float32)
+            V = np.zeros((m, 1), np.float32)
             Q = np.zeros((nb, 1), np.float32)
             A = np.zeros((nb, m), np.float32)
         _add_cols(A, col_const)
@@ -188,7 +190,7 @@ def top_k(blend, weights: dict, k: int, *, als_users=None, bpr_users=None, histo
             extra = order[:min(n_extra, m)].astype(np.int64) if np.any(col_const) else np.zeros(0, np.int64)
         else:
             extra = np.asarray(extra_ids, np.int64)
-        _score_candidates(np.ascontiguousarray(Q, np.float32), Vt, col_const, row_const, top_ids,
+        _score_candidates(np.ascontiguousarray(Q, np.float32), V, col_const, row_const, top_ids,
                           N.indptr.astype(np.int64), N.indices.astype(np.int64), N.data, extra,
                           ex_indptr, ex_indices, b0, k, m, ids[b0:b1], scores[b0:b1], min(n_chunks, nb))
         if callback is not None:
