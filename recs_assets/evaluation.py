@@ -38,6 +38,7 @@ from recs_kernels import topk
 from recs_kernels.sources import SOURCES
 
 USE_CASES = ("homepage", "session", "item_page", "cart", "cold_start")
+LAMBDA_REQUESTS = 100  # requests per use case an MMR lambda is compared on (a partial replay each)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -425,12 +426,14 @@ class ServedReplay:
             return [self.answers_one(use_case, 0)] * n
         return [self.answers_one(use_case, i) for i in range(n)]
 
-    def score(self, weights: dict, mmr_lambda: float, use_cases=None, k: int = 10) -> dict[str, dict]:
+    def score(self, weights: dict, mmr_lambda: float, use_cases=None, k: int = 10, limit: int | None = None) -> dict[str, dict]:
+        """Metrics per use case of the served answers (the first ``limit`` requests of each)."""
         self.set(weights, mmr_lambda)
         res = {}
         for uc in use_cases or list(self.cases.queries):
             if uc in self.cases.queries:
-                res[uc] = metrics(self.answers(uc), [t for _, t in self.cases.queries[uc]], self.n_items, k)
+                answers = self.answers(uc)[:limit]
+                res[uc] = metrics(answers, [t for _, t in self.cases.queries[uc]][:limit], self.n_items, k)
         return res
 
 
@@ -458,7 +461,7 @@ class Settings:
     max_users: int = 250
     recent_events: int = 10
     tune: bool = True
-    budget_seconds: float = 30.0
+    budget_seconds: float = 20.0
     use_case_weights: dict = field(default_factory=lambda: {"homepage": 2.0})
     mmr_lambdas: tuple = (1.0, 0.8)
     min_ratio_over_popularity: float = 1.0
@@ -478,8 +481,8 @@ def _rows(split: str, model: str, per_uc: dict) -> list[dict]:
     return [{"split": split, "use_case": uc, "model": model, **m} for uc, m in per_uc.items()]
 
 
-def _recorded_metrics(rec, weights: dict, item_ids, truth: dict, n_items: int) -> dict:
-    return {uc: metrics(rec.answers(weights, uc, item_ids), truth[uc], n_items) for uc in rec.contrib}
+def _recorded_metrics(rec, weights: dict, item_ids, truth: dict, n_items: int, limit: int | None = None) -> dict:
+    return {uc: metrics(rec.answers(weights, uc, item_ids)[:limit], truth[uc][:limit], n_items) for uc in rec.contrib}
 
 
 def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg: Configs, s: Settings, log=print) -> Outcome:
@@ -523,10 +526,11 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
             weights = res.weights if s.tune else configured
             lam_trials = {}
             for lam in (s.mmr_lambdas if s.tune else (cfg.topn.request.mmr_lambda,)):
-                if lam >= 1.0:  # MMR off: the recorded replay is exact
-                    per = {uc: rec.recall(weights, uc) for uc in rec.contrib}
-                else:
-                    per = {uc: m["recall@10"] for uc, m in rp.score(weights, lam).items()}
+                # on the first LAMBDA_REQUESTS requests per use case (one partial replay each);
+                # MMR off is scored on the same requests from the record, which is exact
+                per = {uc: m["recall@10"] for uc, m in (
+                    _recorded_metrics(rec, weights, rp.base.release.item_ids, truth_of(cases_v), len(items), LAMBDA_REQUESTS)
+                    if lam >= 1.0 else rp.score(weights, lam, limit=LAMBDA_REQUESTS)).items()}
                 lam_trials[float(lam)] = tuning.objective(per, ucw)
             lam = max(lam_trials, key=lambda x: (lam_trials[x], x))
             served_v = lam_trials[lam]
