@@ -51,7 +51,14 @@ def home_id(home: Path | None = None) -> str:
     f = (home or paths.recs_home()) / ".recs-home-id"
     if not f.exists():
         f.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(f, lambda tmp: tmp.write_text(uuid.uuid4().hex))
+        tmp = f.parent / f".recs-home-id.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(uuid.uuid4().hex)
+        try:
+            os.link(tmp, f)  # the first creator wins; concurrent ones read its id
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     return f.read_text().strip()
 
 
