@@ -7,7 +7,7 @@
 Generates the data with `python -m recs_assets.synthetic` (once), runs the models stage once
 (`python -m recs_assets.pipeline --stages models`), then times `--stages shards` with the shards
 in-process, on one worker and on two workers (scripts/worker.sh, the production instance on a
-fresh PostgreSQL database created and dropped here, Redis db --redis). For each it prints the
+fresh PostgreSQL database created and dropped here, a queue of its own on --redis). For each it prints the
 stage's wall time, the sum of the shard steps' own durations, the speedup over one worker and
 the overhead per task: (wall time x workers - step time) / tasks, i.e. what the queue, the
 run coordinator and the worker add to each shard. Workers share this machine's cores, so two
@@ -119,9 +119,10 @@ def main() -> None:
     admin = psycopg2.connect(base[0].replace("postgresql+psycopg2", "postgresql") + "/" + base[1])
     admin.autocommit = True
     admin.cursor().execute(f"CREATE DATABASE {db}")
-    redis.Redis.from_url(args.redis).flushdb()
+    assert redis.Redis.from_url(args.redis).ping()
     env = {**os.environ, "RECS_HOME": str(home), "RECS_DAGSTER_YAML": str(REPO / "deploy" / "dagster.production.yaml"),
            "RECS_PG_URL": f"{base[0]}/{db}", "RECS_CELERY_BROKER": args.redis, "RECS_TOPN_SHARDS": str(args.shards),
+           "RECS_CELERY_QUEUE": f"recs-bench-{uuid.uuid4().hex[:8]}",
            "DAGSTER_HOME": str(home / "dagster"), "RECS_DAGSTER_STORAGE": str(home / "dagster" / "storage"),
            "RECS_DAGSTER_LOGS": str(home / "dagster" / "logs")}
     logs = work / "logs"
@@ -153,7 +154,6 @@ def main() -> None:
     finally:
         admin.cursor().execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [db])
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {db}")
-        redis.Redis.from_url(args.redis).flushdb()
     one = next(r[2] for r in rows if r[1] == 1)
     print(f"\nshard stage, {args.shards} shards, {args.users:,} users, {os.cpu_count()} cores")
     print("| where | wall s | shard steps s (sum) | speedup vs 1 worker | overhead per task s |")

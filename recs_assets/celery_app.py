@@ -12,7 +12,9 @@ from dagster_celery.config import DEFAULT_CONFIG, dict_wrapper
 from dagster_celery.make_app import make_app
 from dagster_celery.tasks import create_task
 
-QUEUE = "dagster"
+# Launchers and workers of one deployment share a queue (RECS_CELERY_QUEUE, default "dagster");
+# deployments (or test sessions) sharing a broker use different ones.
+QUEUE = os.environ.get("RECS_CELERY_QUEUE", "dagster")
 
 
 def broker_url() -> str:
@@ -25,6 +27,7 @@ def backend_url() -> str:
 
 SETTINGS = {
     **DEFAULT_CONFIG,
+    "task_default_queue": QUEUE,
     "task_acks_late": True,
     "task_reject_on_worker_lost": True,
     "worker_prefetch_multiplier": 1,

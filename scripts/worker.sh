@@ -7,6 +7,6 @@
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 : "${RECS_CELERY_BROKER:?set RECS_CELERY_BROKER, e.g. redis://127.0.0.1:6379/0 (the launcher uses the same)}"
 NAME="${1:-recs-$$}"
-exec .venv/bin/celery -A recs_assets.celery_app worker --queues dagster --pool prefork \
+exec .venv/bin/celery -A recs_assets.celery_app worker --queues "${RECS_CELERY_QUEUE:-dagster}" --pool prefork \
   --concurrency "${RECS_WORKER_CONCURRENCY:-1}" --hostname "$NAME@%h" --loglevel "${RECS_WORKER_LOGLEVEL:-INFO}" \
   --without-gossip --without-mingle

@@ -53,10 +53,8 @@ def redis_url(tmp_path_factory):
         _wait(lambda: _port_open(port), 20, "redis-server did not start")
     import redis
 
-    client = redis.Redis(host="127.0.0.1", port=port, db=REDIS_DB)
-    client.flushdb()
+    assert redis.Redis(host="127.0.0.1", port=port, db=REDIS_DB).ping()
     yield f"redis://127.0.0.1:{port}/{REDIS_DB}"
-    client.flushdb()
     if proc:
         proc.terminate()
         proc.wait(10)
@@ -115,6 +113,8 @@ def cluster(tmp_path_factory, redis_url, pg_url):
     home = root / "home"
     env = {**os.environ, "RECS_HOME": str(home), "RECS_DAGSTER_YAML": str(REPO / "deploy" / "dagster.production.yaml"),
            "RECS_PG_URL": pg_url, "RECS_CELERY_BROKER": redis_url, "RECS_TOPN_SHARDS": str(SHARDS),
+           # Our own queue: another session on the same broker never takes (or flushes) our tasks.
+           "RECS_CELERY_QUEUE": f"recs-test-{uuid.uuid4().hex[:8]}",
            "PYTHONUNBUFFERED": "1"}
     for k in ("DAGSTER_HOME", "RECS_DAGSTER_STORAGE", "RECS_DAGSTER_LOGS"):
         env.pop(k, None)  # scripts/env.sh derives them from RECS_HOME
