@@ -463,7 +463,7 @@ def summarise(res: dict) -> dict:
     }
 
 
-def publish_copy(home: Path) -> str:
+def publish_copy(home: Path, make_current: bool = True) -> str:
     """A new release that is the current one under a new name (files hard-linked, manifest
     rewritten with the new version): what the pipeline's next run looks like to the server."""
     from recs_serving import release as rf
@@ -479,7 +479,8 @@ def publish_copy(home: Path) -> str:
     m["version"] = name
     (tmp / rf.MANIFEST).write_text(json.dumps(m, indent=2))
     os.replace(tmp, rf.releases_dir(home) / name)
-    rf.set_current(home, name)
+    if make_current:
+        rf.set_current(home, name)
     return name
 
 
@@ -538,6 +539,10 @@ def main() -> int:
                                                          "and report the latency around the swap")
     ap.add_argument("--swap-at", type=float, default=None, help="seconds into the run to publish (default: half-way); the "
                                                                     "new release must be verified, loaded and mapped before the run ends")
+    ap.add_argument("--swap-prebuilt", action="store_true", help="verify and build the new release's mapped cache before the run "
+                                                                      "(as a pre-warm would); the swap then measures map + warm + flip only")
+    ap.add_argument("--swap-to", default=None, help="swap to this existing release (e.g. a rollback to one already verified "
+                                                         "and mapped) instead of publishing a copy")
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--skip-closed", action="store_true", help="no closed-loop run")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -610,10 +615,24 @@ def main() -> int:
                 swap_info: dict = {}
                 during = None
                 if args.swap and n_run == len(args.rates) - 1:
-                    def during(t_start, info=swap_info):
+                    prebuilt = args.swap_to
+                    if args.swap_prebuilt and not prebuilt:  # verified and mapped before the run: the swap is map + warm + flip
+                        from recs_serving.mapped import load_mapped
+
+                        prebuilt = publish_copy(home, make_current=False)
+                        os.environ["RECS_BUILD_NICE"] = "0"  # the bench waits for it; not during the measured run
+                        load_mapped(home, prebuilt)
+
+                    def during(t_start, info=swap_info, prebuilt=prebuilt):
+                        from recs_serving import release as rf
+
                         time.sleep(args.swap_at if args.swap_at is not None else args.duration / 2)
                         info["t_swap"] = time.time() - t_start
-                        name = publish_copy(home)
+                        if prebuilt:
+                            rf.set_current(home, prebuilt)
+                            name = prebuilt
+                        else:
+                            name = publish_copy(home)
                         while time.time() - t_start < args.duration + 600:
                             if served_versions(port, 20) == {name}:
                                 break
