@@ -34,7 +34,7 @@ def _analyst_tables(con) -> dict:
         out["user_history"] = _table(con, """
             SELECT user_id, item_id, max(ts) AS last_ts, sum(quantity) AS quantity, count(DISTINCT basket_id) AS purchases
             FROM recs.interactions WHERE user_id IS NOT NULL AND event = 'purchase'
-            GROUP BY ALL
+            GROUP BY user_id, item_id
             QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY max(ts) DESC, item_id) <= 200  -- what a page shows
             ORDER BY user_id, item_id""")
     return out
