@@ -32,7 +32,7 @@ def _analyst_tables(con) -> dict:
     out = {n: _table(con, f"SELECT * FROM recs.{n}") for n in release_format.ANALYST_TABLES if n in have}
     if "interactions" in have:
         out["user_history"] = _table(con, """
-            SELECT user_id, item_id, max(ts) AS last_ts, sum(quantity) AS quantity, count(DISTINCT basket_id) AS purchases
+            SELECT user_id, item_id, max(ts) AS last_ts, sum(quantity)::DOUBLE AS quantity, count(DISTINCT basket_id) AS purchases
             FROM recs.interactions WHERE user_id IS NOT NULL AND event = 'purchase'
             GROUP BY user_id, item_id
             QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY max(ts) DESC, item_id) <= 200  -- what a page shows
