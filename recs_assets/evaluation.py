@@ -485,6 +485,19 @@ def _recorded_metrics(rec, weights: dict, item_ids, truth: dict, n_items: int, l
     return {uc: metrics(rec.answers(weights, uc, item_ids)[:limit], truth[uc][:limit], n_items) for uc in rec.contrib}
 
 
+TABLE_SCHEMA = {"split": pl.String, "use_case": pl.String, "model": pl.String, "recall@10": pl.Float64,
+                "ndcg@10": pl.Float64, "coverage": pl.Float64, "users": pl.Int64}
+
+
+def not_evaluated(cfg: Configs, reason: str) -> Outcome:
+    """The outcome when the protocol could not run: the configured blend, the reason."""
+    return Outcome(table=pl.DataFrame(schema=TABLE_SCHEMA),
+                   served={"weights": cfg.topn.blend.weights(), "mmr_lambda": cfg.topn.request.mmr_lambda, "source": "configured"},
+                   gate={"passed": True, "reason": reason},
+                   info={"cut": "", "validation_start": "", "configs": cfg.dump(), "validation_cases": {}, "test_cases": {},
+                         "validation_skipped": {}, "test_skipped": {}, "seconds": {}, "error": reason})
+
+
 def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg: Configs, s: Settings, log=print) -> Outcome:
     """Validation window: tune weights (and MMR lambda) on models fit before it; test split:
     models fit before the cut with the chosen values, every single source and the served
@@ -531,9 +544,10 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
                 per = {uc: m["recall@10"] for uc, m in (
                     _recorded_metrics(rec, weights, rp.base.release.item_ids, truth_of(cases_v), len(items), LAMBDA_REQUESTS)
                     if lam >= 1.0 else rp.score(weights, lam, limit=LAMBDA_REQUESTS)).items()}
-                lam_trials[float(lam)] = tuning.objective(per, ucw)
+                lam_trials[float(lam)] = tuning.objective(per, ucw, res.scale)
             lam = max(lam_trials, key=lambda x: (lam_trials[x], x))
-            served_v = lam_trials[lam]
+            # the gate compares the blends on every request, MMR off
+            served_v = res.value if s.tune else tuning.objective({uc: rec.recall(weights, uc) for uc in rec.contrib}, ucw, res.scale)
             info["validation_mmr_lambda"] = {str(k): round(v, 5) for k, v in lam_trials.items()}
             if served_v + 1e-12 < single[best_single]:
                 # The blend does not beat its best part here: serve that part alone, and say so.
@@ -574,7 +588,5 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
                 rows += _rows("test", src, _recorded_metrics(rec, {src: 1.0}, item_ids, truth, len(items)))
     timings["total"] = time.perf_counter() - t0
     info["seconds"] = {k: round(v, 1) for k, v in timings.items()}
-    schema = {"split": pl.String, "use_case": pl.String, "model": pl.String, "recall@10": pl.Float64, "ndcg@10": pl.Float64,
-              "coverage": pl.Float64, "users": pl.Int64}
-    table = pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+    table = pl.DataFrame(rows, schema=TABLE_SCHEMA) if rows else pl.DataFrame(schema=TABLE_SCHEMA)
     return Outcome(table=table, served=served, gate=gate, info=info, curve=curve)

@@ -1,4 +1,6 @@
 """Evaluation of what is served on a validation window and a test split, and the checks that gate a release."""
+import traceback
+
 import dagster as dg
 import polars as pl
 from pydantic import Field
@@ -84,10 +86,14 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, ware
                            recent_events=config.recent_events, tune=config.tune, budget_seconds=config.budget_seconds,
                            use_case_weights=dict(config.use_case_weights), mmr_lambdas=tuple(config.mmr_lambdas), seed=config.seed,
                            min_ratio_over_popularity=config.min_ratio_over_popularity)
-    out = ev.run(events, catalog, emb["vectors"], cfg, settings, log=context.log.info)
+    try:
+        out = ev.run(events, catalog, emb["vectors"], cfg, settings, log=context.log.info)
+    except Exception as exc:  # noqa: BLE001 - data the protocol cannot evaluate must not stop the release
+        context.log.error(f"evaluation failed, serving the configured blend: {traceback.format_exc()}")
+        out = ev.not_evaluated(cfg, f"evaluation failed: {type(exc).__name__}: {exc}")
     artifacts.save("tuned_blend", meta={**out.served, "tuned": out.served["source"] != "configured",
                                         "cut": out.info["cut"], "validation_start": out.info["validation_start"]})
-    warehouse.replace_table("evaluation", out.table.with_columns(pl.lit(out.info["cut"]).str.to_datetime().alias("cut")))
+    warehouse.replace_table("evaluation", out.table.with_columns(pl.lit(out.info["cut"] or None, pl.String).str.to_datetime().alias("cut")))
     test = out.table.filter(pl.col("split") == "test").drop("split")
     served_test = {r["use_case"]: r["recall@10"] for r in test.filter(pl.col("model") == "served").iter_rows(named=True)}
     skipped = {**{f"validation {k}": v for k, v in out.info["validation_skipped"].items()},
@@ -105,6 +111,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, ware
         "requests": dg.MetadataValue.json({"validation": out.info["validation_cases"], "test": out.info["test_cases"]}),
         "configs_used": dg.MetadataValue.json(out.info["configs"]),
         "seconds": dg.MetadataValue.json(out.info["seconds"]),
+        **({"error": out.info["error"]} if "error" in out.info else {}),
         **{f"served_{uc}_recall@10": float(v) for uc, v in served_test.items()},
         **({"plot": dg.MetadataValue.md(_plot(out.table))} if test.height else {}),
     })

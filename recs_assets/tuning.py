@@ -134,9 +134,12 @@ def record(replay, use_cases, k: int = K) -> Recorded:
     return out
 
 
-def objective(per_use_case: dict, weights: dict) -> float:
-    """Weighted mean of recall@k over the use cases present."""
-    num = sum(weights.get(u, 1.0) * v for u, v in per_use_case.items())
+def objective(per_use_case: dict, weights: dict, scale: dict | None = None) -> float:
+    """Weighted mean over the use cases present of recall@k relative to ``scale`` (the best
+    single source's recall@k on that use case): each use case counts by how close the answer
+    comes to the best any one source does there, not by its recall's magnitude."""
+    scale = scale or {}
+    num = sum(weights.get(u, 1.0) * v / (scale.get(u) or 1.0) for u, v in per_use_case.items())
     den = sum(weights.get(u, 1.0) for u in per_use_case)
     return num / den if den else 0.0
 
@@ -149,6 +152,7 @@ class SearchResult:
     trials: int
     curve: list  # (trial, value, best so far)
     single: dict  # source -> (objective, per use case)
+    scale: dict  # use case -> best single source's recall@k (the objective's unit)
 
 
 def search(rec: Recorded, start: dict, use_case_weights: dict, budget_seconds: float, seed: int = 0) -> SearchResult:
@@ -158,11 +162,14 @@ def search(rec: Recorded, start: dict, use_case_weights: dict, budget_seconds: f
     curve: list = []
     cache: dict = {}
 
+    raw = {s: {u: rec.recall({s: 1.0}, u) for u in ucs} for s in SOURCES}
+    scale = {u: max(raw[s][u] for s in SOURCES) for u in ucs}
+
     def f(w: dict) -> tuple[float, dict]:
         key = tuple(round(float(w.get(s, 0.0)), 6) for s in SOURCES)
         if key not in cache:
             per = {u: rec.recall(w, u) for u in ucs}
-            cache[key] = (objective(per, use_case_weights), per)
+            cache[key] = (objective(per, use_case_weights, scale), per)
             best_so_far = max(curve[-1][2], cache[key][0]) if curve else cache[key][0]
             curve.append((len(curve), cache[key][0], best_so_far))
         return cache[key]
@@ -198,4 +205,4 @@ def search(rec: Recorded, start: dict, use_case_weights: dict, budget_seconds: f
     top = max(best.values())
     best = {s: round(v / top, 4) for s, v in best.items()}  # scale-free: the largest weight is 1
     val, per = f(best)
-    return SearchResult(best, val, per, len(cache), curve, single)
+    return SearchResult(best, val, per, len(cache), curve, single, scale)
