@@ -185,7 +185,9 @@ def search(rec: Recorded, start: dict, use_case_weights: dict, budget_seconds: f
         improved = False
         for s in SOURCES:
             cur = best[s]
-            tries = [0.0, cur / 2, cur * 2] if cur > 0 else [0.05, 0.2, 0.5, 1.0]
+            # from 0: a log-spaced range (neighbour sources have large z-scores on few items:
+            # their useful weights are small)
+            tries = [0.0, cur / 2, cur * 2] if cur > 0 else [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
             for v in tries:
                 if time.perf_counter() >= t_end:
                     break
