@@ -152,6 +152,15 @@ class ReleaseHolder(Generic[S]):
     def _try(self, name: str, fp: str) -> bool:
         """Load ``name`` and swap it in; False (and the refusal recorded) when it fails."""
         t0 = time.perf_counter()
+        if self.cache and self._loader is None:
+            try:  # the build (a child process) or the wait for another worker's: GC stays on meanwhile
+                from .mapped import ensure_built
+
+                ensure_built(self.home, name)
+            except Exception as exc:  # noqa: BLE001
+                reason = str(exc) if isinstance(exc, release_format.ReleaseError) else f"{type(exc).__name__}: {exc}"
+                self._refuse(name, fp, reason, exc)
+                return False
         was_enabled = gc.isenabled()
         gc.disable()  # no full collection over two releases' objects while loading
         try:

@@ -35,6 +35,7 @@ CACHE_DIR = "serving-cache"
 DONE = "DONE"
 KEEP = 4  # cache entries kept (a few releases; workers may still map an older one)
 BUILD_TIMEOUT_S = 3600
+CHUNK = 8192  # entries per pickled slice of a big list/dict (~1-2 ms to unpickle)
 NICE_ENV = "RECS_BUILD_NICE"
 DEFAULT_NICE = 10  # CPU weight ~1/10 of a worker's; 19 starves the build on a busy machine
 
@@ -79,6 +80,12 @@ def write(rel: LoadedRelease, out: Path) -> None:
                 layout[f.name] = ["compact_ids"]
             elif isinstance(v, CompactIndex):
                 layout[f.name] = ["compact_index"]  # rebuilt over user_ids
+            elif isinstance(v, (dict, list)) and len(v) > CHUNK:
+                # pickled in slices: unpickling holds the GIL for the whole call, and a worker
+                # reads these while it answers requests
+                items = list(v.items()) if isinstance(v, dict) else v
+                objects[f.name] = [pickle.dumps(items[a:a + CHUNK], protocol=pickle.HIGHEST_PROTOCOL) for a in range(0, len(items), CHUNK)]
+                layout[f.name] = ["dict_chunks" if isinstance(v, dict) else "list_chunks"]
             else:
                 objects[f.name] = pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL)
                 layout[f.name] = ["object"]
@@ -111,7 +118,14 @@ def read(path: Path) -> LoadedRelease:
             values[name] = CompactIds(*(np.load(path / f"{name}.{p}.npy", mmap_mode="r") for p in ("by_pos", "order", "sorted")))
         elif kind == "object":
             values[name] = pickle.loads(objects[name])
-            time.sleep(0)
+            time.sleep(0)  # hand the GIL to a request thread waiting for it
+        elif kind in ("dict_chunks", "list_chunks"):
+            acc: dict | list = {} if kind == "dict_chunks" else []
+            for blob in objects[name]:
+                part = pickle.loads(blob)
+                acc.update(part) if isinstance(acc, dict) else acc.extend(part)
+                time.sleep(0)
+            values[name] = acc
     for name, (kind, *rest) in layout.items():
         if kind == "alias":
             values[name] = values[rest[0]]
@@ -127,6 +141,12 @@ def read(path: Path) -> LoadedRelease:
 def load_mapped(home: Path | str, name: str) -> LoadedRelease:
     """The mapped release ``name``; built by a child process when no worker has built it yet.
     ``holder.Refused`` with the reason when the release does not pass."""
+    return read(ensure_built(home, name))
+
+
+def ensure_built(home: Path | str, name: str) -> Path:
+    """The cache entry of release ``name``, built first if needed (waiting for another
+    worker's build when one is running). ``holder.Refused`` with the reason."""
     from .holder import Refused
 
     home = Path(home)
@@ -145,7 +165,7 @@ def load_mapped(home: Path | str, name: str) -> LoadedRelease:
         _prune(root, keep=KEEP, spare=key)
     elif refused.exists():
         raise Refused(json.loads(refused.read_text())["reason"])
-    return read(out)
+    return out
 
 
 def _build_in_child(home: Path, name: str, out: Path, refused: Path) -> None:

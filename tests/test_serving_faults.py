@@ -431,3 +431,23 @@ def test_customers_candidate_path_matches_full_scan_when_it_covers_everyone(base
         assert c.metadata["strategy"] == "als_candidates" and c.metadata["candidates"] == rel.n_users
         assert [x.user_id for x in c.customers] == [x.user_id for x in f.customers]
     rec.close()
+
+
+def test_mapped_cache_round_trip(base_home, tmp_path, monkeypatch):
+    """What workers map is what the loader built: arrays as read-only memory maps, big lists
+    and dicts in pickled slices, every field equal."""
+    from recs_serving import mapped
+    from recs_serving import release as rf
+    from recs_serving.holder import load_verified
+
+    rel = load_verified(base_home, rf.current_version(base_home))
+    monkeypatch.setattr(mapped, "CHUNK", 500)  # force the sliced path on the small release
+    mapped.write(rel, tmp_path / "entry")
+    back = mapped.read(tmp_path / "entry")
+    assert isinstance(back.topn_ids, np.memmap) and not back.topn_ids.flags.writeable
+    assert back.item_index == rel.item_index and list(back.item_ids) == list(rel.item_ids)
+    assert list(back.user_ids) == list(rel.user_ids) and back.titles == rel.titles
+    for name in ("topn_ids", "topn_scores", "hist_indptr", "hist_items", "als_user", "als_item", "price"):
+        np.testing.assert_array_equal(np.asarray(getattr(back, name)), np.asarray(getattr(rel, name)))
+    np.testing.assert_array_equal(back.covis.indices, rel.covis.indices)
+    assert back.contract == rel.contract and back.version == rel.version
