@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 
 PID_TAG, START_TAG, HOST_TAG, INVOCATION_TAG = "recs/pid", "recs/pid_start", "recs/host", "recs/invocation"
+SUPERVISOR_TAG, SUPERVISOR_ENV = "recs/supervisor", "RECS_PIPELINE_SUPERVISOR"
 GRACE_SECONDS = 5.0
 CANCELED_EXIT = 130
 
@@ -55,7 +56,10 @@ def _alive(pid: int, start: str) -> bool:
 
 def process_tags(pid: int | None = None) -> dict[str, str]:
     pid = pid or os.getpid()
-    return {PID_TAG: str(pid), START_TAG: _start_time(pid), HOST_TAG: socket.gethostname()}
+    tags = {PID_TAG: str(pid), START_TAG: _start_time(pid), HOST_TAG: socket.gethostname()}
+    if os.environ.get(SUPERVISOR_ENV):
+        tags[SUPERVISOR_TAG] = os.environ[SUPERVISOR_ENV]
+    return tags
 
 
 # ---------------------------------------------------------------- the instance
@@ -98,12 +102,12 @@ def _free_slots(instance, log=print) -> None:
             log(f"[recs] freed the pool slots of finished run {run_id}")
 
 
-def _runs_of(instance, pid: int):
+def _runs_of(instance, supervisor: int):
     from dagster import RunsFilter
     from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
     return [r.dagster_run for r in instance.get_run_records(RunsFilter(statuses=NOT_FINISHED_STATUSES,
-                                                                          tags={PID_TAG: str(pid)}))]
+                                                                          tags={SUPERVISOR_TAG: str(supervisor)}))]
 
 
 # ---------------------------------------------------------------- the stages (child process)
@@ -152,10 +156,8 @@ STAGES = ("models", "shards", "publish")
 
 
 def run_all(instance, *, run_config: dict | None = None, shards_mode: str | None = None, stages=STAGES,
-            log=print) -> dict[str, str]:
-    """models -> every shard -> publish in this process; returns {stage: run_id}. Raises on a failed stage."""
-    from concurrent.futures import ThreadPoolExecutor
-
+            partitions: list[str] | None = None, log=print) -> dict[str, str]:
+    """models -> every shard (or `partitions`) -> publish; returns {stage: run_id}. Raises on a failed stage."""
     from recs_assets import orchestration, outputs
 
     invocation = {INVOCATION_TAG: uuid.uuid4().hex[:12]}
@@ -173,16 +175,20 @@ def run_all(instance, *, run_config: dict | None = None, shards_mode: str | None
 
     if "models" in stages:
         stage("models", orchestration.models_job.name)
-    keys = outputs.shards.get_partition_keys() if "shards" in stages else []
-    if orchestration.shard_mode(shards_mode or "auto") == "in_process":
+    keys = (partitions or outputs.shards.get_partition_keys()) if "shards" in stages else []
+    if partitions or orchestration.shard_mode(shards_mode or "auto") == "in_process":
         # Each shard's kernels already use every core of this machine: one after the other.
         for key in keys:
             stage(f"topn shard {key}", orchestration.topn_job.name, key)
     elif keys:
-        # Each run only coordinates: its step is a task on whichever worker takes it.
-        with ThreadPoolExecutor(max_workers=len(keys)) as pool:
-            for f in [pool.submit(stage, f"topn shard {k}", orchestration.topn_job.name, k) for k in keys]:
-                f.result()
+        # Each run only coordinates: its step is a task on whichever worker takes it. One process
+        # per run (Dagster's run setup reconfigures logging, which deadlocks across threads).
+        cmd = [sys.executable, "-m", "recs_assets.pipeline", "--child", "--stages", "shards",
+               "--shards", shards_mode or "auto", "--run-config-json", json.dumps(run_config or {})]
+        procs = {k: subprocess.Popen([*cmd, "--partition", k], preexec_fn=_die_with_parent) for k in keys}
+        failed = [k for k, p in procs.items() if p.wait() != 0]
+        if failed:
+            raise RuntimeError(f"top-N shards {failed} did not succeed; see the Dagster UI or logs")
     if "publish" in stages:
         stage("publish", orchestration.publish_job.name)
     return runs
@@ -197,7 +203,8 @@ def _child(args) -> int:
     rc = 0
     try:
         instance = dg.DagsterInstance.get()
-        run_all(instance, run_config=run_config, shards_mode=args.shards, stages=args.stages.split(","))
+        run_all(instance, run_config=run_config, shards_mode=args.shards, stages=args.stages.split(","),
+                partitions=[args.partition] if args.partition else None)
     except RuntimeError as exc:
         print(f"[recs] {exc}", file=sys.stderr, flush=True)
         rc = CANCELED_EXIT if "CANCELED" in str(exc) else 1
@@ -226,17 +233,17 @@ def _die_with_parent() -> None:
 
 
 def _cancel(instance, child: subprocess.Popen, log) -> None:
-    runs = _runs_of(instance, child.pid)
+    runs = _runs_of(instance, os.getpid())
     for run in runs:
         instance.report_run_canceling(run, message="recs_assets.pipeline received a termination signal")
-    child.send_signal(signal.SIGINT)
+    os.killpg(child.pid, signal.SIGINT)  # the child and the shard launchers it started
     try:
         child.wait(timeout=GRACE_SECONDS)
     except subprocess.TimeoutExpired:
         log(f"[recs] the run did not stop within {GRACE_SECONDS:.0f}s (a kernel holds the interpreter): killing it")
-        child.kill()
+        os.killpg(child.pid, signal.SIGKILL)
         child.wait()
-    for run in _runs_of(instance, child.pid):
+    for run in _runs_of(instance, os.getpid()):
         instance.report_run_canceled(run, message="Canceled: recs_assets.pipeline was terminated")
         log(f"[recs] run {run.run_id} ({run.job_name}) canceled")
     _free_slots(instance, log)
@@ -260,7 +267,8 @@ def supervise(args, log=print) -> int:
         recover(instance, log)
         # Our own session: a Ctrl-C on the terminal reaches only this process, which marks the
         # run canceling before it interrupts the child (Dagster then records CANCELED, not FAILURE).
-        child = subprocess.Popen(cmd, preexec_fn=_die_with_parent, start_new_session=True)
+        child = subprocess.Popen(cmd, preexec_fn=_die_with_parent, start_new_session=True,
+                                 env={**os.environ, SUPERVISOR_ENV: str(os.getpid())})
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         try:
@@ -289,6 +297,7 @@ def main(argv=None) -> int:
                         help="Comma-separated subset of models,shards,publish (default: all, in that order)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run-config-json", help=argparse.SUPPRESS)
+    parser.add_argument("--partition", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     unknown = set(args.stages.split(",")) - set(STAGES)
     if unknown:
