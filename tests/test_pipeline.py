@@ -55,6 +55,7 @@ def built(sample, tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     mp = pytest.MonkeyPatch()
     mp.setenv("RECS_HOME", str(home))
+    (home / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(home / "dagster")) as instance:
         runs = pipeline.run_all(instance, run_config=run_config(sample), shards_mode="in_process")
         yield home, runs, instance
