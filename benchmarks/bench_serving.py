@@ -379,8 +379,8 @@ def load_main(args) -> None:  # runs in the load-generator subprocess
     except ImportError:
         pass
     samples, elapsed = asyncio.run(_load(args.port, reqs, args.duration, args.concurrency, args.rate or None))
-    os.set_blocking(sys.stdout.fileno(), True)  # uvloop can leave stdout non-blocking: a big print to a pipe would be cut short
-    print(json.dumps({"samples": samples, "elapsed": elapsed}), flush=True)
+    # to a file, not stdout: uvloop can leave stdout non-blocking and a big write to a pipe was cut at 128 KiB
+    Path(args.requests_file + ".out").write_text(json.dumps({"samples": samples, "elapsed": elapsed}))
 
 
 def cpu_s(pids: list[int]) -> float:
@@ -440,7 +440,7 @@ def run_http(home: Path, reqs: list, duration: float, concurrency: int, rate: fl
     stop.set()
     sampler.join()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    res = json.loads(out.strip().splitlines()[-1])
+    res = json.loads(Path(str(tmp) + ".out").read_text())
     res["loadgen_cpu_s"] = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     res["server_cpu_s"] = cpu_s(process_tree(server_pid)) - c0
     res["loadavg"] = (la0, os.getloadavg()[0])
