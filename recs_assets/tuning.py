@@ -208,3 +208,18 @@ def search(rec: Recorded, start: dict, use_case_weights: dict, budget_seconds: f
     best = {s: round(v / top, 4) for s, v in best.items()}  # scale-free: the largest weight is 1
     val, per = f(best)
     return SearchResult(best, val, per, len(cache), curve, single, scale)
+
+
+def apply_tuned(topn_config, artifacts):
+    """batch_topn's config with the blend weights and MMR lambda the evaluation chose on its
+    validation window (artifact ``tuned_blend``), when it tuned them; else unchanged. The shards
+    record the config they ran with, so the release's contract carries the tuned values."""
+    try:
+        meta = artifacts.meta("tuned_blend")
+    except FileNotFoundError:
+        return topn_config
+    if not meta.get("tuned"):
+        return topn_config
+    blend = type(topn_config.blend).model_validate({**topn_config.blend.model_dump(), **meta["weights"]})
+    request = type(topn_config.request).model_validate({**topn_config.request.model_dump(), "mmr_lambda": meta["mmr_lambda"]})
+    return topn_config.model_copy(update={"blend": blend, "request": request})

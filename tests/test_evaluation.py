@@ -103,3 +103,18 @@ def test_protocol_tunes_on_validation_and_reports_the_test_split(shape, sessions
     assert out.gate["passed"] == (out.gate["served"] > out.gate["popularity"])
     assert len(out.curve) > len(SOURCES)  # every single source, then the search
     assert datetime.fromisoformat(out.info["validation_start"]) < datetime.fromisoformat(out.info["cut"])
+
+
+def test_tuned_values_reach_the_top_n_config(tmp_path):
+    from recs_assets.outputs import TopNConfig
+    from recs_assets.resources import ArtifactStore
+
+    store = ArtifactStore(root=str(tmp_path))
+    cfg = TopNConfig()
+    assert tuning.apply_tuned(cfg, store) == cfg  # no evaluation yet
+    weights = {s: 0.0 for s in SOURCES} | {"als": 1.0, "covis": 0.01}
+    store.save("tuned_blend", meta={"weights": weights, "mmr_lambda": 1.0, "source": "tuned", "tuned": True})
+    got = tuning.apply_tuned(cfg, store)
+    assert got.blend.weights() == weights and got.request.mmr_lambda == 1.0 and got.n == cfg.n
+    store.save("tuned_blend", meta={"weights": weights, "mmr_lambda": 1.0, "source": "configured", "tuned": False})
+    assert tuning.apply_tuned(cfg, store) == cfg
