@@ -83,7 +83,9 @@ def test_runs_are_named_jobs_and_can_be_re_executed(built):
     shard_runs = instance.get_runs(dg.RunsFilter(job_name="recs_topn_shards"))
     assert sorted(r.tags["dagster/partition"] for r in shard_runs) == outputs.shards.get_partition_keys()
     parent = shard_runs[0]
-    with dg.execute_job(pipeline._recon("recs_topn_shards"), instance,
+    # As the UI's "Re-execute" does: the parent's job (by name, from the definitions) and its tags.
+    tags = {k: v for k, v in parent.tags.items() if k.startswith(("dagster/partition", "recs/topn", "recs/home"))}
+    with dg.execute_job(pipeline._recon("recs_topn_shards"), instance, tags=tags,
                         reexecution_options=dg.ReexecutionOptions(parent_run_id=parent.run_id)) as result:
         assert result.success
         assert result.dagster_run.tags["dagster/partition"] == parent.tags["dagster/partition"]
