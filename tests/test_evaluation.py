@@ -27,6 +27,7 @@ def _small_configs() -> ev.Configs:
     cfg = ev.Configs()
     cfg.als = cfg.als.model_copy(update={"factors": 8, "iterations": 4})
     cfg.bpr = cfg.bpr.model_copy(update={"factors": 8, "iterations": 20})
+    cfg.itemsets = cfg.itemsets.model_copy(update={"min_support": 0.05, "max_len": 2})  # dense session baskets stay small
     return cfg
 
 
