@@ -19,6 +19,7 @@ from recs_assets import io, markdown, modeling, paths
 from recs_assets.features import load_matrix
 from recs_assets.progress import Progress
 from recs_assets.resources import ArtifactStore, Warehouse
+from recs_assets.tuning import apply_tuned
 from recs_kernels import blend, candidates, topk
 
 GROUP = "outputs"
@@ -161,6 +162,7 @@ def load_blend(artifacts: ArtifactStore, request: modeling.RequestParams):
           description="Top-N per known user from the served blend (recs_kernels.blend.SOURCES), "
                       "already-seen items excluded; partitioned by a stable hash of the user id; recs.batch_topn")
 def batch_topn(context: dg.AssetExecutionContext, config: TopNConfig, artifacts: ArtifactStore) -> dg.MaterializeResult:
+    config = apply_tuned(config, artifacts)  # the weights/MMR the evaluation chose on its validation window
     shard = int(context.partition_key)
     expected = context.run.tags.get(SHARDS_TAG)
     if expected and int(expected) != N_SHARDS:
