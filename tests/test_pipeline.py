@@ -249,3 +249,15 @@ def test_release_serves_the_tuned_blend(built):
     contract = release_format.read_contract(release_format.open_release(home).manifest)
     assert contract.weights.model_dump() == tuned["weights"]
     assert contract.mmr_lambda == tuned["mmr_lambda"]
+
+
+def test_schedule_and_sensors_are_on_by_default():
+    defs = definitions.defs
+    assert defs.get_schedule_def("recs_daily").default_status == dg.DefaultScheduleStatus.RUNNING
+    for name in ("inbox_sensor", "recs_automation"):
+        assert defs.get_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING, name
+    # The embedded instance sets no pool limit a killed run could keep claimed.
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "dagster.yaml").read_text())
+    assert "default_limit" not in config.get("concurrency", {}).get("pools", {})
