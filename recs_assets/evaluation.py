@@ -461,7 +461,7 @@ class Settings:
     max_users: int = 250
     recent_events: int = 10
     tune: bool = True
-    budget_seconds: float = 20.0
+    budget_seconds: float = 10.0
     use_case_weights: dict = field(default_factory=lambda: {"homepage": 2.0})
     mmr_lambdas: tuple = (1.0, 0.8)
     min_ratio_over_popularity: float = 1.0

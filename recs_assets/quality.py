@@ -27,7 +27,7 @@ class EvaluationConfig(dg.Config):
     max_users: int = Field(250, ge=10, description="Seeded sample of requests per use case and split")
     recent_events: int = Field(10, ge=1, le=200, description="A known user's last events before the period, sent as `recent`")
     tune: bool = Field(True, description="Tune blend weights and MMR lambda on the validation window; else serve the configured ones")
-    budget_seconds: float = Field(20.0, ge=0, description="Time for the weight search (the recorded replay is scored per trial)")
+    budget_seconds: float = Field(10.0, ge=0, description="Time for the weight search (the recorded replay is scored per trial)")
     use_case_weights: dict[str, float] = Field(default_factory=lambda: {"homepage": 2.0},
                                                description="Weight of each use case's recall@10 in the objective (others 1)")
     mmr_lambdas: list[float] = Field(default_factory=lambda: [1.0, 0.8], description="MMR lambdas tried on the served path "
