@@ -30,7 +30,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recs_assets import io, modeling
-from recs_assets.features import aligned_values, basket_matrix, popularity_table
+from recs_assets.features import BasketConfig, aligned_values, basket_matrix, popularity_table
 from recs_assets.models import ItemsetConfig, RulesConfig, mine, rule_columns
 from recs_assets.outputs import TopNConfig
 from recs_kernels import blend as blend_kernel
@@ -55,6 +55,7 @@ class Configs:
     itemsets: ItemsetConfig = field(default_factory=ItemsetConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     topn: TopNConfig = field(default_factory=TopNConfig)
+    baskets: BasketConfig = field(default_factory=BasketConfig)
     similar_k: int = 20
 
     def dump(self) -> dict:
@@ -78,6 +79,7 @@ ARTIFACT_CONFIGS = {
     "item_similarity": ("similarity", modeling.SimilarityParams, None),
     "popularity": ("popularity", modeling.PopularityParams, None),
     "frequent_itemsets": ("itemsets", ItemsetConfig, None),
+    "baskets": ("baskets", BasketConfig, None),
 }
 
 
@@ -246,7 +248,7 @@ class PeriodModels:
 
 
 def fit_rules(events: pl.DataFrame, item_ids: np.ndarray, cfg: Configs) -> tuple[dict | None, str]:
-    B, _ = basket_matrix(events, item_ids)
+    B, _ = basket_matrix(events, item_ids, cfg.baskets.session_gap_minutes)
     if B.shape[0] == 0 or B.nnz == 0:
         return None, "no purchase baskets in the training period: no rules"
     itemsets, support = mine(B, cfg.itemsets)
