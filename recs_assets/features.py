@@ -11,6 +11,7 @@ from pydantic import Field
 from recs_assets import io, markdown, modeling
 from recs_assets.progress import Progress
 from recs_assets.resources import ArtifactStore, Embedder, Warehouse
+from recs_assets import table_meta
 
 GROUP = "features"
 MAX_STALE_CACHE = 100_000
@@ -37,7 +38,7 @@ def interaction_matrix(context: dg.AssetExecutionContext, config: modeling.Matri
     })
     n = warehouse.replace_table("user_items", table)
     density = m.weights.nnz / max(1, m.weights.shape[0] * m.weights.shape[1])
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "user_items"), 
         "users": len(m.user_ids), "items": len(m.item_ids), "nonzeros": m.weights.nnz,
         "density": float(density), "as_of": str(m.as_of), "table_rows": n,
     })
@@ -87,7 +88,7 @@ def baskets(context: dg.AssetExecutionContext, config: BasketConfig, warehouse: 
     formed = basket_origin(rows, events)
     context.log.info(f"baskets: {formed['given_baskets']} from the sources' basket ids, {formed['session_baskets']} "
                      f"from sessions (gap {config.session_gap_minutes:g} min), events: {formed['basket_events']}")
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "baskets"), 
         "baskets": B.shape[0], "items": B.shape[1], "mean_items_per_basket": float(sizes.mean()) if len(sizes) else 0.0,
         "max_items_per_basket": int(sizes.max()) if len(sizes) else 0, **formed,
         "session_gap_minutes": config.session_gap_minutes,
@@ -143,7 +144,7 @@ def popularity(context: dg.AssetExecutionContext, config: modeling.PopularityPar
     table = popularity_table(catalog, glob, trend, config.top_n)
     n = warehouse.replace_table("popularity", table)
     top = table.filter(pl.col("scope") == "trending").head(10).join(catalog.select("item_id", "title"), on="item_id")
-    return dg.MaterializeResult(metadata={"table_rows": n, "top_trending": dg.MetadataValue.md(markdown.frame(top))})
+    return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "popularity"), "table_rows": n, "top_trending": dg.MetadataValue.md(markdown.frame(top))})
 
 
 def popularity_table(catalog: pl.DataFrame, glob: np.ndarray, trend: np.ndarray, top_n: int) -> pl.DataFrame:
@@ -172,7 +173,7 @@ def covisitation(context: dg.AssetExecutionContext, config: modeling.CovisParams
     C = sp.csr_matrix(modeling.covisitation(events, items, config))
     io.save_csr(artifacts, "covisitation", C, meta=config.model_dump())
     n = warehouse.replace_table("covisitation", io.neighbour_table(items, C))
-    return dg.MaterializeResult(metadata={"pairs": n, "items_with_neighbours": int((np.diff(C.indptr) > 0).sum())})
+    return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "covisitation"), "pairs": n, "items_with_neighbours": int((np.diff(C.indptr) > 0).sum())})
 
 
 class EmbeddingConfig(dg.Config):
@@ -241,4 +242,4 @@ def item_similarity(context: dg.AssetExecutionContext, config: modeling.Similari
     S = modeling.user_similarity(events, items, config)
     io.save_csr(artifacts, "item_similarity", S, meta=config.model_dump())
     n = warehouse.replace_table("item_similarity", io.neighbour_table(items, S))
-    return dg.MaterializeResult(metadata={"pairs": n, **config.model_dump()})
+    return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "item_similarity"), "pairs": n, **config.model_dump()})

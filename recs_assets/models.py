@@ -11,6 +11,7 @@ from recs_assets import io, markdown, modeling
 from recs_assets.features import load_matrix
 from recs_assets.progress import Progress
 from recs_assets.resources import ArtifactStore, Warehouse
+from recs_assets import table_meta
 from recs_kernels import fpgrowth, rules as rules_kernel
 
 GROUP = "models"
@@ -84,7 +85,7 @@ def frequent_itemsets(context: dg.AssetExecutionContext, config: ItemsetConfig, 
     }, schema={"itemset": pl.List(pl.String), "length": pl.Int32, "support": pl.Float64})
     n = warehouse.replace_table("frequent_itemsets", table)
     counts = table.group_by("length").len().sort("length")
-    return dg.MaterializeResult(metadata={"itemsets": n, "baskets": B.shape[0], **budget,
+    return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "frequent_itemsets"), "itemsets": n, "baskets": B.shape[0], **budget,
                                           "by_length": dg.MetadataValue.md(markdown.frame(counts))})
 
 
@@ -138,7 +139,7 @@ def association_rules(context: dg.AssetExecutionContext, config: RulesConfig, wa
     # the blend's "rules" source, for batch_topn (serving builds the same from rules.parquet)
     io.save_csr(artifacts, "rules", modeling.rules_matrix(cols["antecedents"], cols["consequents"],
                                                           cols["confidence"], len(item_ids)), meta=config.model_dump())
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "association_rules"), 
         "rules": n, "rules_passing_threshold": found.n_passing, "max_rules": config.max_rules,
         "budget_hit": found.n_passing > len(found),
         **({} if itemsets else {"reason": "no frequent itemsets (see frequent_itemsets' metadata)"}),
@@ -174,7 +175,7 @@ def _fit_and_store(name: str, fit, config, warehouse: Warehouse, artifacts: Arti
     with warehouse.connect() as con:
         warehouse.replace_table(f"{prefix}_user_factors", _factor_table(m.user_ids, U, "user_id"), con=con)
         warehouse.replace_table(f"{prefix}_item_factors", _factor_table(m.item_ids, V, "item_id"), con=con)
-    yield dg.MaterializeResult(metadata={"users": U.shape[0], "items": V.shape[0], **config.model_dump()})
+    yield dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, f"{prefix}_item_factors", f"{prefix}_user_factors"), "users": U.shape[0], "items": V.shape[0], **config.model_dump()})
     yield _factor_check(U, V)
 
 

@@ -20,6 +20,7 @@ from recs_assets.features import load_matrix
 from recs_assets.progress import Progress
 from recs_assets.resources import ArtifactStore, Warehouse
 from recs_assets.tuning import apply_tuned
+from recs_assets import table_meta
 from recs_kernels import blend, candidates, topk
 
 GROUP = "outputs"
@@ -224,7 +225,7 @@ def similar_items(context: dg.AssetExecutionContext, config: SimilarConfig, ware
             "score": scores[r, c].astype(np.float32), "source": [source] * len(r)}))
     table = pl.concat(parts)
     n = warehouse.replace_table("similar_items", table)
-    return dg.MaterializeResult(metadata={"rows": n, "k": config.k})
+    return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "similar_items"), "rows": n, "k": config.k})
 
 
 class VectorStoreConfig(dg.Config):

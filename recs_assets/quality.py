@@ -10,6 +10,7 @@ from recs_assets import gates, io, markdown
 from recs_assets.features import load_matrix
 from recs_assets.outputs import N_SHARDS, part_path
 from recs_assets.resources import ArtifactStore, Warehouse
+from recs_assets import table_meta
 
 GROUP = "evaluation"
 MODEL_ASSETS = ["interaction_matrix", "als_factors", "bpr_factors", "covisitation", "item_similarity", "popularity",
@@ -36,6 +37,13 @@ class EvaluationConfig(dg.Config):
     min_ratio_over_popularity: float = Field(1.0, gt=0, description="The served objective on validation must exceed "
                                                                     "all-time popularity's times this")
     seed: int = 0
+
+
+def _inline_chart(test: pl.DataFrame):
+    """recall@10 of every model on the first use case, short enough to show on the asset page."""
+    uc = test["use_case"][0]
+    rows = test.filter(pl.col("use_case") == uc)
+    return table_meta.bars(rows["model"], rows["recall@10"], title=f"recall@10, {uc} (test)")
 
 
 def _plot(table: pl.DataFrame) -> str:
@@ -98,7 +106,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, ware
     served_test = {r["use_case"]: r["recall@10"] for r in test.filter(pl.col("model") == "served").iter_rows(named=True)}
     skipped = {**{f"validation {k}": v for k, v in out.info["validation_skipped"].items()},
                **{f"test {k}": v for k, v in out.info["test_skipped"].items()}}
-    yield dg.MaterializeResult(metadata={
+    yield dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "evaluation"), 
         "cut": out.info["cut"], "validation_start": out.info["validation_start"],
         "served_source": out.served["source"], "mmr_lambda": out.served["mmr_lambda"],
         "weights": dg.MetadataValue.json(out.served["weights"]),
@@ -114,6 +122,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, ware
         **({"error": out.info["error"]} if "error" in out.info else {}),
         **{f"served_{uc}_recall@10": float(v) for uc, v in served_test.items()},
         **({"plot": dg.MetadataValue.md(_plot(out.table))} if test.height else {}),
+        **({"recall_chart": _inline_chart(test)} if test.height else {}),
     })
     yield dg.AssetCheckResult(passed=bool(out.gate["passed"]), metadata={
         k: (float(v) if isinstance(v, float) else v) for k, v in out.gate.items()})

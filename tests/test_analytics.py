@@ -275,3 +275,33 @@ def test_readme_has_a_query_per_table_and_each_runs(shop):
             "product_graph_nodes", "product_graph_edges", "factor_exports"} <= set(queries)
     for table, sql in queries.items():
         assert q(home, sql).height > 0, table
+
+
+def test_warehouse_assets_carry_row_count_and_column_schema(shop):
+    """dagster/row_count and dagster/column_schema on every warehouse asset, equal to the table."""
+    home, result = shop
+    tables = {"interactions": ["interactions"], "catalog": ["catalog"], "quarantine": ["quarantine"],
+              "interaction_matrix": ["user_items"], "baskets": ["baskets"], "popularity": ["popularity"],
+              "covisitation": ["covisitation"], "item_similarity": ["item_similarity"],
+              "frequent_itemsets": ["frequent_itemsets"], "association_rules": ["association_rules"],
+              "als_factors": ["als_item_factors"], "bpr_factors": ["bpr_item_factors"],
+              "substitutes": ["substitutes"], "customer_saturation": ["customer_saturation"],
+              "cross_sell_potential": ["cross_sell_potential"], "product_graph": ["product_graph_nodes"],
+              "factor_exports": ["factor_exports"]}
+    seen = set()
+    for ev in result.get_asset_materialization_events():
+        key = ev.asset_key.to_user_string()
+        if key not in tables:
+            continue
+        meta = ev.materialization.metadata
+        table = tables[key][0]
+        with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+            n = con.execute(f"SELECT count(*) FROM recs.{table}").fetchall()[0][0]
+            cols = [r[0] for r in con.execute(f"DESCRIBE recs.{table}").fetchall()]
+        assert meta["dagster/row_count"].value == n, key
+        assert [c.name for c in meta["dagster/column_schema"].schema.columns] == cols, key
+        seen.add(key)
+    done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()} & set(tables)
+    assert seen == done and len(done) >= 10, done - seen
+    graph_meta = result.asset_materializations_for_node("product_graph")[0].metadata
+    assert len(graph_meta["community_sizes"].value) < 1000  # short Markdown: shown inline on the asset page

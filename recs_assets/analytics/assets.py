@@ -19,6 +19,7 @@ from recs_assets import io, markdown, paths
 from recs_assets.analytics import basket_pairs, customers, exports, graph
 from recs_assets.features import load_matrix
 from recs_assets.resources import ArtifactStore, Warehouse
+from recs_assets import table_meta
 
 GROUP = "analytics"
 
@@ -104,7 +105,7 @@ def substitutes(context: dg.AssetExecutionContext, config: SubstitutesConfig, wa
              .sort("rank"))
     n = warehouse.replace_table("substitutes", table)
     counts = np.asarray(B.sum(axis=0)).ravel()
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "substitutes"), 
         "pairs": n, "baskets": B.shape[0], "periods": int(periods.max() + 1) if len(periods) else 0,
         "items_considered": int((counts >= config.min_item_support * max(B.shape[0], 1)).sum()),
         "preview": dg.MetadataValue.md(markdown.frame(
@@ -168,7 +169,7 @@ def customer_saturation(context: dg.AssetExecutionContext, config: SaturationCon
     deciles = (table.group_by("decile").agg(pl.len().alias("customers"), pl.col("share").min().alias("min_share"),
                                             pl.col("share").max().alias("max_share"),
                                             pl.col("items_bought").mean().alias("mean_items")).sort("decile"))
-    yield dg.MaterializeResult(metadata={
+    yield dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "customer_saturation"), 
         "customers": n, "grouping": kind, "groups": len(names),
         "mean_share": float(share.mean()) if len(share) else 0.0,
         "deciles": dg.MetadataValue.md(markdown.frame(deciles)),
@@ -289,7 +290,7 @@ def cross_sell_potential(context: dg.AssetExecutionContext, config: CrossSellCon
     summary = (potential.group_by("target", "target_kind").agg(pl.len().alias("prospects"),
                                                               pl.col("open_items").max().alias("target_items"))
                .sort("target") if parts else pl.DataFrame())
-    yield dg.MaterializeResult(metadata={
+    yield dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "cross_sell_potential", "item_targeting"), 
         "rows": n, "targeting_rows": n_t, "factors": config.factors, "aggregate": config.aggregate,
         "targets": dg.MetadataValue.md(markdown.frame(summary)),
         "preview": dg.MetadataValue.md(markdown.frame(potential.head(10) if parts else potential)),
@@ -350,14 +351,22 @@ def product_graph(context: dg.AssetExecutionContext, config: ProductGraphConfig,
                                                                 pl.col("pagerank").sum().alias("pagerank"))
              .sort("community"))
     within = float((edges["source_community"] == edges["target_community"]).mean()) if n_edges else 0.0
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "product_graph_nodes", "product_graph_edges"), 
         "nodes": n_nodes, "edges": n_edges, "communities": comms.height, "edges_within_communities": within,
         "gateways": dg.MetadataValue.md(markdown.frame(
             nodes.sort("gateway_rank").select("gateway_rank", "item_id", "title", "gateway", "out_degree"), 10)),
         "top_communities": dg.MetadataValue.md(markdown.frame(comms, 10)),
+        "community_sizes": _community_chart(comms),
         "picture": dg.MetadataValue.md(graph.plot_communities(nodes, edges, titles, top=config.plot_communities,
                                                               seed=config.seed)),
     })
+
+
+def _community_chart(comms: pl.DataFrame):
+    """Products per community (the ten largest), short enough to show on the asset page."""
+    top = comms.sort(["size", "community"], descending=[True, False]).head(10)
+    labels = [f"{c}: {(lab or '')[:22]}" for c, lab in zip(top["community"], top["community_label"])]
+    return table_meta.bars(labels, top["size"], title="community", fmt="{:.0f}")
 
 
 # --------------------------------------------------------------------------- factor exports
@@ -407,7 +416,7 @@ def factor_exports(context: dg.AssetExecutionContext, config: FactorExportConfig
                                        "lance_table": pl.String, "lance_version": pl.Int64,
                                        "exported_at": pl.Datetime("us")})
     n = warehouse.replace_table("factor_exports", table)
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "factor_exports"), 
         "exports": n, "directory": dg.MetadataValue.path(str(base)), "lancedb": uri, "normalized": config.normalize,
         "files": dg.MetadataValue.md(markdown.frame(table.select("model", "side", "rows", "dimension", "lance_table",
                                                                  "parquet_path"))),

@@ -95,7 +95,7 @@ def plot_communities(nodes: pl.DataFrame, edges: pl.DataFrame, titles: dict[str,
         centre = 3.0 * np.array([np.cos(angle), np.sin(angle)]) if len(shown) > 1 else np.zeros(2)
         pos.update({n: centre + np.asarray(xy) for n, xy in sub.items()})
     order = sorted(G.nodes)
-    fig, ax = plt.subplots(figsize=(9, 7))
+    fig, ax = plt.subplots(figsize=(13, 8))
     inside = [(s, t) for s, t in G.edges if comm[s] == comm[t]]
     across = [(s, t) for s, t in G.edges if comm[s] != comm[t]]
     nx.draw_networkx_edges(G, pos, edgelist=across, ax=ax, alpha=0.04, width=0.5)
@@ -107,10 +107,10 @@ def plot_communities(nodes: pl.DataFrame, edges: pl.DataFrame, titles: dict[str,
     sizes = dict(zip(nodes["community"], nodes["community_size"]))
     for c in shown:
         lead = keep.filter(pl.col("community") == c).row(0, named=True)["item_id"]
-        ax.scatter([], [], color=cmap(c % 10), label=f"{c}: {(titles.get(lead) or lead)[:30]} ({sizes[c]})")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False,
-              title="community: leading product (size)", title_fontsize=7)
+        ax.scatter([], [], color=cmap(c % 10), label=f"{c}: {(titles.get(lead) or lead)[:40]} ({sizes[c]} products)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=11, frameon=False, markerscale=2.5,
+              title="community: leading product (size)", title_fontsize=12, alignment="left")
     ax.set_title(f"Product graph: the {len(shown)} largest communities (node size = PageRank)")
     ax.axis("off")
     fig.tight_layout()
-    return markdown.figure(fig, "product graph", dpi=60)
+    return markdown.figure(fig, "product graph", dpi=75)

@@ -12,6 +12,7 @@ from recs_assets import inbox, markdown, paths
 from recs_assets.ingest import load
 from recs_assets.ingest.sources import Source, TimeRules, default_name
 from recs_assets.resources import Warehouse
+from recs_assets import table_meta
 
 INGEST_GROUP = "ingest"
 
@@ -145,6 +146,7 @@ def ingest(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: W
     yield dg.MaterializeResult(
         asset_key="interactions",
         metadata={
+            **table_meta.warehouse_metadata(warehouse, "interactions"),
             "rows_read": read,
             "rows_kept": kept,
             "rows_quarantined": read - kept,
@@ -161,6 +163,7 @@ def ingest(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: W
     yield dg.MaterializeResult(
         asset_key="catalog",
         metadata={
+            **table_meta.warehouse_metadata(warehouse, "catalog"),
             "items": n_catalog,
             "preview": dg.MetadataValue.md(markdown.frame(catalog_preview)),
         },
@@ -168,6 +171,7 @@ def ingest(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: W
     yield dg.MaterializeResult(
         asset_key="quarantine",
         metadata={
+            **table_meta.warehouse_metadata(warehouse, "quarantine"),
             "rows_this_run": read - kept,
             **{f"reason_{k}": v for k, v in per_run.items()},
             "table_rows": n_quarantine,
