@@ -76,6 +76,17 @@ def test_every_asset_and_check_succeeds(built):
     assert materialized == expected
 
 
+def test_release_serves_the_tuned_blend(built):
+    """The weights and MMR lambda the evaluation chose on its validation window reach the top-N and the contract."""
+    # Runs before test_failing_check_leaves_previous_release_current, which re-evaluates in this home.
+    home, _, _ = built
+    tuned = ArtifactStore(root=str(home / "artifacts")).meta("tuned_blend")
+    assert tuned["tuned"] is True and set(tuned["weights"]) == set(SOURCES)
+    contract = release_format.read_contract(release_format.open_release(home).manifest)
+    assert contract.weights.model_dump() == tuned["weights"]
+    assert contract.mmr_lambda == tuned["mmr_lambda"]
+
+
 def test_runs_are_named_jobs_and_can_be_re_executed(built):
     home, runs, instance = built
     jobs = {r.job_name for r in instance.get_runs()}
@@ -239,16 +250,6 @@ def test_evaluation_refits_with_the_model_assets_configs(built):
     assert used["als"]["factors"] == 16 and used["als"]["iterations"] == 5
     assert used["itemsets"]["min_support"] == 0.02 and used["bpr"]["factors"] == 16
     assert meta["served_source"].value in {"tuned", "configured"} or meta["served_source"].value.startswith("best_single:")
-
-
-def test_release_serves_the_tuned_blend(built):
-    """The weights and MMR lambda the evaluation chose on its validation window reach the top-N and the contract."""
-    home, _, _ = built
-    tuned = ArtifactStore(root=str(home / "artifacts")).meta("tuned_blend")
-    assert tuned["tuned"] is True and set(tuned["weights"]) == set(SOURCES)
-    contract = release_format.read_contract(release_format.open_release(home).manifest)
-    assert contract.weights.model_dump() == tuned["weights"]
-    assert contract.mmr_lambda == tuned["mmr_lambda"]
 
 
 def test_schedule_and_sensors_are_on_by_default():
