@@ -1,15 +1,16 @@
 """Where the project keeps its state: everything lives under one directory, RECS_HOME."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from recs_serving.release import default_home, releases_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_ONLINE_RETAIL = REPO_ROOT / "data" / "online_retail.parquet"
 
 
 def recs_home() -> Path:
-    return Path(os.environ.get("RECS_HOME", REPO_ROOT / "var")).resolve()
+    return default_home()
 
 
 def warehouse_path(home: Path | None = None) -> Path:
@@ -21,7 +22,7 @@ def lancedb_path(home: Path | None = None) -> Path:
 
 
 def releases_path(home: Path | None = None) -> Path:
-    return (home or recs_home()) / "releases"
+    return releases_dir(home or recs_home())
 
 
 def artifacts_path(home: Path | None = None) -> Path:

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import threading
-import time
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -62,10 +59,6 @@ class UnknownItem(KeyError):
 
     def __str__(self) -> str:
         return f"unknown item_id {self.item_id!r}"
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("RECS_HOME", Path(__file__).resolve().parents[1] / "var")).resolve()
 
 
 @dataclass(frozen=True)
@@ -164,7 +157,7 @@ class Recommender:
         worker processes share (``recs_serving.mapped``); the Parquet loader then runs in a
         child process, never in this one. The lifecycle (verify, refuse, fall back, watch,
         swap) lives in ``holder.ReleaseHolder``."""
-        self.home = Path(home).resolve() if home is not None else default_home()
+        self.home = release_format.default_home(home)
         self.poll_interval = float(poll_interval)
         self.mmap = mmap
         self.scan_items = scan_items

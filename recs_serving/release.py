@@ -181,6 +181,12 @@ def write_release(
                     metrics=metrics, lancedb=lancedb, keep=keep)
 
 
+def default_home(home: Path | str | None = None) -> Path:
+    """RECS_HOME: ``home`` if given, else the environment's, else ``var/`` beside the code
+    (the one place every reader and writer resolves it)."""
+    return Path(home or os.environ.get("RECS_HOME") or Path(__file__).resolve().parents[1] / "var").resolve()
+
+
 def releases_dir(home: Path | str) -> Path:
     return Path(home) / "releases"
 

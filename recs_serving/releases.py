@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,6 @@ import pyarrow.parquet as pq
 from . import release as release_format
 
 TOP_RANK = 10  # "top items": how often an item sits in a customer's first TOP_RANK
-
-
-def default_home(home: str | Path | None = None) -> Path:
-    return Path(home or os.environ.get("RECS_HOME") or Path(__file__).resolve().parents[1] / "var")
 
 
 def evaluation_rows(manifest: dict) -> list[dict]:
@@ -43,7 +38,7 @@ def _model_key(row: dict) -> str:
 
 
 def list_releases(home: str | Path | None = None) -> list[dict]:
-    home = default_home(home)
+    home = release_format.default_home(home)
     current = release_format.current_version(home)
     out = []
     for v in release_format.list_versions(home):
@@ -71,7 +66,7 @@ def top_items(home: Path, version: str, rank: int = TOP_RANK) -> dict[str, int]:
 
 def diff(home: str | Path | None, a: str | None = None, b: str | None = None, top: int = 10) -> dict[str, Any]:
     """Metric deltas and the biggest changes in top items from release ``a`` to ``b``."""
-    home = default_home(home)
+    home = release_format.default_home(home)
     versions = release_format.list_versions(home)
     b = b or release_format.current_version(home)
     if b is None:
@@ -106,7 +101,7 @@ def diff(home: str | Path | None, a: str | None = None, b: str | None = None, to
 
 def rollback(home: str | Path | None, version: str) -> str | None:
     """Make ``version`` current (it must be a complete release); returns the previous CURRENT."""
-    home = default_home(home)
+    home = release_format.default_home(home)
     release_format.open_release(home, version)  # a readable manifest of this schema, or ReleaseError
     before = release_format.current_version(home)
     release_format.set_current(home, version)

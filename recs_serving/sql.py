@@ -27,6 +27,7 @@ from pathlib import Path
 
 import duckdb
 
+from . import release as release_format
 from .release import TABLES, ReleaseError, open_release
 
 # release file -> warehouse table name (the rest keep their names)
@@ -40,10 +41,6 @@ def _quote(path: Path) -> str:
 
 def _lit(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
-
-
-def _home(home: Path | str | None) -> Path:
-    return Path(home or os.environ.get("RECS_HOME") or Path(__file__).resolve().parents[1] / "var")
 
 
 def _alive(pid: int) -> bool:
@@ -89,7 +86,7 @@ def _pin(home: Path, src: Path, names: list[str]) -> Path:
 
 
 def connect(home: Path | str | None = None, version: str | None = None, *, pin: bool = True) -> duckdb.DuckDBPyConnection:
-    home = _home(home)
+    home = release_format.default_home(home)
     rf = open_release(home, version)
     names = [n for n in TABLES if (rf.path / f"{n}.parquet").exists()]
     where = _pin(home, rf.path, names) if pin else rf.path
@@ -111,7 +108,7 @@ def connect(home: Path | str | None = None, version: str | None = None, *, pin: 
 def connect_warehouse(home: Path | str | None = None) -> duckdb.DuckDBPyConnection:
     """The warehouse file, read-only. DuckDB lets one process hold it: this fails (one line,
     naming the holder) while the pipeline writes, and makes the pipeline wait while open."""
-    path = _home(home) / "warehouse.duckdb"
+    path = release_format.default_home(home) / "warehouse.duckdb"
     if not path.exists():
         raise FileNotFoundError(f"no warehouse at {path}; run the pipeline first")
     return duckdb.connect(str(path), read_only=True)
