@@ -1,12 +1,10 @@
 """Jobs, the daily schedule and the inbox sensor (all on by default), and the shard executor."""
 import os
-from pathlib import Path
 
 import dagster as dg
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
 from dagster._core.execution.retries import RetryMode
 
-from recs_assets import paths
 
 # evaluation runs with the models: the top-N shards and the release read the blend it tunes (tuned_blend)
 PUBLISH_KEYS = ("similar_items", "vector_store", "release")

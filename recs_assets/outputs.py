@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field
 
-from recs_assets import io, markdown, modeling, paths
+from recs_assets import io, modeling, paths
 from recs_assets.features import load_matrix
 from recs_assets.progress import Progress
 from recs_assets.resources import ArtifactStore, Warehouse

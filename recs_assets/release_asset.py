@@ -5,7 +5,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from recs_assets import io, outputs, paths
+from recs_assets import outputs, paths
 from recs_assets.contract import contract_from_artifacts
 from recs_assets.features import load_matrix
 from recs_assets.outputs import N_SHARDS

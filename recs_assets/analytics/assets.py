@@ -12,7 +12,6 @@ import dagster as dg
 import lancedb
 import numpy as np
 import polars as pl
-import pyarrow as pa
 from pydantic import Field
 
 from recs_assets import io, markdown, paths
