@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from . import release as release_format
 from . import ui
-from . import business_rules, details, explain
+from . import details, explain
 from .guards import RequestIdMiddleware, StrictJSONRequest, on_server_error
 from .metrics import Metrics, MetricsMiddleware
 from .recommender import NotReady, Recommender, UnknownItem
@@ -61,16 +61,15 @@ def _rec(request: Request) -> Recommender:
 def recommend(request: Request, data: RecommendBody) -> ExplainedResponse:
     rec = _rec(request)
     seed = max(data.recent, key=lambda r: r.timestamp).item_id if data.recent else None
-    excl = business_rules.request_exclusions(rec.release, data.user_id, data.recent, data.exclusions)
-    return explain.enrich_response(rec.recommend(data, as_dict=True), rec, anonymous=True, seed=seed, k=data.k, exclude_ids=excl,
+    return explain.enrich_response(rec.recommend(data, as_dict=True), rec, anonymous=True, seed=seed,
                                    user_id=data.user_id)  # type: ignore[return-value]
 
 
 @get("/v1/items/{item_id:str}/similar", sync_to_thread=False, tags=["items"], summary="Items similar to an item (item page)")
 def similar(request: Request, item_id: ItemPath, k: KQuery = 20, brand: FromQuery[str | None] = None) -> ExplainedResponse:
     rec = _rec(request)
-    return explain.enrich_response(rec.similar_items(item_id, k, brand=brand, as_dict=True), rec, anonymous=True, seed=item_id,
-                                   k=k, exclude_ids={item_id})  # type: ignore[return-value]
+    return explain.enrich_response(rec.similar_items(item_id, k, brand=brand, as_dict=True), rec, anonymous=True,
+                                   seed=item_id)  # type: ignore[return-value]
 
 
 @get("/v1/items/{item_id:str}", sync_to_thread=True, tags=["items"], summary="One item: attributes, popularity, bought-together rules")
@@ -87,9 +86,8 @@ def user_info(request: Request, user_id: UserPath) -> UserDetail:
 def cart_addons(request: Request, data: CartBody) -> ExplainedResponse:
     rec = _rec(request)
     anonymous = data.user_id is None or data.user_id not in rec.release.user_index
-    excl = business_rules.request_exclusions(rec.release, data.user_id, (), data.exclusions, data.item_ids)
     return explain.enrich_response(rec.cart_addons(data, as_dict=True), rec, anonymous=anonymous, seed=data.item_ids[0],
-                                   k=data.k, exclude_ids=excl, user_id=data.user_id)  # type: ignore[return-value]
+                                   user_id=data.user_id)  # type: ignore[return-value]
 
 
 @get("/v1/items/{item_id:str}/customers", sync_to_thread=True, tags=["customers"], summary="Customers most likely to want an item (targeting)")
@@ -101,7 +99,7 @@ def customers(request: Request, item_id: ItemPath, k: KQuery = 20) -> ExplainedC
 @post("/v1/recommend/batch", sync_to_thread=False, status_code=200, tags=["recommendations"], summary="Recommendations for many users at once")
 def recommend_batch(request: Request, data: BatchBody) -> ExplainedBatchResponse:
     rec = _rec(request)
-    return explain.enrich_batch(rec.recommend_batch(data, wire=True), rec, k=data.k, exclusions=data.exclusions)  # type: ignore[return-value]
+    return explain.enrich_batch(rec.recommend_batch(data, wire=True), rec)  # type: ignore[return-value]
 
 
 @get("/v1/release", sync_to_thread=False, tags=["operations"], summary="Manifest of the release being served")

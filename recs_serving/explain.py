@@ -338,45 +338,30 @@ def enrich_items(items: list, view: CatalogView, *, anonymous: bool = False, see
     return out
 
 
-def _ranked(rec, items: list, k: int | None, exclude_ids) -> list:
-    """The business rules' re-ranking (pins, boosts, burials) of one answer."""
-    from . import business_rules
-
-    rel = rec.release
-    if not business_rules.for_release(rel).reranks:
-        return items
-    return business_rules.apply(rel, [_as_dict(it) for it in items], k or len(items), exclude_ids)
-
-
-def enrich_response(body: Any, rec, *, anonymous: bool = False, seed: str | None = None, k: int | None = None,
-                    exclude_ids=(), user_id: str | None = None) -> dict:
-    """A ``RecommendResponse`` (dict or model) of ``rec`` (a Recommender) with readable items,
-    re-ranked by the business rules (``k``: the request's k; ``exclude_ids``: what it rules out)."""
+def enrich_response(body: Any, rec, *, anonymous: bool = False, seed: str | None = None,
+                    user_id: str | None = None) -> dict:
+    """A ``RecommendResponse`` (dict or model) of ``rec`` (a Recommender) with readable items
+    (the business rules' re-ranking is already in it: ``Recommender`` applies it)."""
     d = body if isinstance(body, dict) else body.model_dump()
     view = catalog_of(rec, d.get("artifact_version"))
     meta = d.get("metadata") or {}
     if meta.get("user_known") is True:
         anonymous = False
-    items = _ranked(rec, d["items"], k, exclude_ids)
+    items = d["items"]  # already re-ranked by the business rules (Recommender._respond)
     anchors = None
     if not anonymous and user_id is not None:
         anchors = taste_anchors(rec.release, user_id, [_as_dict(it)["item_id"] for it in items])
     return {**d, "items": enrich_items(items, view, anonymous=anonymous, seed=seed, anchors=anchors)}
 
 
-def enrich_batch(body: Any, rec, *, k: int | None = None, exclusions=()) -> dict:
-    from . import business_rules
-
+def enrich_batch(body: Any, rec) -> dict:
     d = body if isinstance(body, dict) else body.model_dump()
     view = catalog_of(rec, d.get("artifact_version"))
     rel = rec.release
-    rerank = business_rules.for_release(rel).reranks
     users = list(d["results"])
     lists = []
     for u in users:
         items = d["results"][u]
-        if rerank:
-            items = _ranked(rec, items, k, business_rules.request_exclusions(rel, u, exclusions=exclusions))
         lists.append([_as_dict(it) for it in items])
     anchors = taste_anchors_many(rel, users, [[it["item_id"] for it in items] for items in lists])
     return {**d, "results": {u: enrich_items(items, view, anchors=a, own=True) for u, items, a in zip(users, lists, anchors)}}

@@ -502,10 +502,19 @@ class Recommender:
         meta["filled_from_popularity"] = len(added)
         return out
 
-    def _respond(self, st: _State, picks: list, meta: dict, as_dict: bool = False):
+    def _respond(self, st: _State, picks: list, meta: dict, as_dict: bool = False, q: _Query | None = None):
+        rel = st.rel
+        if q is not None and business_rules.for_release(rel).reranks:
+            # pins, boosts and burials: here, so the Python API and every HTTP path answer alike
+            excluded = {rel.item_ids[i] for i in q.exclude.tolist()}
+            items = business_rules.apply(rel, _rec_items(picks, rel, True), q.k, excluded)
+            if not as_dict:
+                items = [_trusted(RecommendItem, d) for d in items]
+        else:
+            items = _rec_items(picks, rel, as_dict)
         if as_dict:
-            return {"items": _rec_items(picks, st.rel, True), "artifact_version": st.rel.version, "metadata": meta}
-        return RecommendResponse.model_construct(items=_rec_items(picks, st.rel), artifact_version=st.rel.version, metadata=meta)
+            return {"items": items, "artifact_version": rel.version, "metadata": meta}
+        return RecommendResponse.model_construct(items=items, artifact_version=rel.version, metadata=meta)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -547,7 +556,7 @@ class Recommender:
             meta["strategy"] = "popular"
             picks = self._blend(st, q, meta)
         picks = self._fill(st, q, picks, meta)
-        return self._respond(st, picks, meta, as_dict)
+        return self._respond(st, picks, meta, as_dict, q)
 
     def similar_items(self, item_id: str, k: int = 20, *, brand: str | None = None, filters: dict | None = None,
                       exclusions: Iterable[str] = (), mmr_lambda: float | None = None, as_dict: bool = False) -> RecommendResponse:
@@ -560,7 +569,7 @@ class Recommender:
         # an item page leans on the item, half as much on what is popular overall
         q.weights = {**q.weights, "trending": 0.5 * q.weights["trending"], "popularity": 0.5 * q.weights["popularity"]}
         picks = self._fill(st, q, self._blend(st, q, meta), meta)
-        return self._respond(st, picks, meta, as_dict)
+        return self._respond(st, picks, meta, as_dict, q)
 
     def cart_addons(self, item_ids: Iterable[str] | CartAddonsRequest | dict, k: int = 10, *, as_dict: bool = False, **kw: Any) -> RecommendResponse:
         if isinstance(item_ids, (CartAddonsRequest, dict)):
@@ -574,7 +583,7 @@ class Recommender:
         # add-ons lean on what is bought together
         q.weights = {**q.weights, "rules": 2.0 * q.weights["rules"], "covis": 1.5 * q.weights["covis"]}
         picks = self._fill(st, q, self._blend(st, q, meta), meta)
-        return self._respond(st, picks, meta, as_dict)
+        return self._respond(st, picks, meta, as_dict, q)
 
     def top_customers(self, item_id: str, k: int = 20) -> CustomersResponse:
         st = self._current()
@@ -671,10 +680,20 @@ class Recommender:
                                 filters=req.filters, lam=None, meta={})
                 results[uniq[j]] = _rec_items(self._fill(st, q, self._blend(st, q, {}), {}), rel, as_dict)
         results = {u: results[u] for u in uniq}
+        if business_rules.for_release(rel).reranks:
+            results = {u: self._reranked(rel, u, items, req, as_dict) for u, items in results.items()}
         meta = {"users": len(uniq), "unknown_users": n_unknown}
         if as_dict:
             return {"results": results, "artifact_version": rel.version, "metadata": meta}
         return BatchRecommendResponse.model_construct(results=results, artifact_version=rel.version, metadata=meta)
+
+    @staticmethod
+    def _reranked(rel: LoadedRelease, user_id: str, items: list, req: BatchRecommendRequest, as_dict: bool) -> list:
+        """One batch answer through the business rules' re-ranking (as ``_respond`` does)."""
+        rows = [d if isinstance(d, dict) else {f: getattr(d, f) for f in ("item_id", "score", "rank", "reasons")}
+                for d in items]
+        out = business_rules.apply(rel, rows, req.k, business_rules.request_exclusions(rel, user_id, exclusions=req.exclusions))
+        return out if as_dict else [_trusted(RecommendItem, d) for d in out]
 
     def _topn(self, st: _State, users: np.ndarray, base: _Query) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """The one top-N path: known users without recent events get their precomputed top-N

@@ -119,6 +119,18 @@ def test_pin_takes_rank_one_everywhere(answers, picks):
         assert "merchandising" in items[0]["explanation"]
 
 
+def test_in_process_answers_equal_the_http_ones(ruled, answers):
+    """The Python API applies the same rules (pins, boosts, burials) as every HTTP path."""
+    _, rec, _ = ruled
+    ids = lambda items: [it["item_id"] if isinstance(it, dict) else it.item_id for it in items]  # noqa: E731
+    for u in USERS:
+        assert ids(rec.recommend(user_id=u, k=10).items) == ids(answers[f"recommend:{u}"]), u
+    assert ids(rec.similar_items("85123A", 10).items) == ids(answers["similar"])
+    assert ids(rec.cart_addons(["85123A"], 10).items) == ids(answers["cart"])
+    batch = rec.recommend_batch(USERS, 10).results
+    assert all(ids(batch[u]) == ids(answers[f"batch:{u}"]) for u in USERS)
+
+
 def test_boost_and_bury_order(answers, picks):
     hits = 0
     for path, items in answers.items():

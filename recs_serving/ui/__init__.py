@@ -28,7 +28,7 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from .. import business_rules, details, explain, releases
+from .. import details, explain, releases
 from .. import release as release_format
 from ..recommender import UnknownItem
 from ..schemas import MAX_K, RecommendRequest
@@ -105,8 +105,7 @@ def search(request: Request, q: str = "") -> Template | Redirect:
 
 def _recommendations(rec, user_id: str, k: int, lam: float) -> dict:
     body = rec.recommend(RecommendRequest(user_id=user_id, k=k, mmr_lambda=lam), as_dict=True)
-    return explain.enrich_response(body, rec, anonymous=True, k=k, exclude_ids=business_rules.request_exclusions(rec.release, user_id),
-                                   user_id=user_id)
+    return explain.enrich_response(body, rec, anonymous=True, user_id=user_id)
 
 
 @get("/ui/customers/{user_id:str}", sync_to_thread=True, include_in_schema=False)
@@ -137,8 +136,7 @@ def item(request: Request, item_id: str) -> Template:
     except UnknownItem as exc:
         raise NotFoundException(str(exc)) from exc
     targets = explain.enrich_customers(rec.top_customers(item_id, 20), rec)
-    blended = explain.enrich_response(rec.similar_items(item_id, 10, as_dict=True), rec, anonymous=True, seed=item_id,
-                                      k=10, exclude_ids={item_id})
+    blended = explain.enrich_response(rec.similar_items(item_id, 10, as_dict=True), rec, anonymous=True, seed=item_id)
     return _page("item.html", request, item=info, behaviour=details.neighbours(rel, item_id, "behaviour", 10),
                  content=details.neighbours(rel, item_id, "content", 10), rules=details.bought_together(rel, item_id, 15),
                  targets=targets, blended=blended)
