@@ -12,4 +12,8 @@ export DAGSTER_DISABLE_TELEMETRY=1
 mkdir -p "$RECS_HOME" "$DAGSTER_HOME" "$RECS_DAGSTER_STORAGE" "$RECS_DAGSTER_LOGS" "$RECS_HOME/inbox"
 # The embedded instance (sqlite, no service) unless RECS_DAGSTER_YAML names another, e.g.
 # deploy/dagster.production.yaml (PostgreSQL, run queue, run monitoring; see README "Scaling out").
-cp "${RECS_DAGSTER_YAML:-$REPO/dagster.yaml}" "$DAGSTER_HOME/dagster.yaml"
+# Through a temp file and a rename: several workers starting at once must not race on it.
+_yaml_tmp="$DAGSTER_HOME/.dagster.yaml.$$"
+cp "${RECS_DAGSTER_YAML:-$REPO/dagster.yaml}" "$_yaml_tmp"
+mv -f "$_yaml_tmp" "$DAGSTER_HOME/dagster.yaml"
+unset _yaml_tmp
