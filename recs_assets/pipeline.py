@@ -249,6 +249,20 @@ def _cancel(instance, child: subprocess.Popen, log) -> None:
     _free_slots(instance, log)
 
 
+def _wait_recovering(instance, child: subprocess.Popen, log, every: float = 10.0) -> int:
+    """Wait for the child; meanwhile free what runs that died after our start-up still hold (a
+    killed run's process may outlive the recovery at start by a moment, and its pool slot would
+    then block our steps for ever). Our own runs carry a live pid, so they are left alone."""
+    while True:
+        try:
+            return child.wait(timeout=every)
+        except subprocess.TimeoutExpired:
+            try:
+                recover(instance, log)
+            except Exception as exc:  # noqa: BLE001 - a failed sweep must not stop the run
+                log(f"[recs] recovery sweep failed: {exc}")
+
+
 def supervise(args, log=print) -> int:
     import dagster as dg
 
@@ -272,7 +286,7 @@ def supervise(args, log=print) -> int:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         try:
-            rc = child.wait()
+            rc = _wait_recovering(instance, child, log)
         except _Stop as exc:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
