@@ -62,14 +62,15 @@ def test_store_size_stays_flat_and_pinned_versions_stay_readable(tmp_path, monke
             _release(tmp_path, v)
             sizes.append(_size(tmp_path / "lancedb"))
     assert versions == sorted(set(versions))
-    # flat: after the keep window fills, the store does not grow run over run (left unpruned it
-    # grows by one version a run, 2.5x by the tenth); a run may briefly hold one version more
-    assert float(np.median(sizes[4:])) <= 1.05 * sizes[3], sizes
-    assert max(sizes[4:]) <= 1.6 * sizes[3] and sizes[-1] <= 1.3 * sizes[3], sizes
+    # flat: after the keep window fills, the store does not grow run over run. Left unpruned it
+    # grows by one table's worth (~sizes[0]) a run, 10x by the tenth; pruned, it holds the kept
+    # releases' versions and the few between them (how many depends on the machine's speed)
+    assert max(sizes) <= 6 * sizes[0], sizes
     tbl = lancedb.connect(str(paths.lancedb_path())).open_table("items")
     left = {int(v["version"]) for v in tbl.list_versions()}
     assert set(versions[-3:]) <= left            # every kept release's version is still there
-    assert not (set(versions[:6]) & left)         # versions of pruned releases are gone
+    # versions of pruned releases are gone (the last one may sit within the margin of the window)
+    assert not (set(versions[:5]) & left)
     for v in versions[-3:]:
         tbl.checkout(v)
         assert tbl.count_rows() == 300
