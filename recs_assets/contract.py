@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from recs_assets import modeling
 from recs_kernels.sources import SOURCES
-from recs_serving.release import SCHEMA_VERSION, ReleaseContract
+from recs_serving.release import SCHEMA_VERSION, USE_CASES, ReleaseContract
 
 
 def _dump(cfg: Any) -> dict:
@@ -23,10 +23,14 @@ def _dump(cfg: Any) -> dict:
     raise TypeError(f"expected a config object or its dict, got {type(cfg).__name__}")
 
 
-def contract_from_configs(*, matrix, als, bpr, covisitation, item_similarity, popularity, topn) -> ReleaseContract:
+def contract_from_configs(*, matrix, als, bpr, covisitation, item_similarity, popularity, topn,
+                          blends: dict | None = None) -> ReleaseContract:
     """Each argument: the dg.Config the asset ran with, or its ``model_dump()``.
 
-    ``topn`` is the batch_topn config (``n``, ``blend``, ``request``). Values are taken, never
+    ``topn`` is the batch_topn config (``n``, ``blend``, ``request``): its blend and MMR lambda
+    are the homepage's (the batch table is scored with them). ``blends``: the other use cases'
+    ``{"weights", "mmr_lambda", "chosen"}`` as the evaluation chose them on validation; a use
+    case it did not choose for is served with the configured blend. Values are taken, never
     defaulted: a config missing a field fails validation here, at publish time."""
     m = modeling.MatrixParams.model_validate(_dump(matrix))
     a = modeling.ALSParams.model_validate(_dump(als))
@@ -39,18 +43,26 @@ def contract_from_configs(*, matrix, als, bpr, covisitation, item_similarity, po
     configs = {"interaction_matrix": m.model_dump(), "als_factors": a.model_dump(), "bpr_factors": _dump(bpr),
                "covisitation": _dump(covisitation), "item_similarity": _dump(item_similarity),
                "popularity": _dump(popularity), "batch_topn": {**t, "blend": blend.model_dump(), "request": req.model_dump()}}
+    chosen = dict(blends or {})
+    home = chosen.get("homepage", {})
+    per_use_case = {uc: dict(chosen[uc]) if uc in chosen else
+                    {"weights": blend.weights(), "mmr_lambda": req.mmr_lambda, "chosen": "configured"} for uc in USE_CASES}
+    same = home.get("weights") == blend.weights() and home.get("mmr_lambda") == req.mmr_lambda
+    per_use_case["homepage"] = {"weights": blend.weights(), "mmr_lambda": req.mmr_lambda,
+                                "chosen": home.get("chosen", "configured") if same else "configured"}
     return ReleaseContract(
         schema_version=SCHEMA_VERSION,
         sources=SOURCES,
-        weights=blend.weights(),
+        blends=per_use_case,
         als={"factors": a.factors, "regularization": a.regularization, "alpha": a.alpha},
         event_weights={"view": m.view_weight, "add": m.add_weight, "purchase": m.purchase_weight},
         decay_days=m.decay_days,
         recent_weight=req.recent_weight,
         content_dim=req.content_dim,
-        mmr_lambda=req.mmr_lambda,
         candidates={"neighbours_per_seed": req.neighbours_per_seed, "max_seeds": req.max_seeds,
-                    "history_cap": req.history_cap, "topn": int(t["n"])},
+                    "history_cap": req.history_cap, "topn": int(t["n"]),
+                    **{k: getattr(req, k) for k in ("als_scan_per_k", "als_scan_extra", "mmr_pool_per_k",
+                                                    "mmr_pool_extra", "popular_per_k")}},
         configs=configs,
     )
 
@@ -62,8 +74,17 @@ def contract_from_artifacts(artifacts) -> ReleaseContract:
         als=_model_meta(artifacts.meta("als_factors")), bpr=_model_meta(artifacts.meta("bpr_factors")),
         covisitation=_model_meta(artifacts.meta("covisitation")),
         item_similarity=_model_meta(artifacts.meta("item_similarity")),
-        popularity=artifacts.meta("popularity"), topn=artifacts.meta("topn_params"),
+        popularity=artifacts.meta("popularity"), topn=artifacts.meta("topn_params"), blends=_tuned_blends(artifacts),
     )
+
+
+def _tuned_blends(artifacts) -> dict:
+    """The per-use-case blends the evaluation chose (artifact ``tuned_blend``), none before it ran."""
+    try:
+        meta = artifacts.meta("tuned_blend")
+    except FileNotFoundError:
+        return {}
+    return meta.get("blends", {}) if meta.get("tuned") else {}
 
 
 def _model_meta(meta: dict) -> dict:

@@ -95,6 +95,13 @@ class RequestParams(dg.Config):
     history_cap: int = Field(50, ge=1, description="Heaviest history items a user is blended from (batch and request)")
     recent_weight: float = Field(1.0, ge=0, description="A recent event's weight relative to the same event in the history")
     content_dim: int = Field(64, ge=1, description="Columns of the content vectors (PCA of the embeddings)")
+    als_scan_per_k: int = Field(2, ge=0, description="A refreshed ALS user's best items taken as candidates: "
+                                "als_scan_per_k * k + als_scan_extra")
+    als_scan_extra: int = Field(20, ge=0)
+    mmr_pool_per_k: int = Field(3, ge=1, description="Best-scored candidates MMR re-ranks: "
+                                "max(mmr_pool_per_k * k, k + mmr_pool_extra)")
+    mmr_pool_extra: int = Field(20, ge=0)
+    popular_per_k: int = Field(2, ge=1, description="Brand/category/global popularity items taken as candidates per k")
 
 
 @dataclass

@@ -257,7 +257,9 @@ class Recommender:
     # ------------------------------------------------------------------ request parsing
     def _query(self, st: _State, *, k: int, user_id: str | None, recent: Iterable, brand: str | None,
                exclusions: Iterable[str], filters: dict, lam: float | None, meta: dict,
-               extra_seeds: Iterable[str] = (), seed_event: str = "add") -> _Query:
+               extra_seeds: Iterable[str] = (), seed_event: str = "add", use_case: str | None = None) -> _Query:
+        """``use_case``: whose blend answers (``ReleaseContract.blends``); None: homepage for a
+        known user, session for an anonymous visitor with events, cold_start without any."""
         rel = st.rel
         contract = st.contract
         index = rel.item_index
@@ -308,11 +310,15 @@ class Recommender:
             seeds = np.zeros(0, np.int64)
             seed_w = np.zeros(0, np.float64)
         cats = filters.get("category")
+        if use_case is None:
+            use_case = "homepage" if user >= 0 else "session" if seeds.size else "cold_start"
+        chosen = contract.blend(use_case)
+        meta["use_case"] = use_case
         return _Query(
             k=k, user=user, seeds=seeds, seed_w=seed_w,
             exclude=business_rules.with_blocked(rel, np.unique(np.array(excl, np.int64))), filt=compile_filter(rel, brand, filters),
-            lam=contract.mmr_lambda if lam is None else float(lam), brand=brand,
-            category=cats[0] if cats and len(cats) == 1 else None, weights=contract.weights.model_dump(),
+            lam=chosen.mmr_lambda if lam is None else float(lam), brand=brand,
+            category=cats[0] if cats and len(cats) == 1 else None, weights=chosen.weights.model_dump(),
         )
 
     # ------------------------------------------------------------------ answering
@@ -366,14 +372,16 @@ class Recommender:
 
     def _candidates(self, st: _State, q: _Query, u_als: np.ndarray | None, refreshed: bool) -> np.ndarray:
         rel = st.rel
-        per_seed = st.contract.candidates.neighbours_per_seed
+        sizes = st.contract.candidates
+        per_seed = sizes.neighbours_per_seed
+        n_pop = sizes.popular_per_k * q.k
         parts = []
         if q.user >= 0:
             row = rel.topn_ids[q.user]
             parts.append(row[row >= 0])
         if refreshed and u_als is not None and rel.n_items <= self.scan_items:
             scores = rel.als_item @ u_als
-            ids, _ = _topk.topk_scores(scores, min(rel.n_items, 2 * q.k + 20))
+            ids, _ = _topk.topk_scores(scores, min(rel.n_items, sizes.als_scan_per_k * q.k + sizes.als_scan_extra))
             parts.append(ids[ids >= 0])
         for adj in (rel.item_sim, rel.covis, rel.rules, rel.sim_factors, rel.sim_content):
             for s in q.seeds:
@@ -386,12 +394,12 @@ class Recommender:
                     parts.append(cons)
         lists = rel.popularity_lists
         if q.brand and ("brand", q.brand) in lists:
-            parts.append(lists[("brand", q.brand)][: 2 * q.k])
+            parts.append(lists[("brand", q.brand)][:n_pop])
         if q.category and ("category", q.category) in lists:
-            parts.append(lists[("category", q.category)][: 2 * q.k])
+            parts.append(lists[("category", q.category)][:n_pop])
         parts.append(lists[("trending", "")][: q.k])
         if q.user < 0 and q.seeds.size == 0:
-            parts.append(lists[("global", "")][: 2 * q.k])
+            parts.append(lists[("global", "")][:n_pop])
         cand = np.unique(np.concatenate(parts).astype(np.int64)) if parts else np.zeros(0, np.int64)
         return cand
 
@@ -426,7 +434,8 @@ class Recommender:
         total, contrib, anchors = st.scorer.score_candidates(
             q.weights, cand, als_user=u_als, bpr_user=bpr_u, hist_ids=h_ids, hist_w=h_w)
         order = np.lexsort((cand, -total))
-        m = min(cand.size, max(3 * q.k, q.k + 20))
+        sizes = st.contract.candidates
+        m = min(cand.size, max(sizes.mmr_pool_per_k * q.k, q.k + sizes.mmr_pool_extra))
         top = order[:m]
         vecs = rel.mmr_vecs[cand[top]][None] if rel.mmr_vecs is not None else None
         picks = mmr_batch(total[top][None], vecs, q.k, q.lam)[0]
@@ -565,9 +574,8 @@ class Recommender:
             raise UnknownItem(item_id)
         meta: dict = {"strategy": "similar"}
         q = self._query(st, k=_check_k(k), user_id=None, recent=(), brand=brand, exclusions=exclusions,
-                        filters=_check_filters(filters), lam=mmr_lambda, meta=meta, extra_seeds=[item_id], seed_event="view")
-        # an item page leans on the item, half as much on what is popular overall
-        q.weights = {**q.weights, "trending": 0.5 * q.weights["trending"], "popularity": 0.5 * q.weights["popularity"]}
+                        filters=_check_filters(filters), lam=mmr_lambda, meta=meta, extra_seeds=[item_id], seed_event="view",
+                        use_case="item_page")
         picks = self._fill(st, q, self._blend(st, q, meta), meta)
         return self._respond(st, picks, meta, as_dict, q)
 
@@ -579,9 +587,8 @@ class Recommender:
         st = self._current()
         meta: dict = {"strategy": "cart"}
         q = self._query(st, k=req.k, user_id=req.user_id, recent=(), brand=req.brand, exclusions=req.exclusions,
-                        filters=req.filters, lam=None, meta=meta, extra_seeds=req.item_ids, seed_event="add")
-        # add-ons lean on what is bought together
-        q.weights = {**q.weights, "rules": 2.0 * q.weights["rules"], "covis": 1.5 * q.weights["covis"]}
+                        filters=req.filters, lam=None, meta=meta, extra_seeds=req.item_ids, seed_event="add",
+                        use_case="cart")
         picks = self._fill(st, q, self._blend(st, q, meta), meta)
         return self._respond(st, picks, meta, as_dict, q)
 
@@ -638,8 +645,9 @@ class Recommender:
         st = self._current()
         rel = st.rel
         uniq = list(dict.fromkeys(req.user_ids))
+        # the batch table is the homepage blend's; unknown users get the cold-start answer
         base = self._query(st, k=req.k, user_id=None, recent=(), brand=req.brand, exclusions=req.exclusions,
-                           filters=req.filters, lam=None, meta={})
+                           filters=req.filters, lam=None, meta={}, use_case="homepage")
         uidx = _lookup_many(rel.user_index, uniq)
         has = uidx >= 0
         if rel.topn_ids.shape[1] and st.topn_current:
@@ -673,7 +681,9 @@ class Recommender:
             if uidx[j] < 0:
                 n_unknown += 1
                 if cold is None:
-                    cold = _rec_items(self._fill(st, base, self._blend(st, base, {}), {}), rel, as_dict)
+                    cq = self._query(st, k=req.k, user_id=None, recent=(), brand=req.brand, exclusions=req.exclusions,
+                                     filters=req.filters, lam=None, meta={}, use_case="cold_start")
+                    cold = _rec_items(self._fill(st, cq, self._blend(st, cq, {}), {}), rel, as_dict)
                 results[uniq[j]] = cold if as_dict else list(cold)
             else:  # known user without a top-N row: the full path
                 q = self._query(st, k=req.k, user_id=uniq[j], recent=(), brand=req.brand, exclusions=req.exclusions,

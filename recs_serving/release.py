@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from recs_kernels.sources import SOURCES
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 KEEP_RELEASES = 3
@@ -100,6 +100,36 @@ class CandidateSizes(_Strict):
     max_seeds: int = Field(ge=1, description="Recent items used as seeds, heaviest first")
     history_cap: int = Field(ge=1, description="Heaviest history items a user is blended from (batch and request)")
     topn: int = Field(ge=1, description="Items per user in the batch top-N table")
+    als_scan_per_k: int = Field(ge=0, description="A refreshed ALS user's best items taken as candidates: per_k * k + extra")
+    als_scan_extra: int = Field(ge=0)
+    mmr_pool_per_k: int = Field(ge=1, description="Best-scored candidates MMR re-ranks: max(per_k * k, k + extra)")
+    mmr_pool_extra: int = Field(ge=0)
+    popular_per_k: int = Field(ge=1, description="Brand/category/global popularity list items taken as candidates per k")
+
+
+USE_CASES = ("homepage", "session", "item_page", "cart", "cold_start")
+
+
+class UseCaseBlend(_Strict):
+    """The blend one use case is answered with, and why these values (``tuned``,
+    ``best_single:<source>`` when the tuned blend did not reach that source on validation, or
+    ``configured``)."""
+
+    weights: SourceWeights
+    mmr_lambda: float = Field(ge=0, le=1, allow_inf_nan=False)
+    chosen: str
+
+
+class Blends(_Strict):
+    """One blend per use case (``USE_CASES``): homepage answers known users and the batch
+    top-N table; session anonymous visitors with recent events; item_page similar items; cart
+    add-ons; cold_start visitors with no events."""
+
+    homepage: UseCaseBlend
+    session: UseCaseBlend
+    item_page: UseCaseBlend
+    cart: UseCaseBlend
+    cold_start: UseCaseBlend
 
 
 class ReleaseContract(_Strict):
@@ -107,13 +137,12 @@ class ReleaseContract(_Strict):
 
     schema_version: int
     sources: tuple[str, ...]
-    weights: SourceWeights
+    blends: Blends
     als: ALSContract
     event_weights: EventWeights
     decay_days: float = Field(gt=0, allow_inf_nan=False, description="Time constant of history and recent-event weights")
     recent_weight: float = Field(ge=0, allow_inf_nan=False, description="A recent event's weight relative to the same event in the history")
     content_dim: int = Field(ge=1, description="Columns of the content vectors (PCA of the embeddings)")
-    mmr_lambda: float = Field(ge=0, le=1, allow_inf_nan=False)
     candidates: CandidateSizes
     configs: dict[str, dict[str, Any]] = Field(description="Every asset's recorded config (provenance)")
 
@@ -131,17 +160,49 @@ class ReleaseContract(_Strict):
             raise ValueError(f"source catalogue {list(v)} differs from this reader's {list(SOURCES)}")
         return tuple(v)
 
+    def blend(self, use_case: str) -> UseCaseBlend:
+        if use_case not in USE_CASES:
+            raise ValueError(f"unknown use case {use_case!r}; known: {USE_CASES}")
+        return getattr(self.blends, use_case)
+
+    @property
+    def weights(self) -> SourceWeights:
+        """The homepage blend's weights: the batch top-N table is scored with them."""
+        return self.blends.homepage.weights
+
+    @property
+    def mmr_lambda(self) -> float:
+        return self.blends.homepage.mmr_lambda
+
     def replace(self, **changes: Any) -> "ReleaseContract":
-        """A validated copy with ``changes``; nested models merge (``weights={"als": 0.5}``)."""
+        """A validated copy with ``changes``; nested models merge (``blends={"cart": {"mmr_lambda": 1}}``).
+        ``weights=`` / ``mmr_lambda=`` set (merge into) every use case's blend."""
         data = self.model_dump()
+        every = {k: changes.pop(k) for k in ("weights", "mmr_lambda") if k in changes}
+        if every:
+            changes["blends"] = _merge({uc: every for uc in USE_CASES}, _plain(changes.get("blends", {})))
         for key, value in changes.items():
-            if isinstance(value, BaseModel):
-                value = value.model_dump()
+            value = _plain(value)
             if isinstance(value, dict) and isinstance(data.get(key), dict) and key != "configs":
-                data[key] = {**data[key], **value}
+                data[key] = _merge(data[key], value)
             else:
                 data[key] = value
         return ReleaseContract.model_validate(data)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def read_contract(manifest: dict) -> ReleaseContract:
@@ -212,6 +273,21 @@ def _to_arrow(table: Any) -> pa.Table:
     raise TypeError(f"cannot write {type(table).__name__} as a release table")
 
 
+def _write_table(table: Any, path: Path) -> int:
+    """A frame, or a ``pyarrow.RecordBatchReader`` (e.g. a warehouse query) written batch by batch,
+    so a table of tens of millions of rows is never in memory whole. Returns the row count."""
+    if isinstance(table, pa.RecordBatchReader):
+        rows = 0
+        with pq.ParquetWriter(path, table.schema, compression="zstd") as out:
+            for batch in table:
+                out.write_batch(batch)
+                rows += batch.num_rows
+        return rows
+    arrow = _to_arrow(table)
+    pq.write_table(arrow, path, compression="zstd")
+    return arrow.num_rows
+
+
 def _publish(
     home: Path | str,
     *,
@@ -238,9 +314,7 @@ def _publish(
     try:
         row_counts: dict[str, int] = {}
         for name, table in tables.items():
-            arrow = _to_arrow(table)
-            pq.write_table(arrow, staging / f"{name}.parquet", compression="zstd")
-            row_counts[name] = arrow.num_rows
+            row_counts[name] = _write_table(table, staging / f"{name}.parquet")
         for name, arr in arrays.items():
             arr = np.ascontiguousarray(arr, dtype=np.float32)
             np.save(staging / f"{name}.npy", arr)
