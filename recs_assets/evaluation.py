@@ -473,7 +473,7 @@ class Settings:
 @dataclass
 class Outcome:
     table: pl.DataFrame  # split, use_case, model, recall@10, ndcg@10, coverage, users
-    served: dict  # weights, mmr_lambda, source (tuned | best_single:<s> | configured)
+    served: dict  # blends {use case: weights, mmr_lambda, chosen}; weights, mmr_lambda, source: the homepage's
     gate: dict  # passed, reason, validation objectives
     info: dict  # periods, counts, skipped use cases, timings, configs used
     curve: list = field(default_factory=list)
@@ -483,8 +483,31 @@ def _rows(split: str, model: str, per_uc: dict) -> list[dict]:
     return [{"split": split, "use_case": uc, "model": model, **m} for uc, m in per_uc.items()]
 
 
-def _recorded_metrics(rec, weights: dict, item_ids, truth: dict, n_items: int, limit: int | None = None) -> dict:
-    return {uc: metrics(rec.answers(weights, uc, item_ids)[:limit], truth[uc][:limit], n_items) for uc in rec.contrib}
+def _recorded_metrics(rec, weights: dict, item_ids, truth: dict, n_items: int, limit: int | None = None,
+                      use_cases=None) -> dict:
+    return {uc: metrics(rec.answers(weights, uc, item_ids)[:limit], truth[uc][:limit], n_items)
+            for uc in (use_cases or rec.contrib)}
+
+
+def served_blends(choices: dict, configured: dict, configured_lambda: float) -> dict:
+    """The served values: ``blends`` per use case (use cases without validation requests get
+    the configured blend), and the homepage's (the batch table's) as ``weights``/``mmr_lambda``."""
+    blends = {uc: choices[uc].blend() if uc in choices else
+              {"weights": dict(configured), "mmr_lambda": float(configured_lambda), "chosen": "configured"} for uc in USE_CASES}
+    home = blends["homepage"]
+    kinds = {b["chosen"] for b in blends.values()}
+    source = "configured" if kinds == {"configured"} else home["chosen"] if home["chosen"] != "configured" else "per_use_case"
+    return {"weights": home["weights"], "mmr_lambda": home["mmr_lambda"], "source": source, "blends": blends}
+
+
+def _served_metrics(rp, rec, blends: dict, item_ids, truth: dict, n_items: int) -> dict:
+    """Each use case answered with its own blend: from the record with MMR off, else replayed."""
+    out = {}
+    for uc in rec.contrib:
+        b = blends[uc]
+        out[uc] = (_recorded_metrics(rec, b["weights"], item_ids, {uc: truth[uc]}, n_items, use_cases=[uc])
+                   if b["mmr_lambda"] >= 1.0 else rp.score(b["weights"], b["mmr_lambda"], use_cases=[uc]))[uc]
+    return out
 
 
 TABLE_SCHEMA = {"split": pl.String, "use_case": pl.String, "model": pl.String, "recall@10": pl.Float64,
@@ -494,7 +517,7 @@ TABLE_SCHEMA = {"split": pl.String, "use_case": pl.String, "model": pl.String, "
 def not_evaluated(cfg: Configs, reason: str) -> Outcome:
     """The outcome when the protocol could not run: the configured blend, the reason."""
     return Outcome(table=pl.DataFrame(schema=TABLE_SCHEMA),
-                   served={"weights": cfg.topn.blend.weights(), "mmr_lambda": cfg.topn.request.mmr_lambda, "source": "configured"},
+                   served=served_blends({}, cfg.topn.blend.weights(), cfg.topn.request.mmr_lambda),
                    gate={"passed": True, "reason": reason},
                    info={"cut": "", "validation_start": "", "configs": cfg.dump(), "validation_cases": {}, "test_cases": {},
                          "validation_skipped": {}, "test_skipped": {}, "seconds": {}, "error": reason})
@@ -514,7 +537,7 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
     timings: dict = {}
     rows: list[dict] = []
     configured = cfg.topn.blend.weights()
-    served = {"weights": configured, "mmr_lambda": cfg.topn.request.mmr_lambda, "source": "configured"}
+    served = served_blends({}, configured, cfg.topn.request.mmr_lambda)
     gate = {"passed": True, "reason": "not evaluated"}
     curve: list = []
     truth_of = lambda cases: {uc: [t for _, t in q] for uc, q in cases.queries.items()}  # noqa: E731
@@ -532,44 +555,23 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
         with ServedReplay(pm_v, catalog, embeddings, cases_v, topn_config(cfg)) as rp:
             rec = tuning.record(rp, list(cases_v.queries))
             timings["record_validation"] = time.perf_counter() - t0
-            ucw = s.use_case_weights
-            budget = s.budget_seconds if s.tune else 0.0
-            res = tuning.search(rec, configured, ucw, budget, seed=s.seed)
-            curve = res.curve
-            single = {src: v for src, (v, _) in res.single.items()}
-            best_single = max(single, key=lambda x: (single[x], -SOURCES.index(x)))
-            weights = res.weights if s.tune else configured
-            lam_trials = {}
-            for lam in (s.mmr_lambdas if s.tune else (cfg.topn.request.mmr_lambda,)):
-                # on the first LAMBDA_REQUESTS requests per use case (one partial replay each);
-                # MMR off is scored on the same requests from the record, which is exact
-                per = {uc: m["recall@10"] for uc, m in (
-                    _recorded_metrics(rec, weights, rp.base.release.item_ids, truth_of(cases_v), len(items), LAMBDA_REQUESTS)
-                    if lam >= 1.0 else rp.score(weights, lam, limit=LAMBDA_REQUESTS)).items()}
-                lam_trials[float(lam)] = tuning.objective(per, ucw, res.scale)
-            lam = max(lam_trials, key=lambda x: (lam_trials[x], x))
-            # the gate compares the blends on every request, MMR off
-            served_v = res.value if s.tune else tuning.objective({uc: rec.recall(weights, uc) for uc in rec.contrib}, ucw, res.scale)
-            info["validation_mmr_lambda"] = {str(k): round(v, 5) for k, v in lam_trials.items()}
-            if served_v + 1e-12 < single[best_single]:
-                # The blend does not beat its best part here: serve that part alone, and say so.
-                weights, lam, served_v = {x: (1.0 if x == best_single else 0.0) for x in SOURCES}, 1.0, single[best_single]
-                source = f"best_single:{best_single}"
-            else:
-                source = "tuned" if s.tune else "configured"
-            served = {"weights": weights, "mmr_lambda": float(lam), "source": source}
-            beats = served_v > single["popularity"] * s.min_ratio_over_popularity
-            gate = {"passed": beats, "served": served_v, "popularity": single["popularity"],
-                    "required_ratio": s.min_ratio_over_popularity, "best_single": best_single,
-                    "best_single_value": single[best_single], "source": source,
-                    "reason": "served beats popularity on validation" if beats
-                    else "served does not beat all-time popularity on validation"}
+
+            def mmr_recall(weights, lam, uc, limit):  # a partial replay of one use case with MMR on
+                return rp.score(weights, lam, use_cases=[uc], limit=limit)[uc]["recall@10"]
+
+            choices = tuning.choose_blends(rec, configured, cfg.topn.request.mmr_lambda, tune=s.tune,
+                                           budget_seconds=s.budget_seconds, mmr_lambdas=s.mmr_lambdas,
+                                           mmr_recall=mmr_recall, lambda_requests=LAMBDA_REQUESTS, seed=s.seed)
+            served = served_blends(choices, configured, cfg.topn.request.mmr_lambda)
+            gate = tuning.gate(choices, s.min_ratio_over_popularity)
+            curve = choices["homepage"].curve if "homepage" in choices else next((c.curve for c in choices.values()), [])
+            info["validation_curves"] = {uc: c.curve for uc, c in choices.items()}
+            info["validation_mmr_lambda"] = {uc: {str(k): round(v, 5) for k, v in c.mmr.items()} for uc, c in choices.items()}
+            info["trials"] = {uc: c.trials for uc, c in choices.items()}
             item_ids = rp.base.release.item_ids
-            rows += _rows("validation", "served", _recorded_metrics(rec, weights, item_ids, truth_of(cases_v), len(items))
-                          if lam >= 1.0 else rp.score(weights, lam))
+            rows += _rows("validation", "served", _served_metrics(rp, rec, served["blends"], item_ids, truth_of(cases_v), len(items)))
             for src in SOURCES:
                 rows += _rows("validation", src, _recorded_metrics(rec, {src: 1.0}, item_ids, truth_of(cases_v), len(items)))
-            info["trials"] = res.trials
         timings["tune"] = time.perf_counter() - t0
 
     # ---- test: [cut, end), models fit before the cut with the chosen values
@@ -583,9 +585,7 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
         with ServedReplay(pm_t, catalog, embeddings, cases_t, topn_config(cfg, served["weights"], served["mmr_lambda"])) as rp:
             rec = tuning.record(rp, list(cases_t.queries))
             item_ids, truth = rp.base.release.item_ids, truth_of(cases_t)
-            # MMR off: the recorded replay is the served answer; else one more replay with MMR
-            rows += _rows("test", "served", _recorded_metrics(rec, served["weights"], item_ids, truth, len(items))
-                          if served["mmr_lambda"] >= 1.0 else rp.score(served["weights"], served["mmr_lambda"]))
+            rows += _rows("test", "served", _served_metrics(rp, rec, served["blends"], item_ids, truth, len(items)))
             for src in SOURCES:
                 rows += _rows("test", src, _recorded_metrics(rec, {src: 1.0}, item_ids, truth, len(items)))
     timings["total"] = time.perf_counter() - t0

@@ -110,6 +110,8 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, ware
         "cut": out.info["cut"], "validation_start": out.info["validation_start"],
         "served_source": out.served["source"], "mmr_lambda": out.served["mmr_lambda"],
         "weights": dg.MetadataValue.json(out.served["weights"]),
+        "blends": dg.MetadataValue.json(out.served["blends"]),  # per use case: weights, mmr_lambda, chosen
+        "validation_curves": dg.MetadataValue.json({uc: _curve(c, 12).rows() for uc, c in out.info.get("validation_curves", {}).items()}),
         "test": dg.MetadataValue.md(markdown.frame(test, limit=60)) if test.height else "no test requests",
         "validation": dg.MetadataValue.md(markdown.frame(out.table.filter(pl.col("split") == "validation").drop("split"), limit=60))
         if out.table.height else "no validation requests",

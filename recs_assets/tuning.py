@@ -59,11 +59,12 @@ class Recorded:
     tptr: dict = field(default_factory=dict)
     denom: dict = field(default_factory=dict)
 
-    def recall(self, weights: dict, use_case: str, k: int = K) -> float:
+    def recall(self, weights: dict, use_case: str, k: int = K, limit: int | None = None) -> float:
+        """Mean recall@k of the served answers (MMR off) over the requests (the first ``limit``)."""
         w = np.array([float(weights.get(s, 0.0)) for s in SOURCES], np.float32)
         total = self.contrib[use_case] @ w
         r = _recalls(total, self.cand[use_case], self.seg[use_case], self.tpos[use_case], self.tptr[use_case],
-                     self.denom[use_case], k)
+                     self.denom[use_case], k)[:limit]
         return float(r.mean()) if r.size else 0.0
 
     def answers(self, weights: dict, use_case: str, item_ids, k: int = K) -> list[list[str]]:
@@ -155,10 +156,12 @@ class SearchResult:
     scale: dict  # use case -> best single source's recall@k (the objective's unit)
 
 
-def search(rec: Recorded, start: dict, use_case_weights: dict, budget_seconds: float, seed: int = 0) -> SearchResult:
-    """Coordinate search, then random perturbations, on the recorded validation requests."""
+def search(rec: Recorded, start: dict, use_case_weights: dict, budget_seconds: float, seed: int = 0,
+           use_cases=None) -> SearchResult:
+    """Coordinate search, then random perturbations, on the recorded validation requests (of
+    ``use_cases``, default all recorded)."""
     t_end = time.perf_counter() + budget_seconds
-    ucs = list(rec.contrib)
+    ucs = list(use_cases or rec.contrib)
     curve: list = []
     cache: dict = {}
 
@@ -208,6 +211,76 @@ def search(rec: Recorded, start: dict, use_case_weights: dict, budget_seconds: f
     best = {s: round(v / top, 4) for s, v in best.items()}  # scale-free: the largest weight is 1
     val, per = f(best)
     return SearchResult(best, val, per, len(cache), curve, single, scale)
+
+
+@dataclass
+class UseCaseChoice:
+    """What one use case is served with, and the validation figures it was chosen on."""
+
+    weights: dict
+    mmr_lambda: float
+    chosen: str  # tuned | best_single:<source> | configured
+    served: float  # validation recall@k of the chosen blend, MMR off, every request
+    single: dict  # source -> validation recall@k alone
+    mmr: dict  # lambda -> recall@k on the first ``lambda_requests`` requests
+    trials: int
+    curve: list
+
+    def blend(self) -> dict:
+        return {"weights": self.weights, "mmr_lambda": self.mmr_lambda, "chosen": self.chosen}
+
+    @property
+    def best_single(self) -> str:
+        return max(self.single, key=lambda x: (self.single[x], -SOURCES.index(x)))
+
+
+def choose_blends(rec: Recorded, configured: dict, configured_lambda: float, *, tune: bool, budget_seconds: float,
+                  mmr_lambdas=(1.0,), mmr_recall=None, lambda_requests: int = 100, seed: int = 0) -> dict:
+    """Per use case recorded in ``rec``: its own weight search on its own validation recall@k
+    (``budget_seconds`` shared evenly), then its MMR lambda (``mmr_recall(weights, lambda,
+    use_case, limit)`` replays the served path for a lambda below 1; 1 is scored from the record),
+    then the fallback: a blend that does not reach the best single source of that use case on
+    validation is replaced by that source alone (``best_single:<source>``). Returns
+    ``{use_case: UseCaseChoice}``."""
+    ucs = [u for u in rec.contrib if rec.seg[u].size > 1]
+    out = {}
+    for n, uc in enumerate(ucs):
+        single = {s: rec.recall({s: 1.0}, uc) for s in SOURCES}
+        if tune:
+            share = budget_seconds / len(ucs)
+            res = search(rec, configured, {}, share, seed=seed + n, use_cases=[uc])
+            weights, trials, curve = res.weights, res.trials, res.curve
+        else:
+            weights, trials, curve = dict(configured), 1, []
+        served = rec.recall(weights, uc)
+        mmr = {}
+        for lam in (mmr_lambdas if tune else (configured_lambda,)):
+            lam = float(lam)
+            mmr[lam] = rec.recall(weights, uc, limit=lambda_requests) if lam >= 1.0 or mmr_recall is None \
+                else mmr_recall(weights, lam, uc, lambda_requests)
+        lam = max(mmr, key=lambda x: (mmr[x], x))
+        best = max(single, key=lambda x: (single[x], -SOURCES.index(x)))
+        chosen = "tuned" if tune else "configured"
+        if served + 1e-12 < single[best]:
+            # the blend does not reach its best part here: serve that part alone, and say so
+            weights, lam, served, chosen = {s: float(s == best) for s in SOURCES}, 1.0, single[best], f"best_single:{best}"
+        out[uc] = UseCaseChoice({s: float(weights.get(s, 0.0)) for s in SOURCES}, float(lam), chosen, served, single,
+                                mmr, trials, curve)
+    return out
+
+
+def gate(choices: dict, min_ratio_over_popularity: float = 1.0) -> dict:
+    """Per use case: the served blend reaches all-time popularity (times the ratio) on
+    validation. The fallback serves the best single source, popularity among them, so a weak
+    model costs its weight, not the release."""
+    per = {uc: {"served": round(c.served, 5), "popularity": round(c.single["popularity"], 5),
+                "best_single": c.best_single, "best_single_value": round(c.single[c.best_single], 5), "chosen": c.chosen,
+                "passed": c.served + 1e-12 >= c.single["popularity"] * min_ratio_over_popularity}
+           for uc, c in choices.items()}
+    failed = [uc for uc, g in per.items() if not g["passed"]]
+    return {"passed": not failed, "required_ratio": min_ratio_over_popularity, "use_cases": per,
+            "reason": f"served below popularity on validation for {failed}" if failed
+            else "every use case's served blend reaches popularity on validation"}
 
 
 def apply_tuned(topn_config, artifacts):
