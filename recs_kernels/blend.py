@@ -216,6 +216,35 @@ class Blend:
         self.n_items = n_items
         self._stacked: dict = {}
 
+    def state(self) -> dict[str, np.ndarray]:
+        """What construction derives from the sources, as arrays: per factor source its items'
+        mean and covariance, and the z-scored vectors. ``from_state`` rebuilds this blend from
+        them and the same source matrices without deriving (or validating) anything again."""
+        out: dict[str, np.ndarray] = {"n_items": np.array([self.n_items], np.int64)}
+        for name, mom in self.moments.items():
+            out[f"{name}.mean"], out[f"{name}.cov"] = mom.mean, mom.cov
+        for name, v in self.vectors.items():
+            out[f"{name}.z"] = v
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict, *, items: dict, neighbours: dict) -> "Blend":
+        """The blend ``state()`` was taken from, over ``items`` (factor source -> item matrix)
+        and ``neighbours`` (neighbour source -> CSR) that construction validated. Costs no pass
+        over the data: a serving process builds it from memory-mapped arrays at swap time."""
+        self = cls.__new__(cls)
+        self.items = {n: a for n, a in items.items() if a is not None and f"{n}.mean" in state}
+        self.moments = {}
+        for name in self.items:
+            mom = _Moments.__new__(_Moments)
+            mom.mean, mom.cov = state[f"{name}.mean"], state[f"{name}.cov"]
+            self.moments[name] = mom
+        self.neighbours = {n: S for n, S in neighbours.items() if S is not None}
+        self.vectors = {k[:-2]: v for k, v in state.items() if k.endswith(".z")}
+        self.n_items = int(state["n_items"][0])
+        self._stacked = {}
+        return self
+
     def has(self, name: str) -> bool:
         return name in self.items or name in self.neighbours or name in self.vectors
 

@@ -4,8 +4,9 @@
 supervisor binds it once and restarts a worker that dies). Every worker maps the same
 per-release array files (``recs_serving.mapped``), built once by a child process: N workers
 hold one copy of the release's arrays, and a reload maps the new files instead of copying.
-Each worker watches ``CURRENT`` itself; ``POST /v1/admin/reload`` reaches one worker, the
-others follow within ``--poll-interval``.
+Each worker watches ``CURRENT`` itself; ``POST /v1/admin/reload`` reaches one worker, which
+reloads and bumps ``RECS_HOME/serving-cache/reload-generation``: every other worker's watcher
+sees it within 0.2 s and reloads too, whatever ``--poll-interval`` is.
 
 Binds to 127.0.0.1 unless ``--host`` says otherwise. The admin reload endpoint is enabled
 only when the environment variable named by ``--reload-token-env`` (default

@@ -156,6 +156,8 @@ def admin_reload(request: Request) -> ReloadResponse:
         changed = rec.reload()
     except release_format.ReleaseError as exc:  # refused: verification or loading failed; the old release keeps serving
         raise HTTPException(status_code=409, detail=str(exc)) from exc
+    finally:
+        rec.signal_reload()  # the other workers (--workers N) reload too
     return ReloadResponse(reloaded=changed, artifact_version=rec.version, previous_version=before)
 
 

@@ -150,8 +150,20 @@ _VIEWS_LOCK = threading.Lock()
 _KEEP_VIEWS = 3  # the release being served and the ones requests in flight may still hold
 
 
+def _view_of(rel) -> CatalogView:
+    from .prepared import catalog_fields
+
+    fields = catalog_fields(rel) if hasattr(rel, "derived") else None
+    if fields is None:
+        return CatalogView.read(rel.path, rel.version)
+    # the release's own id list, index and titles (same order as items.parquet): nothing read again
+    return CatalogView(rel.version, rel.item_index, rel.item_ids, rel.titles, **fields)
+
+
 def catalog(rel) -> CatalogView:
-    """The catalog view of a loaded release (anything with ``version`` and ``path``)."""
+    """The catalog view of a loaded release (anything with ``version`` and ``path``). The
+    recommender builds it before a release goes live (``Recommender._prepare``), so requests
+    find it here."""
     v = rel.version
     got = _VIEWS.get(v)
     if got is not None:
@@ -159,7 +171,7 @@ def catalog(rel) -> CatalogView:
     with _VIEWS_LOCK:
         got = _VIEWS.get(v)
         if got is None:
-            got = _VIEWS[v] = CatalogView.read(rel.path, v)
+            got = _VIEWS[v] = _view_of(rel)
             while len(_VIEWS) > _KEEP_VIEWS:
                 _VIEWS.popitem(last=False)
     return got

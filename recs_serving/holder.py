@@ -45,6 +45,9 @@ log = logging.getLogger("recs_serving")
 
 S = TypeVar("S")
 
+RELOAD_SIGNAL = "reload-generation"  # under RECS_HOME/serving-cache: bumped by an admin reload
+SIGNAL_POLL_S = 0.2  # how often watchers look at it (one stat); CURRENT keeps its own interval
+
 
 _atexit_registered = False
 
@@ -125,6 +128,7 @@ class ReleaseHolder(Generic[S]):
         self._lock = threading.Lock()  # serialises loads; requests never take it
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._signal_seen = self._signal_stamp()
         self.reloads = 0
         self.reload_errors = 0
 
@@ -182,10 +186,10 @@ class ReleaseHolder(Generic[S]):
         if self.refused and self.refused["name"] == name:
             self.refused = None
         self.reloads += 1
-        # Young generations only (cheap), then keep the new release's objects out of full
-        # collections: a full pass over a heap holding a release was a ~90 ms request stall.
-        # Frozen objects are still freed by reference counting when the release is dropped.
-        gc.collect(1)
+        # Keep the new release's objects out of every collection: a full pass over a heap
+        # holding a release was a ~90 ms request stall, and even a young-generation pass over
+        # what the load allocated (the GC was off meanwhile) held the GIL for ~20 ms. Frozen
+        # objects are still freed by reference counting when the release is dropped.
         gc.freeze()
         _unfreeze_at_exit()
         log.info("serving release %s (loaded and verified in %.2fs)", name, self.served["load_s"])
@@ -274,6 +278,41 @@ class ReleaseHolder(Generic[S]):
             if self.served is None or self.served["name"] != name:
                 self._check_and_load(name)
 
+    # ------------------------------------------------------------------ reload signal (every worker)
+    def _signal_path(self) -> Path:
+        from .mapped import cache_root
+
+        return cache_root(self.home) / RELOAD_SIGNAL
+
+    def _signal_stamp(self) -> tuple | None:
+        try:
+            st = os.stat(self._signal_path())
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def signal_reload(self) -> None:
+        """Ask every process serving this RECS_HOME to reload CURRENT now (an admin reload
+        reaches one worker; the others' watchers see the new generation within
+        ``SIGNAL_POLL_S``). A new file each time (temp file + rename): its inode changes."""
+        path = self._signal_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{RELOAD_SIGNAL}.{os.getpid()}.{time.monotonic_ns()}")
+        tmp.write_text(f"{time.time()} {os.getpid()}\n")
+        os.replace(tmp, path)
+
+    def _check_signal(self) -> None:
+        stamp = self._signal_stamp()
+        if stamp == self._signal_seen:
+            return
+        self._signal_seen = stamp
+        if stamp is None:
+            return
+        try:
+            self.reload()
+        except release_format.ReleaseError as exc:
+            log.warning("reload requested by another worker: %s", exc)
+
     # ------------------------------------------------------------------ watching
     def start_watching(self) -> None:
         if self._watcher is not None and self._watcher.is_alive():
@@ -283,9 +322,14 @@ class ReleaseHolder(Generic[S]):
         self._watcher.start()
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.poll_interval):
+        tick = min(self.poll_interval, SIGNAL_POLL_S)
+        next_poll = time.monotonic() + self.poll_interval
+        while not self._stop.wait(tick):
             try:
-                self.poll()
+                self._check_signal()
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + self.poll_interval
+                    self.poll()
             except Exception:  # noqa: BLE001 - the watcher must outlive any one bad release
                 self.reload_errors += 1
                 log.exception("release watcher step failed; still serving %s", self.served and self.served["name"])

@@ -124,6 +124,8 @@ class LoadedRelease:
     trending: np.ndarray  # the blend's trending source (items.trending), raw
     contract: ReleaseContract
     multi_rules: tuple = ()  # (frozenset(antecedent idx), consequent idx array, confidence): candidates only
+    # what serving derives from the above (recs_serving.prepared), when the mapped cache carries it
+    derived: dict | None = None
 
     def history(self, u: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         a, b = self.hist_indptr[u], self.hist_indptr[u + 1]

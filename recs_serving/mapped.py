@@ -35,7 +35,8 @@ CACHE_DIR = "serving-cache"
 DONE = "DONE"
 KEEP = 4  # cache entries kept (a few releases; workers may still map an older one)
 BUILD_TIMEOUT_S = 3600
-CHUNK = 8192  # entries per pickled slice of a big list/dict (~1-2 ms to unpickle)
+CHUNK = 2048  # entries per pickled slice of a big list/dict (well under a millisecond to unpickle)
+FORMAT = 2  # of the entries' layout; part of the key, so a changed layout is built anew
 NICE_ENV = "RECS_BUILD_NICE"
 DEFAULT_NICE = 10  # CPU weight ~1/10 of a worker's; 19 starves the build on a busy machine
 
@@ -47,7 +48,7 @@ def cache_root(home: Path) -> Path:
 def _key(home: Path, name: str) -> str:
     from .holder import fingerprint
 
-    return f"{name}-{fingerprint(release_format.releases_dir(home) / name)[:16]}"
+    return f"{name}-f{FORMAT}-{fingerprint(release_format.releases_dir(home) / name)[:16]}"
 
 
 # ----------------------------------------------------------------------------- write
@@ -80,11 +81,21 @@ def write(rel: LoadedRelease, out: Path) -> None:
                 layout[f.name] = ["compact_ids"]
             elif isinstance(v, CompactIndex):
                 layout[f.name] = ["compact_index"]  # rebuilt over user_ids
+            elif f.name == "derived" and isinstance(v, dict):
+                # serving's derived state (recs_serving.prepared): arrays mapped, lists in slices
+                keys = []
+                for k, x in v.items():
+                    if isinstance(x, np.ndarray) and x.dtype.kind not in "OV":
+                        np.save(tmp / f"derived.{k}.npy", np.ascontiguousarray(x))
+                        keys.append([k, "array"])
+                    else:
+                        objects[f"derived.{k}"] = _slices(list(x))
+                        keys.append([k, "list_chunks"])
+                layout[f.name] = ["derived", keys]
             elif isinstance(v, (dict, list)) and len(v) > CHUNK:
                 # pickled in slices: unpickling holds the GIL for the whole call, and a worker
                 # reads these while it answers requests
-                items = list(v.items()) if isinstance(v, dict) else v
-                objects[f.name] = [pickle.dumps(items[a:a + CHUNK], protocol=pickle.HIGHEST_PROTOCOL) for a in range(0, len(items), CHUNK)]
+                objects[f.name] = _slices(list(v.items()) if isinstance(v, dict) else v)
                 layout[f.name] = ["dict_chunks" if isinstance(v, dict) else "list_chunks"]
             else:
                 objects[f.name] = pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL)
@@ -97,6 +108,18 @@ def write(rel: LoadedRelease, out: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _slices(items: list) -> list[bytes]:
+    return [pickle.dumps(items[a:a + CHUNK], protocol=pickle.HIGHEST_PROTOCOL) for a in range(0, len(items), CHUNK)]
+
+
+def _unslice(blobs: list[bytes], acc):
+    for blob in blobs:
+        part = pickle.loads(blob)
+        acc.update(part) if isinstance(acc, dict) else acc.extend(part)
+        time.sleep(0)  # hand the GIL to a request thread waiting for it
+    return acc
 
 
 # ----------------------------------------------------------------------------- read
@@ -120,12 +143,10 @@ def read(path: Path) -> LoadedRelease:
             values[name] = pickle.loads(objects[name])
             time.sleep(0)  # hand the GIL to a request thread waiting for it
         elif kind in ("dict_chunks", "list_chunks"):
-            acc: dict | list = {} if kind == "dict_chunks" else []
-            for blob in objects[name]:
-                part = pickle.loads(blob)
-                acc.update(part) if isinstance(acc, dict) else acc.extend(part)
-                time.sleep(0)
-            values[name] = acc
+            values[name] = _unslice(objects[name], {} if kind == "dict_chunks" else [])
+        elif kind == "derived":
+            values[name] = {k: np.load(path / f"derived.{k}.npy", mmap_mode="r") if how == "array"
+                            else _unslice(objects[f"derived.{k}"], []) for k, how in rest[0]}
     for name, (kind, *rest) in layout.items():
         if kind == "alias":
             values[name] = values[rest[0]]
@@ -200,10 +221,17 @@ def _main(argv: list[str]) -> int:
         pass
     from .holder import load_verified
 
+    from .prepared import derive
+
     try:
         rel = load_verified(home, name)
+        rel = dataclasses.replace(rel, derived=derive(rel))  # validates the blend's sources too
     except release_format.ReleaseError as exc:
         refused.write_text(json.dumps({"name": name, "reason": str(exc)}))
+        print(str(exc), file=sys.stderr)
+        return 2
+    except ValueError as exc:  # the blend refused a source (shape, non-finite values)
+        refused.write_text(json.dumps({"name": name, "reason": f"release {name}: {exc}"}))
         print(str(exc), file=sys.stderr)
         return 2
     write(rel, out)

@@ -23,7 +23,7 @@ import msgspec
 import numpy as np
 from pydantic import BaseModel
 
-from . import business_rules
+from . import business_rules, explain, prepared
 from . import release as release_format
 from .filters import CompiledFilter, compile_filter
 from .holder import ReleaseHolder
@@ -40,7 +40,7 @@ from .schemas import (
     RecommendResponse,
 )
 from .release import ReleaseContract
-from .scoring import SOURCES, release_blend, request_history, seed_weights
+from .scoring import SOURCES, request_history, seed_weights
 from recs_kernels import als as _als
 from recs_kernels import blend as _blend
 from recs_kernels import topk as _topk
@@ -65,7 +65,7 @@ class UnknownItem(KeyError):
 class _State:
     rel: LoadedRelease
     scorer: _blend.Blend  # the one blend over the release's sources
-    item_id_arr: np.ndarray  # rel.item_ids as an object array: ids of many picks in one take
+    item_id_arr: np.ndarray  # rel.item_ids as a numpy string array: ids of many picks in one take
     contract: ReleaseContract  # what answers follow: the release's, or an override (with_contract)
 
     @property
@@ -77,9 +77,9 @@ class _State:
 
     @staticmethod
     def of(rel: LoadedRelease) -> "_State":
-        ids = np.empty(rel.n_items, dtype=object)
-        ids[:] = list(rel.item_ids)
-        return _State(rel, release_blend(rel), ids, rel.contract)
+        """From the release's derived state when the mapped cache carries it (no pass over the
+        data: the swap stays a pointer flip), else derived here (``recs_serving.prepared``)."""
+        return _State(rel, prepared.blend_of(rel), prepared.item_id_array(rel), rel.contract)
 
 
 @dataclass
@@ -179,6 +179,7 @@ class Recommender:
     # ------------------------------------------------------------------ release lifecycle (holder.py)
     def _prepare(self, rel: LoadedRelease) -> "_State":
         st = _State.of(rel)
+        explain.catalog(rel)  # the readable catalog, before requests need it (not on the event loop)
         self._warm(st)
         return st
 
@@ -221,6 +222,11 @@ class Recommender:
         """Load ``CURRENT`` if it is not the release being served; True when swapped.
         ``ReleaseError`` with the reason when it is refused (the served release stays)."""
         return self._holder.reload(force=force)
+
+    def signal_reload(self) -> None:
+        """Make every process serving this RECS_HOME reload CURRENT (``--workers N``: an admin
+        reload reaches one worker, this reaches the others through their watchers)."""
+        self._holder.signal_reload()
 
     def _warm(self, st: _State) -> None:
         """Run each request path once on a new release before it goes live, so JIT compilation

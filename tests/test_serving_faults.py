@@ -451,3 +451,87 @@ def test_mapped_cache_round_trip(base_home, tmp_path, monkeypatch):
         np.testing.assert_array_equal(np.asarray(getattr(back, name)), np.asarray(getattr(rel, name)))
     np.testing.assert_array_equal(back.covis.indices, rel.covis.indices)
     assert back.contract == rel.contract and back.version == rel.version
+
+
+def test_admin_reload_reaches_every_worker(base_home, tmp_path):
+    """``--workers 2`` with CURRENT polling effectively off (``--poll-interval 3600``): one
+    ``POST /v1/admin/reload`` reaches one worker, and both serve the new release (the worker
+    it reached bumps the reload generation; the other's watcher follows)."""
+    from recs_serving import release as rf
+
+    home = _copy_home(base_home, tmp_path)
+    srv = Server(home, workers=2, poll=3600)
+    try:
+        first = rf.current_version(home)
+        pids: dict = {}
+        deadline = time.time() + 60
+        while len(pids) < 2 and time.time() < deadline:
+            s, b = srv.readyz()
+            if s == 200:
+                pids[b["pid"]] = b["release"]
+        assert set(pids.values()) == {first} and len(pids) == 2, pids
+        name = "29990101T000000000000Z-admin"
+        _second(home, name)
+        rf.set_current(home, name)
+        time.sleep(1.0)
+        assert {srv.readyz()[1]["release"] for _ in range(20)} == {first}  # nobody polls CURRENT
+        status, _, body = _json(srv.port, "POST", "/v1/admin/reload", b"", {"Authorization": "Bearer t0k"})
+        assert status == 200 and body["artifact_version"] == name, body
+        seen: dict = {}
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            for _ in range(20):
+                s, b = srv.readyz()
+                seen[b["pid"]] = b["release"]
+            if set(seen) == set(pids) and set(seen.values()) == {name}:
+                break
+            time.sleep(0.2)
+        assert set(seen) == set(pids) and set(seen.values()) == {name}, seen
+    finally:
+        srv.stop()
+
+
+def test_swap_maps_the_derived_state_and_derives_nothing(base_home, tmp_path, monkeypatch):
+    """With the mapped cache, a swap builds no blend and reads no Parquet in the serving
+    process: the blend's moments, z-scored vectors, id array and readable catalog come from the
+    cache (built by the child process). Answers equal those of a release loaded in process."""
+    import recs_kernels.blend as kb
+    from recs_serving import Recommender, explain, prepared
+    from recs_serving import release as rf
+
+    home = _copy_home(base_home, tmp_path)
+    rec = Recommender(home, watch=False, cache=True)
+    name = "29990101T000000000000Z-derived"
+    _second(home, name)
+    rf.set_current(home, name)
+
+    def forbidden(*a, **k):
+        raise AssertionError("derived in the serving process at swap time")
+
+    monkeypatch.setattr(prepared, "release_blend", forbidden)
+    monkeypatch.setattr(kb._Moments, "__init__", forbidden)
+    monkeypatch.setattr(explain.CatalogView, "read", staticmethod(forbidden))
+    assert rec.reload() is True and rec.version == name
+    st = rec._current()
+    assert isinstance(st.scorer.moments["als"].cov, np.memmap) and isinstance(st.item_id_arr, np.memmap)
+    assert explain.catalog(st.rel).titles is st.rel.titles  # the release's own list, built before the flip
+    monkeypatch.undo()
+
+    plain = Recommender(home, watch=False)  # loaded and derived in this process
+    rel = plain.release
+    users = [rel.user_ids[i] for i in range(0, rel.n_users, max(1, rel.n_users // 5))][:5]
+    items = [rel.item_ids[int(i)] for i in rel.popularity_lists[("global", "")][:3]]
+    for u in users:
+        recent = [{"item_id": items[0], "timestamp": T0, "event": "view"}]
+        for kw in ({"user_id": u}, {"user_id": u, "recent": recent}):
+            a, b = rec.recommend(as_dict=True, **kw), plain.recommend(as_dict=True, **kw)
+            assert [(x["item_id"], x["reasons"]) for x in a["items"]] == [(x["item_id"], x["reasons"]) for x in b["items"]]
+            np.testing.assert_allclose([x["score"] for x in a["items"]], [x["score"] for x in b["items"]], rtol=1e-5, atol=1e-6)
+    for i in items:
+        assert rec.similar_items(i, 10, as_dict=True)["items"] == plain.similar_items(i, 10, as_dict=True)["items"]
+    bat_a, bat_b = rec.recommend_batch(users, 10, as_dict=True), plain.recommend_batch(users, 10, as_dict=True)
+    assert bat_a["results"] == bat_b["results"]
+    va, vb = explain.catalog(rec.release), explain.CatalogView.read(rel.path, rel.version)
+    assert [va.info(i) for i in items] == [vb.info(i) for i in items]
+    rec.close()
+    plain.close()

@@ -1,0 +1,65 @@
+"""What a serving process derives from a loaded release, computed once per release where the
+release is loaded (the mapped cache's builder), so that a swap is a pointer flip.
+
+Deriving in each worker at swap time is what stalled requests: the blend's per-source moments
+(a pass over every factor matrix), the item-id array, and the readable catalog (a Parquet read
+and 100K-entry lists, which the first request after a swap used to pay on the event loop).
+``derive`` returns all of it as arrays (memory-mapped by every worker) and plain lists (read
+in slices); ``blend_of`` and ``catalog_of`` rebuild the objects from them without a pass over
+the data. A release loaded without the cache (``derived`` empty) derives them here instead.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from recs_kernels.blend import Blend
+
+from .loader import LoadedRelease
+from .scoring import release_blend
+
+BLEND = "blend."
+CATALOG = "catalog."
+CATALOG_FIELDS = ("prices", "brands", "categories", "descriptions", "attributes", "popularity")
+
+
+def derive(rel: LoadedRelease) -> dict:
+    """Everything ``blend_of``/``catalog_of``/``item_id_array`` need, keyed for the cache."""
+    from .explain import CatalogView
+
+    out: dict = {f"{BLEND}{k}": np.ascontiguousarray(v) for k, v in release_blend(rel).state().items()}
+    out["item_id_arr"] = item_id_array(rel)
+    view = CatalogView.read(rel.path, rel.version)
+    for f in CATALOG_FIELDS:
+        out[f"{CATALOG}{f}"] = getattr(view, f)
+    return out
+
+
+def _neighbour_csrs(rel: LoadedRelease) -> dict:
+    return {"item_sim": rel.item_sim.csr(), "covis": rel.covis.csr(), "rules": rel.rules.csr()}
+
+
+def blend_of(rel: LoadedRelease) -> Blend:
+    """The release's blend: from the derived state when the release carries it (no pass over
+    the data), else built (and validated) over the release's arrays."""
+    d = rel.derived
+    if d and f"{BLEND}n_items" in d:
+        state = {k[len(BLEND):]: v for k, v in d.items() if k.startswith(BLEND)}
+        return Blend.from_state(state, items={"als": rel.als_item, "bpr": rel.bpr_item, "content": rel.emb},
+                                neighbours=_neighbour_csrs(rel))
+    return release_blend(rel)
+
+
+def item_id_array(rel: LoadedRelease) -> np.ndarray:
+    """The item ids as one numpy string array (ids of many picks in one take)."""
+    d = rel.derived
+    if d and "item_id_arr" in d:
+        return d["item_id_arr"]
+    return np.asarray(list(rel.item_ids), dtype=str) if rel.n_items else np.zeros(0, dtype="U1")
+
+
+def catalog_fields(rel: LoadedRelease) -> dict | None:
+    """The readable catalog's columns derived with the release, or None (read them from Parquet)."""
+    d = rel.derived
+    if d and all(f"{CATALOG}{f}" in d for f in CATALOG_FIELDS):
+        return {f: d[f"{CATALOG}{f}"] for f in CATALOG_FIELDS}
+    return None
