@@ -8,7 +8,7 @@ import polars as pl
 import scipy.sparse as sp
 from pydantic import Field
 
-from recs_assets import io, markdown, modeling
+from recs_assets import aggregates, io, markdown, modeling
 from recs_assets.progress import Progress
 from recs_assets.resources import ArtifactStore, Embedder, Warehouse
 from recs_assets import table_meta
@@ -23,20 +23,13 @@ EMBED_CHUNK = 4096  # texts per encode call: progress in the log, and bounded me
                       "purchase counts, aligned with the catalog; recs.user_items")
 def interaction_matrix(context: dg.AssetExecutionContext, config: modeling.MatrixParams, warehouse: Warehouse,
                        artifacts: ArtifactStore) -> dg.MaterializeResult:
-    events = io.load_events(warehouse)
-    items = io.load_item_ids(warehouse)
-    m = modeling.build_matrix(events, items, config)
+    # Aggregated in DuckDB, which also writes recs.user_items: no frame of every event here.
+    with warehouse.connect() as con:
+        m = aggregates.matrix(con, config, user_items_table="user_items")
+        n = con.execute("SELECT count(*) FROM recs.user_items").fetchall()[0][0]
     io.save_csr(artifacts, "interaction_matrix", m.weights, meta={"as_of": m.as_of, "params": config.model_dump()},
                 user_ids=m.user_ids, item_ids=m.item_ids)
     io.save_csr(artifacts, "purchases", m.purchases)
-    coo = m.weights.tocoo()
-    table = pl.DataFrame({
-        "user_id": pl.Series(m.user_ids[coo.row], dtype=pl.String),
-        "item_id": pl.Series(m.item_ids[coo.col], dtype=pl.String),
-        "weight": coo.data,
-        "purchases": aligned_values(coo, m.purchases).astype(np.int32),
-    })
-    n = warehouse.replace_table("user_items", table)
     density = m.weights.nnz / max(1, m.weights.shape[0] * m.weights.shape[1])
     return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "user_items"), 
         "users": len(m.user_ids), "items": len(m.item_ids), "nonzeros": m.weights.nnz,
@@ -77,15 +70,12 @@ class BasketConfig(dg.Config):
                       "ids, or sessions (split by an inactivity gap) where it has none; recs.baskets")
 def baskets(context: dg.AssetExecutionContext, config: BasketConfig, warehouse: Warehouse,
             artifacts: ArtifactStore) -> dg.MaterializeResult:
-    events = io.load_events(warehouse)
-    items = io.load_item_ids(warehouse)
-    rows = basket_rows(events, config.session_gap_minutes)
-    B, basket_ids = basket_matrix(events, items, rows=rows)
+    with warehouse.connect() as con:
+        B, basket_ids, formed = aggregates.baskets(con, config.session_gap_minutes)
     io.save_csr(artifacts, "baskets", B, meta=config.model_dump(), basket_ids=basket_ids)
     sizes = np.diff(B.indptr)
     summary = pl.DataFrame({"basket_id": pl.Series(basket_ids, dtype=pl.String), "n_items": sizes.astype(np.int32)})
     warehouse.replace_table("baskets", summary)
-    formed = basket_origin(rows, events)
     context.log.info(f"baskets: {formed['given_baskets']} from the sources' basket ids, {formed['session_baskets']} "
                      f"from sessions (gap {config.session_gap_minutes:g} min), events: {formed['basket_events']}")
     return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "baskets"), 
@@ -136,10 +126,9 @@ def basket_matrix(events: pl.DataFrame, item_ids: np.ndarray, session_gap_minute
           description="Popular and trending items, globally and per brand and category; recs.popularity")
 def popularity(context: dg.AssetExecutionContext, config: modeling.PopularityParams, warehouse: Warehouse,
                artifacts: ArtifactStore) -> dg.MaterializeResult:
-    events = io.load_events(warehouse)
     catalog = io.load_catalog(warehouse)
-    items = catalog["item_id"].to_numpy().astype(object)
-    glob, trend = modeling.popularity_scores(events, items, config.trending_days, config.as_of)
+    with warehouse.connect() as con:
+        glob, trend = aggregates.popularity(con, config.trending_days, config.as_of)
     artifacts.save("popularity", meta=config.model_dump(), global_score=glob, trending=trend)
     table = popularity_table(catalog, glob, trend, config.top_n)
     n = warehouse.replace_table("popularity", table)
@@ -168,9 +157,9 @@ def popularity_table(catalog: pl.DataFrame, glob: np.ndarray, trend: np.ndarray,
                       "top-k neighbours per item; recs.covisitation")
 def covisitation(context: dg.AssetExecutionContext, config: modeling.CovisParams, warehouse: Warehouse,
                  artifacts: ArtifactStore) -> dg.MaterializeResult:
-    events = io.load_events(warehouse)
     items = io.load_item_ids(warehouse)
-    C = sp.csr_matrix(modeling.covisitation(events, items, config))
+    with warehouse.connect() as con:
+        C = sp.csr_matrix(aggregates.covisitation(con, config))
     io.save_csr(artifacts, "covisitation", C, meta=config.model_dump())
     n = warehouse.replace_table("covisitation", io.neighbour_table(items, C))
     return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "covisitation"), "pairs": n, "items_with_neighbours": int((np.diff(C.indptr) > 0).sum())})
@@ -237,9 +226,9 @@ def catalog_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfi
                       "session, time-decayed, normalised): the blend's neighbourhood source; recs.item_similarity")
 def item_similarity(context: dg.AssetExecutionContext, config: modeling.SimilarityParams, warehouse: Warehouse,
                     artifacts: ArtifactStore) -> dg.MaterializeResult:
-    events = io.load_events(warehouse)
     items = io.load_item_ids(warehouse)
-    S = modeling.user_similarity(events, items, config)
+    with warehouse.connect() as con:
+        S = aggregates.user_similarity(con, config)
     io.save_csr(artifacts, "item_similarity", S, meta=config.model_dump())
     n = warehouse.replace_table("item_similarity", io.neighbour_table(items, S))
     return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "item_similarity"), "pairs": n, **config.model_dump()})

@@ -75,6 +75,9 @@ class Warehouse(dg.ConfigurableResource):
         default=120.0, description="How long to wait for another process to release the file"
     )
     threads: int = Field(default=0, description="DuckDB threads; 0 lets DuckDB decide")
+    memory_limit: str = Field(
+        default="2GB", description="DuckDB's memory limit: bigger sorts and joins spill to <warehouse>.tmp "
+        "instead of growing the process (DuckDB's own default is 80% of the machine); empty: DuckDB's default")
 
     def file(self) -> Path:
         return Path(self.path) if self.path else paths.warehouse_path()
@@ -118,6 +121,8 @@ class Warehouse(dg.ConfigurableResource):
         try:
             if self.threads:
                 con.execute(f"SET threads = {int(self.threads)}")
+            if self.memory_limit:
+                con.execute("SET memory_limit = ?", [self.memory_limit])
             if not read_only:
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
             yield con
