@@ -103,6 +103,13 @@ def write_part(table: pl.DataFrame, shard: int, params: dict, n_shards: int = N_
 
 def read_parts(n_shards: int = N_SHARDS, home: Path | None = None) -> tuple[pl.DataFrame, dict]:
     """Every shard's rows and the parameters they were computed with; fails naming missing shards."""
+    files, params = parts_params(n_shards, home)
+    return pl.read_parquet(files), params
+
+
+def parts_params(n_shards: int = N_SHARDS, home: Path | None = None) -> tuple[list[Path], dict]:
+    """Every shard's part file and the parameters they were computed with (the same for all);
+    fails naming missing shards."""
     missing = [k for k in range(n_shards) if not part_path(k, n_shards, home).exists()]
     if missing:
         raise RuntimeError(f"batch_topn shards {missing} are not materialized (no part under "
@@ -110,8 +117,7 @@ def read_parts(n_shards: int = N_SHARDS, home: Path | None = None) -> tuple[pl.D
     params = [json.loads(part_path(k, n_shards, home).with_suffix(".json").read_text()) for k in range(n_shards)]
     if any(p != params[0] for p in params[1:]):
         raise RuntimeError("batch_topn shards were computed with different parameters; re-run every shard")
-    frame = pl.read_parquet([part_path(k, n_shards, home) for k in range(n_shards)])
-    return frame, params[0]
+    return [part_path(k, n_shards, home) for k in range(n_shards)], params[0]
 
 
 def create_topn_view(con, n_shards: int = N_SHARDS) -> None:

@@ -3,11 +3,11 @@ import dagster as dg
 import lancedb
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from pydantic import Field
 
 from recs_assets import outputs, paths
 from recs_assets.contract import contract_from_artifacts
-from recs_assets.features import load_matrix
 from recs_assets.outputs import N_SHARDS
 from recs_assets.resources import ArtifactStore, Warehouse
 from recs_serving import release as release_format
@@ -20,8 +20,29 @@ class ReleaseConfig(dg.Config):
     vector_table: str = "items"
 
 
+STREAM_BATCH = 256 * 1024  # rows per record batch written to a release table
+
+
 def _table(con, sql: str) -> pl.DataFrame:
     return con.sql(sql).pl()
+
+
+def _stream(con, sql: str) -> pa.RecordBatchReader:
+    """A warehouse query as a reader the release writer consumes batch by batch: the query runs
+    (on its own cursor) only when the writer reaches it, so one table at a time is in flight and
+    none is ever whole in memory. Strings are large_string, as the polars frames wrote them."""
+    schema = con.sql(sql).limit(0).to_arrow_table().schema
+    schema = pa.schema([f.with_type(pa.large_string()) if f.type == pa.string() else f for f in schema])
+
+    def batches():
+        cur = con.cursor()
+        try:
+            for batch in cur.sql(sql).to_arrow_reader(STREAM_BATCH):
+                yield batch.cast(schema)
+        finally:
+            cur.close()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def _analyst_tables(con) -> dict:
@@ -29,9 +50,9 @@ def _analyst_tables(con) -> dict:
     release without locking the warehouse; plus each customer's purchases with dates and quantities."""
     have = {r[0] for r in con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'recs'").fetchall()}
-    out = {n: _table(con, f"SELECT * FROM recs.{n}") for n in release_format.ANALYST_TABLES if n in have}
+    out = {n: _stream(con, f"SELECT * FROM recs.{n}") for n in release_format.ANALYST_TABLES if n in have}
     if "interactions" in have:
-        out["user_history"] = _table(con, """
+        out["user_history"] = _stream(con, """
             SELECT user_id, item_id, max(ts) AS last_ts, sum(quantity)::DOUBLE AS quantity, count(DISTINCT basket_id) AS purchases
             FROM recs.interactions WHERE user_id IS NOT NULL AND event = 'purchase'
             GROUP BY user_id, item_id
@@ -56,49 +77,52 @@ def _business_rules() -> dict:
                       "atomically, old releases are pruned")
 def release(context: dg.AssetExecutionContext, config: ReleaseConfig, warehouse: Warehouse,
             artifacts: ArtifactStore) -> dg.MaterializeResult:
-    m = load_matrix(artifacts)
+    ids = artifacts.load("interaction_matrix", "user_ids", "item_ids")  # not the matrix: only its ids
     # The shards' parts, not the warehouse (shards never write it); they record the config they ran with.
-    topn, topn_params = outputs.read_parts()
-    topn = topn.sort("user_id", "rank")
+    part_files, topn_params = outputs.parts_params()
     artifacts.save("topn_params", meta=topn_params)
-    with warehouse.connect() as con:
-        outputs.create_topn_view(con)
-        catalog = _table(con, "SELECT item_id, title, description, brand, category, price, attributes FROM recs.catalog ORDER BY item_id")
-        similar = _table(con, "SELECT item_id, rank, similar_item_id, score, source FROM recs.similar_items")
-        covis = _table(con, "SELECT item_id, neighbor_id, score FROM recs.covisitation")
-        item_sim = _table(con, "SELECT item_id, neighbor_id, score FROM recs.item_similarity")
-        rules = _table(con, "SELECT * FROM recs.association_rules")
-        popularity = _table(con, "SELECT scope, key, item_id, score, rank FROM recs.popularity")
-        user_items = _table(con, "SELECT user_id, item_id, weight, purchases FROM recs.user_items")
-        metrics = _table(con, "SELECT * EXCLUDE (cut) FROM recs.evaluation").to_dicts()
-        analyst = _analyst_tables(con)
-    if not np.array_equal(catalog["item_id"].to_numpy().astype(object), m.item_ids):
-        raise RuntimeError("the catalog changed since interaction_matrix was built; re-materialize the graph")
+    files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in part_files)
     pop = artifacts.load("popularity")
-    items = catalog.with_columns(
-        pl.int_range(pl.len(), dtype=pl.Int32).alias("idx"),
-        pl.Series("popularity", pop["global_score"].astype(np.float32)),
-        pl.Series("trending", pop["trending"].astype(np.float32)),
-    ).select("idx", "item_id", "title", "description", "brand", "category", "price", "popularity", "trending", "attributes")
-    users = pl.DataFrame({"idx": np.arange(len(m.user_ids), dtype=np.int32),
-                          "user_id": pl.Series(m.user_ids, dtype=pl.String)})
     als = artifacts.load("als_factors")
     bpr = artifacts.load("bpr_factors")
     emb = artifacts.load("catalog_embeddings", "vectors")["vectors"]
     tbl = lancedb.connect(str(paths.lancedb_path())).open_table(config.vector_table)
     contract = contract_from_artifacts(artifacts)
-    path = release_format.write_release(
-        paths.recs_home(), contract=contract, extra={"topn_shards": N_SHARDS},
-        tables={"items": items, "users": users, "user_items": user_items, "topn": topn.drop("shard"),
-                "similar_items": similar, "covisitation": covis, "item_similarity": item_sim, "rules": rules, "popularity": popularity,
-                **analyst, **_business_rules()},
-        arrays={"als_user_factors": als["user_factors"], "als_item_factors": als["item_factors"],
-                "bpr_user_factors": bpr["user_factors"], "bpr_item_factors": bpr["item_factors"],
-                "item_embeddings": emb},
-        run_id=context.run.run_id, metrics={"evaluation": metrics},
-        lancedb={"uri": str(paths.lancedb_path()), "table": config.vector_table, "version": int(tbl.version)},
-        keep=config.keep,
-    )
+    with warehouse.connect() as con:
+        outputs.create_topn_view(con)
+        catalog = _table(con, "SELECT item_id, title, description, brand, category, price, attributes FROM recs.catalog ORDER BY item_id")
+        if not np.array_equal(catalog["item_id"].to_numpy().astype(object), ids["item_ids"]):
+            raise RuntimeError("the catalog changed since interaction_matrix was built; re-materialize the graph")
+        items = catalog.with_columns(
+            pl.int_range(pl.len(), dtype=pl.Int32).alias("idx"),
+            pl.Series("popularity", pop["global_score"].astype(np.float32)),
+            pl.Series("trending", pop["trending"].astype(np.float32)),
+        ).select("idx", "item_id", "title", "description", "brand", "category", "price", "popularity", "trending", "attributes")
+        users = pl.DataFrame({"idx": np.arange(len(ids["user_ids"]), dtype=np.int32),
+                              "user_id": pl.Series(ids["user_ids"], dtype=pl.String)})
+        del ids
+        metrics = _table(con, "SELECT * EXCLUDE (cut) FROM recs.evaluation").to_dicts()
+        # The big tables (user_items, topn: tens of millions of rows at 1M users) stream from DuckDB
+        # into the release's Parquet files; DuckDB sorts the top-N parts under its memory limit.
+        tables = {
+            "items": items, "users": users,
+            "user_items": _stream(con, "SELECT user_id, item_id, weight, purchases FROM recs.user_items"),
+            "topn": _stream(con, f"SELECT * EXCLUDE (shard) FROM read_parquet([{files}]) ORDER BY user_id, rank"),
+            "similar_items": _stream(con, "SELECT item_id, rank, similar_item_id, score, source FROM recs.similar_items"),
+            "covisitation": _stream(con, "SELECT item_id, neighbor_id, score FROM recs.covisitation"),
+            "item_similarity": _stream(con, "SELECT item_id, neighbor_id, score FROM recs.item_similarity"),
+            "rules": _stream(con, "SELECT * FROM recs.association_rules"),
+            "popularity": _stream(con, "SELECT scope, key, item_id, score, rank FROM recs.popularity"),
+            **_analyst_tables(con), **_business_rules()}
+        path = release_format.write_release(
+            paths.recs_home(), contract=contract, extra={"topn_shards": N_SHARDS}, tables=tables,
+            arrays={"als_user_factors": als["user_factors"], "als_item_factors": als["item_factors"],
+                    "bpr_user_factors": bpr["user_factors"], "bpr_item_factors": bpr["item_factors"],
+                    "item_embeddings": emb},
+            run_id=context.run.run_id, metrics={"evaluation": metrics},
+            lancedb={"uri": str(paths.lancedb_path()), "table": config.vector_table, "version": int(tbl.version)},
+            keep=config.keep,
+        )
     manifest = release_format.open_release(paths.recs_home(), path.name).manifest
     return dg.MaterializeResult(metadata={
         "version": manifest["version"], "path": str(path),
