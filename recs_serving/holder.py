@@ -99,12 +99,13 @@ def serving_needs(rel: LoadedRelease) -> None:
         raise Refused(f"release {rel.path.name} lacks " + "; ".join(missing))
 
 
-def load_verified(home: Path, name: str) -> LoadedRelease:
-    """Verify and load one release in this process; ``Refused`` with the reason otherwise."""
+def load_verified(home: Path, name: str, spill=None) -> LoadedRelease:
+    """Verify and load one release in this process; ``Refused`` with the reason otherwise.
+    ``spill``: see ``loader.load_release``."""
     rf = release_format.open_release(home, name)
     rf.verify()
     try:
-        rel = load_release(home, name)
+        rel = load_release(home, name, spill=spill)
     except release_format.ReleaseError:
         raise
     except Exception as exc:  # noqa: BLE001 - a truncated Parquet file etc. is a refusal, not a crash

@@ -123,7 +123,7 @@ class LoadedRelease:
     popularity: np.ndarray  # the blend's popularity source (items.popularity), raw
     trending: np.ndarray  # the blend's trending source (items.trending), raw
     contract: ReleaseContract
-    multi_rules: tuple = ()  # (frozenset(antecedent idx), consequent idx array, confidence): candidates only
+    multi_rules: "MultiRules | None" = None  # rules with 2+ antecedent items: candidates only
     # what serving derives from the above (recs_serving.prepared), when the mapped cache carries it
     derived: dict | None = None
 
@@ -239,10 +239,15 @@ def _array(rf: ReleaseFiles, name: str, rows: int, mmap: bool, dtype=np.float32)
 
 
 def load_release(home: Path | str, version: str | None = None, *, mmap: bool = False, verify: bool = False,
-                 compact: bool = True) -> LoadedRelease:
+                 compact: bool = True, spill=None) -> LoadedRelease:
     """Load a release into memory, one small reader per table. ``compact`` keeps the per-user
     matrices (user factors, top-N scores) in float16: half the memory, and they are only ever
-    read a row at a time and cast back to float32 (item-side arrays stay float32)."""
+    read a row at a time and cast back to float32 (item-side arrays stay float32).
+
+    ``spill(name, array) -> array``: called on each per-user array (top-N, history, buyers,
+    user factors) as soon as it is built; the mapped cache's builder writes it to its file and
+    gets a memory map back, so the builder never holds the whole release at once."""
+    spill = spill or (lambda name, arr: arr)
     t0 = time.perf_counter()
     user_dtype = np.float16 if compact and not mmap else np.float32
     rf = open_release(home, version)
@@ -259,7 +264,10 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
     n_users = len(user_ids)
     # top-N (dense), streamed by row group so a 50M-row table never sits in memory whole
     topn_ids, topn_scores = _load_topn(rf, n_users, user_arr, user_index, item_arr, item_index, user_dtype)
+    topn_ids, topn_scores = spill("topn_ids", topn_ids), spill("topn_scores", topn_scores)
     hist = read_history(rf, n_users, n_items, user_arr, user_index, item_arr, item_index)
+    hist = {k: spill(k, v) if isinstance(v, np.ndarray) else v for k, v in hist.items()}
+    hist["buyers"] = Adjacency(*(spill(f"buyers.{p}", getattr(hist["buyers"], p)) for p in ("indptr", "indices", "scores")))
     # The loader needed a dict for its vectorised lookups; serving needs one probe per request.
     # A sorted bytes array answers that in O(log n) at a tenth of the memory of 1M Python strings.
     if n_users > COMPACT_IDS_ABOVE:
@@ -269,8 +277,10 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
     del user_arr
 
     als_user, als_item = read_factors(rf, "als", n_users, n_items, mmap, user_dtype)
+    als_user = spill("als_user", als_user) if als_user is not None else None
     als_yty = np.ascontiguousarray(als_item.T @ als_item, dtype=np.float32) if als_item is not None else None
     bpr_user, bpr_item = read_factors(rf, "bpr", n_users, n_items, mmap, user_dtype)
+    bpr_user = spill("bpr_user", bpr_user) if bpr_user is not None else None
     emb = read_content(rf, n_items, contract.content_dim)
     sim_factors, sim_content = read_similar_items(rf, n_items, item_arr, item_index)
     item_sim = read_neighbours(rf, "item_similarity", n_items, item_arr, item_index)
@@ -285,7 +295,7 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
         als_user=als_user, als_item=als_item, als_yty=als_yty,
         bpr_user=bpr_user, bpr_item=bpr_item, emb=emb, mmr_vecs=emb,
         sim_factors=sim_factors, sim_content=sim_content, item_sim=item_sim, covis=covis, rules=rules,
-        multi_rules=tuple(multi), popularity=pop_raw, trending=trend_raw, contract=contract,
+        multi_rules=multi, popularity=pop_raw, trending=trend_raw, contract=contract,
     )
     _release_memory()
     log.info("loaded release %s (%d items, %d users) in %.2fs", rf.version, n_items, n_users, time.perf_counter() - t0)
@@ -419,11 +429,11 @@ def read_neighbours(rf: ReleaseFiles, name: str, n_items: int, item_arr, item_in
                            _lookup(t.column("neighbor_id"), item_arr, item_index), _num(t, "score", np.float32, 0.0))
 
 
-def read_rules(rf: ReleaseFiles, n_items: int, item_arr) -> tuple[Adjacency, list]:
+def read_rules(rf: ReleaseFiles, n_items: int, item_arr) -> tuple[Adjacency, "MultiRules"]:
     """rules.parquet: the rules source (``blend.rules_matrix``) and multi-antecedent rules (candidates)."""
     rl = _read(rf, "rules", ["antecedents", "consequents", "confidence"])
     if rl is None or not rl.num_rows:
-        return Adjacency.empty(n_items), []
+        return Adjacency.empty(n_items), MultiRules.empty(n_items)
     ante = rl.column("antecedents").combine_chunks()
     cons = rl.column("consequents").combine_chunks()
     conf = _num(rl, "confidence", np.float32, 0.0)
@@ -440,8 +450,63 @@ def read_rules(rf: ReleaseFiles, n_items: int, item_arr) -> tuple[Adjacency, lis
         a_items = a_flat[a_ptr[r]:a_ptr[r + 1]]
         c_items = c_flat[c_ptr[r]:c_ptr[r + 1]]
         if (a_items >= 0).all() and (c_items >= 0).any():
-            multi.append((frozenset(int(x) for x in a_items), c_items[c_items >= 0].astype(np.int32), float(conf[r])))
-    return rules, multi
+            multi.append((np.unique(a_items), c_items[c_items >= 0].astype(np.int32)))
+    return rules, MultiRules.build(n_items, multi)
+
+
+@dataclass(frozen=True)
+class MultiRules:
+    """Rules with two or more antecedent items, as candidates. Arrays only (mapped by every
+    worker): per rule its antecedent size and its consequents (CSR), and per item the rules
+    whose antecedent holds it, so a request looks at its seeds' rules only, never at all of them."""
+
+    ante_len: np.ndarray  # int32 [n_rules]
+    cons_ptr: np.ndarray  # int64 [n_rules + 1]
+    cons: np.ndarray  # int32
+    by_item_ptr: np.ndarray  # int64 [n_items + 1]
+    by_item: np.ndarray  # int32 rule ids
+
+    PARTS = ("ante_len", "cons_ptr", "cons", "by_item_ptr", "by_item")
+
+    @staticmethod
+    def build(n_items: int, rules: list) -> "MultiRules":
+        """``rules``: (distinct antecedent idx, consequent idx) pairs."""
+        ante_len = np.array([a.size for a, _ in rules], np.int32)
+        cons_ptr = np.zeros(len(rules) + 1, np.int64)
+        np.cumsum(np.array([c.size for _, c in rules], np.int64), out=cons_ptr[1:])
+        cons = np.concatenate([c for _, c in rules]).astype(np.int32) if rules else np.zeros(0, np.int32)
+        items = np.concatenate([a for a, _ in rules]).astype(np.int64) if rules else np.zeros(0, np.int64)
+        rule_of = np.repeat(np.arange(len(rules), dtype=np.int32), ante_len)
+        order = np.lexsort((rule_of, items))
+        by_item_ptr = np.zeros(n_items + 1, np.int64)
+        np.cumsum(np.bincount(items, minlength=n_items), out=by_item_ptr[1:])
+        return MultiRules(ante_len, cons_ptr, cons, by_item_ptr, rule_of[order])
+
+    def __len__(self) -> int:
+        return int(self.ante_len.shape[0])
+
+    def consequents(self, seeds: np.ndarray) -> np.ndarray:
+        """Consequents of every rule whose whole antecedent is among ``seeds`` (distinct idx):
+        a rule matches when as many of its antecedent items are seeds as it has."""
+        none = np.zeros(0, np.int32)
+        if seeds.size < 2 or len(self) == 0:
+            return none
+        a, b = self.by_item_ptr[seeds], self.by_item_ptr[seeds + 1]
+        hits = np.concatenate([self.by_item[x:y] for x, y in zip(a.tolist(), b.tolist())])
+        if hits.size == 0:
+            return none
+        r, n = np.unique(hits, return_counts=True)
+        ok = r[n == self.ante_len[r]]
+        if ok.size == 0:
+            return none
+        lo, hi = self.cons_ptr[ok], self.cons_ptr[ok + 1]
+        lens = hi - lo
+        pos = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(lo, lens)
+        return self.cons[pos]
+
+    @staticmethod
+    def empty(n_items: int) -> "MultiRules":
+        return MultiRules.build(n_items, [])
 
 
 def _buyers(n_items: int, items: np.ndarray, users: np.ndarray) -> Adjacency:

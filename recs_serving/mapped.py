@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from . import release as release_format
-from .loader import Adjacency, CompactIds, CompactIndex, LoadedRelease
+from .loader import Adjacency, CompactIds, CompactIndex, LoadedRelease, MultiRules
 
 CACHE_DIR = "serving-cache"
 DONE = "DONE"
 KEEP = 4  # cache entries kept (a few releases; workers may still map an older one)
 BUILD_TIMEOUT_S = 3600
 CHUNK = 2048  # entries per pickled slice of a big list/dict (well under a millisecond to unpickle)
-FORMAT = 2  # of the entries' layout; part of the key, so a changed layout is built anew
+FORMAT = 3  # of the entries' layout; part of the key, so a changed layout is built anew
 NICE_ENV = "RECS_BUILD_NICE"
 DEFAULT_NICE = 10  # CPU weight ~1/10 of a worker's; 19 starves the build on a busy machine
 
@@ -54,10 +54,32 @@ def _key(home: Path, name: str) -> str:
 # ----------------------------------------------------------------------------- write
 
 
-def write(rel: LoadedRelease, out: Path) -> None:
-    """Write ``rel`` under ``out`` (which must not exist): tmp dir + rename."""
+def _tmp_dir(out: Path) -> Path:
     tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
+    return tmp
+
+
+def spiller(tmp: Path):
+    """``load_release``'s ``spill`` for an entry being built in ``tmp``: the array goes to the
+    file ``write`` would give it, and comes back memory-mapped (the builder's copy is freed)."""
+    def spill(name: str, arr: np.ndarray) -> np.ndarray:
+        np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
+        return np.load(tmp / f"{name}.npy", mmap_mode="r")
+    return spill
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    """``np.save``, unless ``arr`` is already that file (spilled while loading)."""
+    if isinstance(arr, np.memmap) and arr.filename is not None and Path(arr.filename) == path.resolve():
+        return
+    np.save(path, np.ascontiguousarray(arr))
+
+
+def write(rel: LoadedRelease, out: Path, tmp: Path | None = None) -> None:
+    """Write ``rel`` under ``out`` (which must not exist): tmp dir (``tmp``, when the loader
+    spilled arrays into it already) + rename."""
+    tmp = tmp if tmp is not None else _tmp_dir(out)
     try:
         layout: dict[str, list] = {}
         objects: dict[str, bytes] = {}
@@ -69,12 +91,16 @@ def write(rel: LoadedRelease, out: Path) -> None:
                     layout[f.name] = ["alias", seen[id(v)]]
                     continue
                 seen[id(v)] = f.name
-                np.save(tmp / f"{f.name}.npy", np.ascontiguousarray(v))
+                _save(tmp / f"{f.name}.npy", v)
                 layout[f.name] = ["array"]
             elif isinstance(v, Adjacency):
                 for part in ("indptr", "indices", "scores"):
-                    np.save(tmp / f"{f.name}.{part}.npy", getattr(v, part))
+                    _save(tmp / f"{f.name}.{part}.npy", getattr(v, part))
                 layout[f.name] = ["adjacency"]
+            elif isinstance(v, MultiRules):
+                for part in MultiRules.PARTS:
+                    _save(tmp / f"{f.name}.{part}.npy", getattr(v, part))
+                layout[f.name] = ["multi_rules"]
             elif isinstance(v, CompactIds):
                 for part in ("by_pos", "order", "sorted"):
                     np.save(tmp / f"{f.name}.{part}.npy", getattr(v, part))
@@ -125,6 +151,23 @@ def _unslice(blobs: list[bytes], acc):
 # ----------------------------------------------------------------------------- read
 
 
+def _map(path: Path) -> np.ndarray:
+    """The file's array, memory-mapped read-only, as a plain ``ndarray`` view: ``np.memmap``'s
+    Python-level indexing cost ~8 us per scalar read, and a request makes hundreds."""
+    return np.asarray(np.load(path, mmap_mode="r"))
+
+
+def is_mapped(arr) -> bool:
+    """Whether ``arr`` is a view of a memory-mapped file."""
+    import mmap
+
+    while arr is not None:
+        if isinstance(arr, (np.memmap, mmap.mmap)):
+            return True
+        arr = getattr(arr, "base", None)
+    return False
+
+
 def read(path: Path) -> LoadedRelease:
     """Map a cache entry. Each pickled field is loaded separately, and the GIL is offered
     between them, so a request thread never waits for the whole set of objects."""
@@ -134,18 +177,20 @@ def read(path: Path) -> LoadedRelease:
     values: dict = {}
     for name, (kind, *rest) in layout.items():
         if kind == "array":
-            values[name] = np.load(path / f"{name}.npy", mmap_mode="r")
+            values[name] = _map(path / f"{name}.npy")
         elif kind == "adjacency":
-            values[name] = Adjacency(*(np.load(path / f"{name}.{p}.npy", mmap_mode="r") for p in ("indptr", "indices", "scores")))
+            values[name] = Adjacency(*(_map(path / f"{name}.{p}.npy") for p in ("indptr", "indices", "scores")))
+        elif kind == "multi_rules":
+            values[name] = MultiRules(*(_map(path / f"{name}.{p}.npy") for p in MultiRules.PARTS))
         elif kind == "compact_ids":
-            values[name] = CompactIds(*(np.load(path / f"{name}.{p}.npy", mmap_mode="r") for p in ("by_pos", "order", "sorted")))
+            values[name] = CompactIds(*(_map(path / f"{name}.{p}.npy") for p in ("by_pos", "order", "sorted")))
         elif kind == "object":
             values[name] = pickle.loads(objects[name])
             time.sleep(0)  # hand the GIL to a request thread waiting for it
         elif kind in ("dict_chunks", "list_chunks"):
             values[name] = _unslice(objects[name], {} if kind == "dict_chunks" else [])
         elif kind == "derived":
-            values[name] = {k: np.load(path / f"derived.{k}.npy", mmap_mode="r") if how == "array"
+            values[name] = {k: _map(path / f"derived.{k}.npy") if how == "array"
                             else _unslice(objects[f"derived.{k}"], []) for k, how in rest[0]}
     for name, (kind, *rest) in layout.items():
         if kind == "alias":
@@ -223,18 +268,22 @@ def _main(argv: list[str]) -> int:
 
     from .prepared import derive
 
+    tmp = _tmp_dir(out)
     try:
-        rel = load_verified(home, name)
-        rel = dataclasses.replace(rel, derived=derive(rel))  # validates the blend's sources too
-    except release_format.ReleaseError as exc:
-        refused.write_text(json.dumps({"name": name, "reason": str(exc)}))
-        print(str(exc), file=sys.stderr)
-        return 2
-    except ValueError as exc:  # the blend refused a source (shape, non-finite values)
-        refused.write_text(json.dumps({"name": name, "reason": f"release {name}: {exc}"}))
-        print(str(exc), file=sys.stderr)
-        return 2
-    write(rel, out)
+        try:
+            rel = load_verified(home, name, spill=spiller(tmp))  # streamed: per-user arrays go to their files at once
+            rel = dataclasses.replace(rel, derived=derive(rel))  # validates the blend's sources too
+        except release_format.ReleaseError as exc:
+            refused.write_text(json.dumps({"name": name, "reason": str(exc)}))
+            print(str(exc), file=sys.stderr)
+            return 2
+        except ValueError as exc:  # the blend refused a source (shape, non-finite values)
+            refused.write_text(json.dumps({"name": name, "reason": f"release {name}: {exc}"}))
+            print(str(exc), file=sys.stderr)
+            return 2
+        write(rel, out, tmp=tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when write renamed it
     return 0
 
 

@@ -393,11 +393,8 @@ class Recommender:
             for s in q.seeds:
                 a = adj.indptr[s]
                 parts.append(adj.indices[a:min(adj.indptr[s + 1], a + per_seed)])
-        if q.seeds.size >= 2 and rel.multi_rules:
-            present = set(q.seeds.tolist())
-            for ante, cons, _ in rel.multi_rules:
-                if ante <= present:
-                    parts.append(cons)
+        if q.seeds.size >= 2 and rel.multi_rules:  # the seeds' rules only (a scan of all was ~20 ms)
+            parts.append(rel.multi_rules.consequents(q.seeds))
         lists = rel.popularity_lists
         if q.brand and ("brand", q.brand) in lists:
             parts.append(lists[("brand", q.brand)][:n_pop])

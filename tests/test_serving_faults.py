@@ -444,7 +444,7 @@ def test_mapped_cache_round_trip(base_home, tmp_path, monkeypatch):
     monkeypatch.setattr(mapped, "CHUNK", 500)  # force the sliced path on the small release
     mapped.write(rel, tmp_path / "entry")
     back = mapped.read(tmp_path / "entry")
-    assert isinstance(back.topn_ids, np.memmap) and not back.topn_ids.flags.writeable
+    assert mapped.is_mapped(back.topn_ids) and not back.topn_ids.flags.writeable
     assert back.item_index == rel.item_index and list(back.item_ids) == list(rel.item_ids)
     assert list(back.user_ids) == list(rel.user_ids) and back.titles == rel.titles
     for name in ("topn_ids", "topn_scores", "hist_indptr", "hist_items", "als_user", "als_item", "price"):
@@ -496,7 +496,7 @@ def test_swap_maps_the_derived_state_and_derives_nothing(base_home, tmp_path, mo
     process: the blend's moments, z-scored vectors, id array and readable catalog come from the
     cache (built by the child process). Answers equal those of a release loaded in process."""
     import recs_kernels.blend as kb
-    from recs_serving import Recommender, explain, prepared
+    from recs_serving import Recommender, explain, mapped, prepared
     from recs_serving import release as rf
 
     home = _copy_home(base_home, tmp_path)
@@ -513,7 +513,7 @@ def test_swap_maps_the_derived_state_and_derives_nothing(base_home, tmp_path, mo
     monkeypatch.setattr(explain.CatalogView, "read", staticmethod(forbidden))
     assert rec.reload() is True and rec.version == name
     st = rec._current()
-    assert isinstance(st.scorer.moments["als"].cov, np.memmap) and isinstance(st.item_id_arr, np.memmap)
+    assert mapped.is_mapped(st.scorer.moments["als"].cov) and mapped.is_mapped(st.item_id_arr)
     assert explain.catalog(st.rel).titles is st.rel.titles  # the release's own list, built before the flip
     monkeypatch.undo()
 

@@ -288,3 +288,24 @@ def test_batch_wire_form_encodes_like_the_dict_form(recommender):
         w = recommender.recommend_batch(users, wire=True, **kw)
         assert msgspec.json.encode(w) == msgspec.json.encode(a)
         assert msgspec.json.decode(msgspec.json.encode(w)) == a
+
+
+def test_multi_antecedent_rules_match_by_their_seeds_index():
+    """The per-item index of multi-antecedent rules finds exactly the rules whose whole
+    antecedent is among the seeds (what a scan over every rule found)."""
+    from recs_serving.loader import MultiRules
+
+    rng = np.random.default_rng(0)
+    n = 50
+    rules = [(np.unique(rng.choice(n, rng.integers(2, 4), replace=False)), rng.choice(n, rng.integers(1, 3)).astype(np.int32))
+             for _ in range(300)]
+    mr = MultiRules.build(n, rules)
+    assert len(mr) == 300 and MultiRules.empty(5).consequents(np.array([1, 2])).size == 0
+    matched = 0
+    for _ in range(200):
+        seeds = np.unique(rng.choice(n, rng.integers(2, 8), replace=False))
+        ref = [c for a, c in rules if set(a.tolist()) <= set(seeds.tolist())]
+        matched += len(ref)
+        ref = np.sort(np.concatenate(ref)) if ref else np.zeros(0, np.int32)
+        np.testing.assert_array_equal(np.sort(mr.consequents(seeds)), ref)
+    assert matched > 20
