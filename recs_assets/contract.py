@@ -55,7 +55,7 @@ def contract_from_configs(*, matrix, als, bpr, covisitation, item_similarity, po
         sources=SOURCES,
         blends=per_use_case,
         als={"factors": a.factors, "regularization": a.regularization, "alpha": a.alpha},
-        event_weights={"view": m.view_weight, "add": m.add_weight, "purchase": m.purchase_weight},
+        event_weights=m.event_weights(),
         decay_days=m.decay_days,
         recent_weight=req.recent_weight,
         content_dim=req.content_dim,

@@ -468,6 +468,8 @@ class Settings:
     mmr_lambdas: tuple = (1.0, 0.8)
     min_ratio_over_popularity: float = 1.0
     seed: int = 0
+    hyper_budget_seconds: float = 30.0  # ALS regularization/alpha, decay, recent_weight: re-fit + replay per trial
+    hyper_trial_seconds: float = 1.0  # the short blend search each hyperparameter trial is scored with
 
 
 @dataclass
@@ -523,6 +525,33 @@ def not_evaluated(cfg: Configs, reason: str) -> Outcome:
                          "validation_skipped": {}, "test_skipped": {}, "seconds": {}, "error": reason})
 
 
+def tune_hyperparameters(pm: PeriodModels, cfg: Configs, catalog: pl.DataFrame, embeddings: np.ndarray, cases: Cases,
+                         s: Settings) -> tuple[Configs, PeriodModels, dict]:
+    """ALS regularization/alpha, the history decay and recent_weight, by a coordinate search on
+    the validation requests within ``s.hyper_budget_seconds``: each trial re-fits what it
+    changes (``refit``), replays the requests once and scores a short per-use-case blend
+    search against the first trial's best single sources. Returns the chosen configs, the
+    period's models fit with them and the search (chosen values, every trial: the curve)."""
+    from recs_assets import tuning
+
+    scale: dict = {}
+    fits: dict = {}
+
+    def evaluate(h: dict) -> float:
+        cfg_h = tuning.with_hyperparameters(cfg, h)
+        pm_h = refit(pm, cfg_h)
+        fits[tuple(sorted(h.items()))] = pm_h
+        with ServedReplay(pm_h, catalog, embeddings, cases, topn_config(cfg_h)) as rp:
+            rec = tuning.record(rp, list(cases.queries))
+        if not scale:
+            scale.update({uc: max(rec.recall({src: 1.0}, uc) for src in SOURCES) for uc in rec.contrib})
+        return tuning.blend_value(rec, cfg.topn.blend.weights(), s.use_case_weights, scale, s.hyper_trial_seconds)[0]
+
+    found = tuning.search_hyperparameters(evaluate, tuning.hyperparameters_of(cfg), s.hyper_budget_seconds)
+    best = tuning.with_hyperparameters(cfg, found["chosen"])
+    return best, fits[tuple(sorted(found["chosen"].items()))], found
+
+
 def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg: Configs, s: Settings, log=print) -> Outcome:
     """Validation window: tune weights (and MMR lambda) on models fit before it; test split:
     models fit before the cut with the chosen values, every single source and the served
@@ -552,6 +581,10 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
     else:
         pm_v = fit_period(train_v, items, cfg, vstart)
         timings["fit_validation"] = time.perf_counter() - t0
+        if s.tune and s.hyper_budget_seconds > 0:
+            cfg, pm_v, info["hyperparameters"] = tune_hyperparameters(pm_v, cfg, catalog, embeddings, cases_v, s)
+            configured = cfg.topn.blend.weights()
+            timings["hyperparameters"] = time.perf_counter() - t0
         with ServedReplay(pm_v, catalog, embeddings, cases_v, topn_config(cfg)) as rp:
             rec = tuning.record(rp, list(cases_v.queries))
             timings["record_validation"] = time.perf_counter() - t0
@@ -588,6 +621,7 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
             rows += _rows("test", "served", _served_metrics(rp, rec, served["blends"], item_ids, truth, len(items)))
             for src in SOURCES:
                 rows += _rows("test", src, _recorded_metrics(rec, {src: 1.0}, item_ids, truth, len(items)))
+    served["hyperparameters"] = tuning.hyperparameters_of(cfg)  # what the test split and production use
     timings["total"] = time.perf_counter() - t0
     info["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     table = pl.DataFrame(rows, schema=TABLE_SCHEMA) if rows else pl.DataFrame(schema=TABLE_SCHEMA)

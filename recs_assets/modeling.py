@@ -16,7 +16,6 @@ from pydantic import Field
 
 from recs_kernels import als, blend, bpr, covis
 
-EVENT_WEIGHTS = {"view": 1.0, "add": 3.0, "purchase": 5.0}
 SESSION_GAP_MINUTES = 30.0
 
 
@@ -27,6 +26,15 @@ class MatrixParams(dg.Config):
     purchase_weight: float = Field(1.0, ge=0)
     as_of: str | None = Field(None, description="ISO time ages are measured from (the run's as-of time); "
                                                 "default the newest kept event. Later events are left out")
+
+    def event_weights(self) -> dict[str, float]:
+        """The one event-weight table: the matrix, co-visitation and item-similarity pairs, and
+        (through the release contract) a request's recent events all weigh events by it."""
+        return {"view": self.view_weight, "add": self.add_weight, "purchase": self.purchase_weight}
+
+
+# The default table (MatrixParams' defaults) for callers not given the configured one.
+EVENT_WEIGHTS = MatrixParams().event_weights()
 
 
 class ALSParams(dg.Config):

@@ -11,6 +11,7 @@ from recs_assets import io, markdown, modeling
 from recs_assets.features import load_matrix
 from recs_assets.progress import Progress
 from recs_assets.resources import ArtifactStore, Warehouse
+from recs_assets.tuning import apply_tuned_fit
 from recs_assets import table_meta
 from recs_kernels import fpgrowth, rules as rules_kernel
 
@@ -185,6 +186,7 @@ def _fit_and_store(name: str, fit, config, warehouse: Warehouse, artifacts: Arti
                       "recs.als_user_factors, recs.als_item_factors")
 def als_factors(context: dg.AssetExecutionContext, config: modeling.ALSParams, warehouse: Warehouse,
                 artifacts: ArtifactStore):
+    config = apply_tuned_fit(config, artifacts)  # regularization/alpha the last evaluation chose on validation
     yield from _fit_and_store("als_factors", modeling.fit_als, config, warehouse, artifacts, log=context.log.info)
 
 

@@ -37,6 +37,8 @@ class EvaluationConfig(dg.Config):
     min_ratio_over_popularity: float = Field(1.0, gt=0, description="The served objective on validation must exceed "
                                                                     "all-time popularity's times this")
     seed: int = 0
+    hyper_budget_seconds: float = Field(30.0, ge=0, description="Time for ALS regularization/alpha, history decay and "
+                                        "recent_weight (a re-fit and a replay per trial; 0: the configured values)")
 
 
 def _inline_chart(test: pl.DataFrame):
@@ -93,7 +95,8 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, ware
     settings = ev.Settings(cut=config.cut or None, valid_days=config.valid_days, max_users=config.max_users,
                            recent_events=config.recent_events, tune=config.tune, budget_seconds=config.budget_seconds,
                            use_case_weights=dict(config.use_case_weights), mmr_lambdas=tuple(config.mmr_lambdas), seed=config.seed,
-                           min_ratio_over_popularity=config.min_ratio_over_popularity)
+                           min_ratio_over_popularity=config.min_ratio_over_popularity,
+                           hyper_budget_seconds=config.hyper_budget_seconds)
     try:
         out = ev.run(events, catalog, emb["vectors"], cfg, settings, log=context.log.info)
     except Exception as exc:  # noqa: BLE001 - data the protocol cannot evaluate must not stop the release
@@ -117,6 +120,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, ware
         if out.table.height else "no validation requests",
         "validation_curve": dg.MetadataValue.md(markdown.frame(_curve(out.curve))),
         "validation_mmr_lambda": dg.MetadataValue.json(out.info.get("validation_mmr_lambda", {})),
+        "hyperparameters": dg.MetadataValue.json(out.info.get("hyperparameters", {})),  # chosen, start, every trial
         "skipped_use_cases": dg.MetadataValue.json(skipped),
         "requests": dg.MetadataValue.json({"validation": out.info["validation_cases"], "test": out.info["test_cases"]}),
         "configs_used": dg.MetadataValue.json(out.info["configs"]),

@@ -67,6 +67,21 @@ class Recorded:
                      self.denom[use_case], k)[:limit]
         return float(r.mean()) if r.size else 0.0
 
+    def half(self, use_case: str, part: int) -> "Recorded":
+        """The first (``part`` 0) or second half of ``use_case``'s requests, as a record of its own."""
+        seg, tptr = self.seg[use_case], self.tptr[use_case]
+        n = seg.size - 1
+        q0, q1 = (0, n // 2) if part == 0 else (n // 2, n)
+        a, b = seg[q0], seg[q1]
+        out = Recorded()
+        out.contrib[use_case] = self.contrib[use_case][a:b]
+        out.cand[use_case] = self.cand[use_case][a:b]
+        out.seg[use_case] = seg[q0:q1 + 1] - a
+        out.tpos[use_case] = self.tpos[use_case][tptr[q0]:tptr[q1]] - a
+        out.tptr[use_case] = tptr[q0:q1 + 1] - tptr[q0]
+        out.denom[use_case] = self.denom[use_case][q0:q1]
+        return out
+
     def answers(self, weights: dict, use_case: str, item_ids, k: int = K) -> list[list[str]]:
         """The served top-k per request for ``weights`` (MMR off), as item ids."""
         w = np.array([float(weights.get(s, 0.0)) for s in SOURCES], np.float32)
@@ -225,6 +240,7 @@ class UseCaseChoice:
     mmr: dict  # lambda -> recall@k on the first ``lambda_requests`` requests
     trials: int
     curve: list
+    out_of_fold: dict | None = None  # two-fold validation recall of tuning vs picking one source
 
     def blend(self) -> dict:
         return {"weights": self.weights, "mmr_lambda": self.mmr_lambda, "chosen": self.chosen}
@@ -246,10 +262,12 @@ def choose_blends(rec: Recorded, configured: dict, configured_lambda: float, *, 
     out = {}
     for n, uc in enumerate(ucs):
         single = {s: rec.recall({s: 1.0}, uc) for s in SOURCES}
+        oof = None
         if tune:
             share = budget_seconds / len(ucs)
-            res = search(rec, configured, {}, share, seed=seed + n, use_cases=[uc])
+            res = search(rec, configured, {}, share / 2, seed=seed + n, use_cases=[uc])
             weights, trials, curve = res.weights, res.trials, res.curve
+            oof = out_of_fold(rec, uc, configured, share / 2, seed + n)
         else:
             weights, trials, curve = dict(configured), 1, []
         served = rec.recall(weights, uc)
@@ -261,12 +279,30 @@ def choose_blends(rec: Recorded, configured: dict, configured_lambda: float, *, 
         lam = max(mmr, key=lambda x: (mmr[x], x))
         best = max(single, key=lambda x: (single[x], -SOURCES.index(x)))
         chosen = "tuned" if tune else "configured"
-        if served + 1e-12 < single[best]:
-            # the blend does not reach its best part here: serve that part alone, and say so
+        if served + 1e-12 < single[best] or (oof is not None and oof["blend"] + 1e-12 < oof["single"]):
+            # the blend does not reach its best part here (or does only on the requests it was
+            # tuned on): serve that part alone, and say so
             weights, lam, served, chosen = {s: float(s == best) for s in SOURCES}, 1.0, single[best], f"best_single:{best}"
         out[uc] = UseCaseChoice({s: float(weights.get(s, 0.0)) for s in SOURCES}, float(lam), chosen, served, single,
-                                mmr, trials, curve)
+                                mmr, trials, curve, oof)
     return out
+
+
+def out_of_fold(rec: Recorded, uc: str, start: dict, budget_seconds: float, seed: int = 0) -> dict:
+    """Two-fold estimate of what tuning is worth on ``uc``: weights searched on one half of the
+    requests and the best single source picked on that half, both scored on the other half
+    (mean of the two ways). A search that only fits its own requests shows here."""
+    halves = [rec.half(uc, 0), rec.half(uc, 1)]
+    blend = single = 0.0
+    for a, b in ((0, 1), (1, 0)):
+        A, B = halves[a], halves[b]
+        if A.seg[uc].size < 2 or B.seg[uc].size < 2:
+            return {"blend": 0.0, "single": 0.0}
+        w = search(A, start, {}, budget_seconds / 2, seed=seed, use_cases=[uc]).weights
+        s_a = max(SOURCES, key=lambda s: (A.recall({s: 1.0}, uc), -SOURCES.index(s)))
+        blend += B.recall(w, uc) / 2
+        single += B.recall({s_a: 1.0}, uc) / 2
+    return {"blend": round(blend, 5), "single": round(single, 5)}
 
 
 def gate(choices: dict, min_ratio_over_popularity: float = 1.0) -> dict:
@@ -275,6 +311,7 @@ def gate(choices: dict, min_ratio_over_popularity: float = 1.0) -> dict:
     model costs its weight, not the release."""
     per = {uc: {"served": round(c.served, 5), "popularity": round(c.single["popularity"], 5),
                 "best_single": c.best_single, "best_single_value": round(c.single[c.best_single], 5), "chosen": c.chosen,
+                "out_of_fold": c.out_of_fold,
                 "passed": c.served + 1e-12 >= c.single["popularity"] * min_ratio_over_popularity}
            for uc, c in choices.items()}
     failed = [uc for uc, g in per.items() if not g["passed"]]
@@ -294,5 +331,86 @@ def apply_tuned(topn_config, artifacts):
     if not meta.get("tuned"):
         return topn_config
     blend = type(topn_config.blend).model_validate({**topn_config.blend.model_dump(), **meta["weights"]})
-    request = type(topn_config.request).model_validate({**topn_config.request.model_dump(), "mmr_lambda": meta["mmr_lambda"]})
+    h = meta.get("hyperparameters") or {}
+    request = type(topn_config.request).model_validate({**topn_config.request.model_dump(), "mmr_lambda": meta["mmr_lambda"],
+                                                        **({"recent_weight": h["recent_weight"]} if "recent_weight" in h else {})})
     return topn_config.model_copy(update={"blend": blend, "request": request})
+
+
+def apply_tuned_fit(config, artifacts):
+    """The ALS (``ALSParams``) or interaction-matrix (``MatrixParams``) config with the
+    regularization/alpha or history decay the last evaluation chose on its validation window
+    (artifact ``tuned_blend``); else unchanged. The models stage fits before the evaluation
+    runs, so a run fits with the previous evaluation's choice, and the evaluation searches
+    from there: the assets record what they fit with, and the contract carries that."""
+    from recs_assets import modeling
+
+    try:
+        meta = artifacts.meta("tuned_blend")
+    except FileNotFoundError:
+        return config
+    h = meta.get("hyperparameters") or {}
+    if not meta.get("tuned") or not h:
+        return config
+    if isinstance(config, modeling.ALSParams):
+        return config.model_copy(update={"regularization": float(h["als_regularization"]), "alpha": float(h["als_alpha"])})
+    if isinstance(config, modeling.MatrixParams):
+        return config.model_copy(update={"decay_days": float(h["decay_days"])})
+    raise TypeError(f"no tuned values for a {type(config).__name__}")
+
+
+# ----------------------------------------------------------------------------- hyperparameters
+# (name, multiplicative steps tried from the current value), in the order the search visits them:
+# request-time first (no re-fit), then the ALS fit, then the history decay (matrix and ALS re-fit).
+HYPER_STEPS = (("recent_weight", (0.5, 2.0)), ("als_regularization", (1 / 3, 3.0)), ("als_alpha", (1 / 3, 3.0)),
+               ("decay_days", (1 / 3, 3.0)))
+
+
+def hyperparameters_of(cfg) -> dict:
+    """The tuned hyperparameters' values in an evaluation ``Configs``."""
+    return {"recent_weight": cfg.topn.request.recent_weight, "als_regularization": cfg.als.regularization,
+            "als_alpha": cfg.als.alpha, "decay_days": cfg.matrix.decay_days}
+
+
+def with_hyperparameters(cfg, h: dict):
+    """A copy of ``cfg`` (evaluation ``Configs``) with the hyperparameters ``h``."""
+    topn = cfg.topn.model_copy(update={"request": cfg.topn.request.model_copy(update={"recent_weight": float(h["recent_weight"])})})
+    return dataclasses.replace(
+        cfg, topn=topn,
+        als=cfg.als.model_copy(update={"regularization": float(h["als_regularization"]), "alpha": float(h["als_alpha"])}),
+        matrix=cfg.matrix.model_copy(update={"decay_days": float(h["decay_days"])}))
+
+
+def blend_value(rec: Recorded, start: dict, use_case_weights: dict, scale: dict, budget_seconds: float) -> tuple[float, dict]:
+    """How good models are for serving: each use case's blend searched briefly (MMR off, with
+    its best-single fallback), the objective over use cases against the fixed ``scale``."""
+    choices = choose_blends(rec, start, 1.0, tune=True, budget_seconds=budget_seconds)
+    per = {uc: c.served for uc, c in choices.items()}
+    return objective(per, use_case_weights, scale), per
+
+
+def search_hyperparameters(evaluate, start: dict, budget_seconds: float) -> dict:
+    """Coordinate search over ``HYPER_STEPS`` from ``start``: ``evaluate(h) -> value`` (a
+    re-fit, a replay and a short blend search each, so few trials fit the budget). A trial is
+    begun only while budget remains. Returns ``{"chosen", "start", "value", "trials": [(h, value, seconds)]}``."""
+    t_end = time.perf_counter() + budget_seconds
+    trials: list = []
+
+    def run(h: dict) -> float:
+        t = time.perf_counter()
+        v = float(evaluate(h))
+        trials.append(({k: round(x, 6) for k, x in h.items()}, round(v, 5), round(time.perf_counter() - t, 1)))
+        return v
+
+    best = dict(start)
+    best_v = run(best)
+    for name, steps in HYPER_STEPS:
+        for f in steps:
+            if time.perf_counter() >= t_end:
+                break
+            cand = {**best, name: best[name] * f}
+            v = run(cand)
+            if v > best_v + 1e-9:
+                best, best_v = cand, v
+                break  # a step that helps is kept; the opposite direction is not tried
+    return {"chosen": best, "start": dict(start), "value": best_v, "trials": trials}

@@ -89,8 +89,14 @@ def test_recorded_replay_is_the_served_answer(sessions_data):
 @pytest.mark.parametrize("shape", ["sessions", "ratings"])
 def test_protocol_tunes_on_validation_and_reports_the_test_split(shape, sessions_data):
     events, catalog, emb = sessions_data if shape == "sessions" else _frames("ratings", users=300, items=120, events=8_000)
-    s = ev.Settings(cut=None, valid_days=30, max_users=40, recent_events=5, budget_seconds=1.0, mmr_lambdas=(1.0, 0.8))
+    s = ev.Settings(cut=None, valid_days=30, max_users=40, recent_events=5, budget_seconds=1.0, mmr_lambdas=(1.0, 0.8),
+                    hyper_budget_seconds=0.01 if shape == "sessions" else 0.0)
     out = ev.run(events, catalog, emb, _small_configs(), s)
+    if shape == "sessions":  # one trial (the configured values) within a tiny budget, and what is served says so
+        h = out.info["hyperparameters"]
+        assert len(h["trials"]) >= 1 and h["chosen"] == out.served["hyperparameters"] == h["trials"][0][0]
+    else:
+        assert "hyperparameters" not in out.info
     test = out.table.filter(pl.col("split") == "test")
     assert set(test["model"].unique()) == {*SOURCES, "served"}
     assert {"homepage", "cold_start"} <= set(test["use_case"].unique())
@@ -130,3 +136,23 @@ def test_tuned_values_reach_the_top_n_config(tmp_path):
     assert got.blend.weights() == weights and got.request.mmr_lambda == 1.0 and got.n == cfg.n
     store.save("tuned_blend", meta={"weights": weights, "mmr_lambda": 1.0, "source": "configured", "tuned": False})
     assert tuning.apply_tuned(cfg, store) == cfg
+
+
+def test_hyperparameter_search_keeps_a_step_that_helps_and_the_fit_assets_apply_it(tmp_path):
+    from recs_assets import modeling
+    from recs_assets.resources import ArtifactStore
+
+    start = {"recent_weight": 1.0, "als_regularization": 3.0, "als_alpha": 3.0, "decay_days": 90.0}
+    # a made-up validation objective peaking at regularization 1, decay 270 (recent_weight indifferent)
+    value = lambda h: -abs(h["als_regularization"] - 1.0) - abs(h["decay_days"] - 270.0) / 100  # noqa: E731
+    found = tuning.search_hyperparameters(value, start, budget_seconds=60)
+    assert found["chosen"] == {**start, "als_regularization": 1.0, "decay_days": 270.0}
+    assert found["trials"][0][0] == start and len(found["trials"]) >= 5
+    assert tuning.search_hyperparameters(value, start, budget_seconds=0)["chosen"] == start  # no budget: one trial
+
+    store = ArtifactStore(root=str(tmp_path))
+    als, matrix = modeling.ALSParams(), modeling.MatrixParams()
+    assert tuning.apply_tuned_fit(als, store) == als  # no evaluation yet
+    store.save("tuned_blend", meta={"tuned": True, "hyperparameters": found["chosen"]})
+    assert tuning.apply_tuned_fit(als, store).regularization == 1.0 and tuning.apply_tuned_fit(als, store).factors == als.factors
+    assert tuning.apply_tuned_fit(matrix, store).decay_days == 270.0

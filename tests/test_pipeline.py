@@ -85,6 +85,10 @@ def test_release_serves_the_tuned_blend(built):
     contract = release_format.read_contract(release_format.open_release(home).manifest)
     assert contract.weights.model_dump() == tuned["weights"]
     assert contract.mmr_lambda == tuned["mmr_lambda"]
+    # every use case's own blend, as the evaluation chose it (the homepage's is the batch table's)
+    assert set(tuned["blends"]) == set(release_format.USE_CASES)
+    for uc, b in tuned["blends"].items():
+        assert contract.blend(uc).model_dump() == b, uc
 
 
 def test_runs_are_named_jobs_and_can_be_re_executed(built):
