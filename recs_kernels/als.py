@@ -283,6 +283,7 @@ def fit(
     solver: str = "cg",
     cg_steps: int = 3,
     callback=None,
+    init=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit implicit ALS. Returns ``(user_factors [n_users, factors], item_factors [n_items,
     factors])``, both float32; score(u, i) = user_factors[u] @ item_factors[i].
@@ -291,6 +292,9 @@ def fit(
     the confidence is 1 + alpha * r_ui. Users and items without interactions get zero rows.
     ``callback(iteration, user_factors, item_factors)``, if given, runs after each iteration
     (used by tests and tuning to watch the loss without refitting).
+    ``init``: ``(user_factors, item_factors)`` to start from instead of the random start (a
+    warm start from a fit on similar data, e.g. an earlier period: a few iterations then reach
+    what a cold fit needs ``iterations`` for); copied, never modified.
     """
     ui = check_csr(user_items, "user_items")
     factors = check_int(factors, "factors", minimum=1)
@@ -308,8 +312,12 @@ def fit(
     rng = np.random.default_rng(seed)
     # Small random start: large enough to break symmetry between factors, small enough that
     # the first user solve is driven by the data rather than by the initialisation.
-    X = (rng.standard_normal((n_users, factors), dtype=np.float32) * 0.01).astype(np.float32)
-    Y = (rng.standard_normal((n_items, factors), dtype=np.float32) * 0.01).astype(np.float32)
+    if init is None:
+        X = (rng.standard_normal((n_users, factors), dtype=np.float32) * 0.01).astype(np.float32)
+        Y = (rng.standard_normal((n_items, factors), dtype=np.float32) * 0.01).astype(np.float32)
+    else:
+        X = check_factors(init[0], "init[0] (user factors)", n_rows=n_users, n_cols=factors).copy()
+        Y = check_factors(init[1], "init[1] (item factors)", n_rows=n_items, n_cols=factors).copy()
     # Empty items never get solved when iterations == 0; keep the contract anyway.
     Y[np.diff(iu.indptr) == 0] = 0.0
     X[np.diff(ui.indptr) == 0] = 0.0
