@@ -86,3 +86,27 @@ def test_pinned_versions_reads_only_matching_manifests(tmp_path):
     (tmp_path / "releases" / "broken").mkdir()
     (tmp_path / "releases" / "broken" / "manifest.json").write_text("{not json")
     assert outputs.pinned_versions(tmp_path, uri, "items") == {4}
+
+
+def test_ann_index_is_built_from_the_row_count_and_finds_the_exact_neighbours(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECS_HOME", str(tmp_path))
+    _inputs(1200)
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(definitions.all_assets, selection=dg.AssetSelection.assets("vector_store"),
+                                resources=definitions.resources, instance=instance,
+                                run_config={"ops": {"vector_store": {"config": {"index_min_rows": 1000}}}})
+    assert result.success
+    assert result.asset_materializations_for_node("vector_store")[0].metadata["ann_index"].value is True
+    tbl = lancedb.connect(str(paths.lancedb_path())).open_table("items")
+    vector_index = [i for i in tbl.list_indices() if "vector" in i.columns]
+    assert vector_index and vector_index[0].index_type == "IvfFlat"
+    assert outputs.ann_index_params(1200)["num_partitions"] == 35
+    E = ArtifactStore().load("catalog_embeddings", "vectors")["vectors"]
+    E = E / np.linalg.norm(E, axis=1, keepdims=True)
+    ids = tbl.to_arrow()["item_id"].to_pylist()
+    hits = 0
+    for q in range(0, 1200, 60):
+        got = tbl.search(E[q]).metric("cosine").nprobes(35).limit(10).to_arrow()["item_id"].to_pylist()
+        exact = [ids[j] for j in np.argsort(-(E @ E[q]))[:10]]
+        hits += len(set(got) & set(exact))
+    assert hits == 10 * 20  # every partition probed: flat partitions are exact
