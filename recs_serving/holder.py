@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ S = TypeVar("S")
 
 RELOAD_SIGNAL = "reload-generation"  # under RECS_HOME/serving-cache: bumped by an admin reload
 SIGNAL_POLL_S = 0.2  # how often watchers look at it (one stat); CURRENT keeps its own interval
+LOAD_SWITCH_INTERVAL_S = 0.0005
 
 
 _atexit_registered = False
@@ -168,6 +170,10 @@ class ReleaseHolder(Generic[S]):
                 return False
         was_enabled = gc.isenabled()
         gc.disable()  # no full collection over two releases' objects while loading
+        # While this thread maps and warms, a request thread wanting the GIL gets it within
+        # 0.5 ms instead of the default 5 ms switch interval.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, LOAD_SWITCH_INTERVAL_S))
         try:
             rel = self._load(name)
             new = self.prepare(rel)
@@ -176,6 +182,7 @@ class ReleaseHolder(Generic[S]):
             self._refuse(name, fp, reason, exc)
             return False
         finally:
+            sys.setswitchinterval(interval)
             if was_enabled:
                 gc.enable()
         if rel.path.name != name or rel.version != name:

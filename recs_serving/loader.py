@@ -167,8 +167,12 @@ def _lookup(col: pa.ChunkedArray, value_set: pa.Array, index: dict | None = None
         parts = []
         for chunk in col.chunks:
             dic = _as_str(chunk.dictionary).to_pylist()
-            get = index.get
-            pos = np.fromiter((get(v, -1) for v in dic), dtype=np.int64, count=len(dic))
+            many = getattr(index, "get_many", None)  # CompactIndex: one vectorised binary search
+            if many is not None:
+                pos = many(dic)
+            else:
+                get = index.get
+                pos = np.fromiter((get(v, -1) for v in dic), dtype=np.int64, count=len(dic))
             idx = chunk.indices.fill_null(0).to_numpy(zero_copy_only=False)
             out = pos[idx] if pos.size else np.full(idx.size, -1, np.int64)
             if chunk.null_count:
@@ -221,17 +225,35 @@ def _log_norm(x: np.ndarray) -> np.ndarray:
 def _array(rf: ReleaseFiles, name: str, rows: int, mmap: bool, dtype=np.float32) -> np.ndarray | None:
     if not (rf.path / f"{name}.npy").exists():
         return None
-    arr = rf.array(name, mmap=mmap)
+    arr = rf.array(name, mmap=True)
     if arr.ndim != 2 or arr.shape[0] != rows:
         log.warning("release %s: %s has shape %s, expected %d rows; ignored", rf.version, name, arr.shape, rows)
         return None
-    if not mmap:
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if not np.isfinite(arr).all():
-            arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
-        if dtype != np.float32:
-            arr = arr.astype(dtype)
-    return arr
+    if mmap:
+        return arr
+    return _read_blocks(rf.path / f"{name}.npy", arr.shape, arr.dtype, dtype)
+
+
+def _read_blocks(path: Path, shape: tuple, src_dtype, dtype, block_bytes: int = 16 << 20) -> np.ndarray:
+    """A 2-D ``.npy`` file read block by block into a ``dtype`` array, non-finite values as 0:
+    only one block of the file's own dtype is held at a time (1M users x 64 float32 factors
+    read whole and then cast to float16 was 450 MB at once)."""
+    out = np.empty(shape, dtype)
+    rows, cols = shape
+    step = max(1, block_bytes // max(1, cols * np.dtype(src_dtype).itemsize))
+    with open(path, "rb") as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        _, fortran, _ = header(fh)  # leaves the file at the data
+        if fortran:
+            return np.nan_to_num(np.load(path).astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0).astype(dtype)
+        for a in range(0, rows, step):
+            n = min(step, rows - a)
+            blk = np.fromfile(fh, dtype=src_dtype, count=n * cols).reshape(n, cols).astype(np.float32, copy=False)
+            if not np.isfinite(blk).all():
+                blk = np.nan_to_num(blk, nan=0.0, posinf=0.0, neginf=0.0)
+            out[a:a + n] = blk
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -270,7 +292,7 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
     hist["buyers"] = Adjacency(*(spill(f"buyers.{p}", getattr(hist["buyers"], p)) for p in ("indptr", "indices", "scores")))
     # The loader needed a dict for its vectorised lookups; serving needs one probe per request.
     # A sorted bytes array answers that in O(log n) at a tenth of the memory of 1M Python strings.
-    if n_users > COMPACT_IDS_ABOVE:
+    if n_users > COMPACT_IDS_ABOVE and not isinstance(user_ids, CompactIds):
         compact_ids = CompactIds.build(user_arr)
         if compact_ids is not None:
             user_ids, user_index = compact_ids, CompactIndex(compact_ids)
@@ -367,6 +389,12 @@ def read_users(rf: ReleaseFiles):
     if "idx" in users.column_names:
         users = users.sort_by("idx")
     user_arr = _as_str(users.column("user_id")).combine_chunks()
+    if len(user_arr) > COMPACT_IDS_ABOVE:
+        # Sorted bytes from the start: 1M Python strings and their dict (~200 MB) were most of
+        # the cache builder's peak while it read the top-N and history tables.
+        compact_ids = CompactIds.build(user_arr)
+        if compact_ids is not None:
+            return user_arr, compact_ids, CompactIndex(compact_ids)
     user_ids = user_arr.to_pylist()
     return user_arr, user_ids, {s: i for i, s in enumerate(user_ids)}
 
@@ -376,9 +404,8 @@ def read_history(rf: ReleaseFiles, n_users: int, n_items: int, user_arr, user_in
     and the item -> buyers adjacency."""
     hu, hi, hw, hp = _stream_columns(
         rf, "user_items", [("user_id", user_arr, user_index), ("item_id", item_arr, item_index)],
-        [("weight", np.float32, 1.0), ("purchases", np.float64, 1.0)],
+        [("weight", np.float32, 1.0), ("purchases", np.float32, 1.0)],
     )
-    hi = hi.astype(np.int32)
     hp = hp > 0
     order = np.lexsort((hi, hu))
     hu, hi, hw, hp = hu[order], hi[order], np.clip(np.nan_to_num(hw[order]), 0, None), hp[order]
@@ -546,10 +573,10 @@ def _stream_columns(rf: ReleaseFiles, name: str, id_cols: list, num_cols: list, 
         for m in mapped:
             ok &= m >= 0
         for j, m in enumerate(mapped):
-            parts[j].append(m[ok].astype(np.int64))
+            parts[j].append(m[ok].astype(np.int32))  # positions: half the builder's memory of int64
         for j, (c, dt, default) in enumerate(num_cols):
             parts[len(id_cols) + j].append(_num(t, c, dt, default)[ok])
-    return [np.concatenate(p) if p else np.zeros(0, np.int64 if j < len(id_cols) else num_cols[j - len(id_cols)][1])
+    return [np.concatenate(p) if p else np.zeros(0, np.int32 if j < len(id_cols) else num_cols[j - len(id_cols)][1])
             for j, p in enumerate(parts)]
 
 

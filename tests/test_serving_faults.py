@@ -535,3 +535,20 @@ def test_swap_maps_the_derived_state_and_derives_nothing(base_home, tmp_path, mo
     assert [va.info(i) for i in items] == [vb.info(i) for i in items]
     rec.close()
     plain.close()
+
+
+def test_compact_user_ids_from_the_start_load_the_same_release(base_home, monkeypatch):
+    """Above COMPACT_IDS_ABOVE users the loader maps user ids through sorted bytes from the
+    start (no 1M-entry dict in the cache builder): same arrays as the dict path."""
+    from recs_serving import loader
+    from recs_serving import release as rf
+
+    name = rf.current_version(base_home)
+    plain = loader.load_release(base_home, name)
+    monkeypatch.setattr(loader, "COMPACT_IDS_ABOVE", 0)
+    compact = loader.load_release(base_home, name)
+    assert isinstance(compact.user_index, loader.CompactIndex) and isinstance(plain.user_index, dict)
+    for f in ("topn_ids", "topn_scores", "hist_indptr", "hist_items", "hist_weight", "als_user"):
+        np.testing.assert_array_equal(getattr(compact, f), getattr(plain, f))
+    np.testing.assert_array_equal(compact.buyers.indices, plain.buyers.indices)
+    assert list(compact.user_ids) == list(plain.user_ids)
