@@ -362,6 +362,7 @@ def apply_tuned_fit(config, artifacts):
 # ----------------------------------------------------------------------------- hyperparameters
 # (name, multiplicative steps tried from the current value), in the order the search visits them:
 # request-time first (no re-fit), then the ALS fit, then the history decay (matrix and ALS re-fit).
+HYPER_USE_CASES = ("homepage", "session")  # what the trials replay
 HYPER_STEPS = (("recent_weight", (0.5, 2.0)), ("als_regularization", (1 / 3, 3.0)), ("als_alpha", (1 / 3, 3.0)),
                ("decay_days", (1 / 3, 3.0)))
 
@@ -392,21 +393,22 @@ def blend_value(rec: Recorded, start: dict, use_case_weights: dict, scale: dict,
 def search_hyperparameters(evaluate, start: dict, budget_seconds: float) -> dict:
     """Coordinate search over ``HYPER_STEPS`` from ``start``: ``evaluate(h) -> value`` (a
     re-fit, a replay and a short blend search each, so few trials fit the budget). A trial is
-    begun only while budget remains. Returns ``{"chosen", "start", "value", "trials": [(h, value, seconds)]}``."""
-    t_end = time.perf_counter() + budget_seconds
+    begun only while budget remains; the budget is this process's CPU seconds, so a loaded
+    machine does not get fewer trials. Returns ``{"chosen", "start", "value", "trials": [(h, value, seconds)]}``."""
+    t_end = time.process_time() + budget_seconds
     trials: list = []
 
     def run(h: dict) -> float:
-        t = time.perf_counter()
+        t = time.process_time()
         v = float(evaluate(h))
-        trials.append(({k: round(x, 6) for k, x in h.items()}, round(v, 5), round(time.perf_counter() - t, 1)))
+        trials.append(({k: round(x, 6) for k, x in h.items()}, round(v, 5), round(time.process_time() - t, 1)))
         return v
 
     best = dict(start)
     best_v = run(best)
     for name, steps in HYPER_STEPS:
         for f in steps:
-            if time.perf_counter() >= t_end:
+            if time.process_time() >= t_end:
                 break
             cand = {**best, name: best[name] * f}
             v = run(cand)

@@ -27,7 +27,7 @@ SMALL = {
         "bpr_factors": {"config": {"factors": 16, "iterations": 100}},
         "frequent_itemsets": {"config": {"min_support": 0.02}},
         "batch_topn": {"config": {"n": 20}},
-        "evaluation": {"config": {"max_users": 100, "budget_seconds": 2}},
+        "evaluation": {"config": {"max_users": 100, "budget_seconds": 2, "hyper_budget_seconds": 2}},
     }
 }
 
@@ -89,6 +89,8 @@ def test_release_serves_the_tuned_blend(built):
     assert set(tuned["blends"]) == set(release_format.USE_CASES)
     for uc, b in tuned["blends"].items():
         assert contract.blend(uc).model_dump() == b, uc
+    # the hyperparameters it chose: recent_weight at request time now; ALS/decay for the next fits
+    assert contract.recent_weight == tuned["hyperparameters"]["recent_weight"]
 
 
 def test_runs_are_named_jobs_and_can_be_re_executed(built):
