@@ -64,10 +64,15 @@ def child(home: str, config_path: str, result_path: str) -> int:
     stop = threading.Event()
 
     def sampler():
-        while not stop.is_set():
-            t = os.times()
-            samples.append((time.time(), t.user + t.system, _rss_bytes()))
-            stop.wait(SAMPLE_S)
+        # Also on disk, so a run stopped before it ends can still be reported (--partial).
+        with open(result_path + ".samples", "w") as f:
+            while not stop.is_set():
+                t = os.times()
+                samples.append((time.time(), t.user + t.system, _rss_bytes()))
+                f.write("%.3f %.3f %d\n" % samples[-1])
+                if len(samples) % 50 == 0:
+                    f.flush()
+                stop.wait(SAMPLE_S)
 
     th = threading.Thread(target=sampler, daemon=True)
     th.start()
@@ -89,18 +94,33 @@ def child(home: str, config_path: str, result_path: str) -> int:
         t1 = time.time()
         stop.set()
         th.join()
-        steps = []
-        run_ids = list(runs.values()) or [r.run_id for r in instance.get_runs()]
-        for run_id in run_ids:
-            starts = {}
-            for e in instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS,
-                                                        dg.DagsterEventType.STEP_FAILURE}):
-                et = e.dagster_event.event_type
-                if et == dg.DagsterEventType.STEP_START:
-                    starts[e.step_key] = e.timestamp
-                elif e.step_key in starts:
-                    steps.append({"step": e.step_key, "start": starts.pop(e.step_key), "end": e.timestamp,
-                                  "ok": et == dg.DagsterEventType.STEP_SUCCESS})
+        steps = _steps(instance, list(runs.values()) or [r.run_id for r in instance.get_runs()])
+    t = os.times()
+    res = {"total_wall": t1 - t0, "total_cpu": t.user + t.system, "peak_rss": _hwm_bytes(),
+           "steps": _per_step(steps, samples), "error": error}
+    with open(result_path, "w") as f:
+        json.dump(res, f)
+    return 0 if error is None else 1
+
+
+def _steps(instance, run_ids) -> list[dict]:
+    import dagster as dg
+
+    steps = []
+    for run_id in run_ids:
+        starts = {}
+        for e in instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS,
+                                                    dg.DagsterEventType.STEP_FAILURE}):
+            et = e.dagster_event.event_type
+            if et == dg.DagsterEventType.STEP_START:
+                starts[e.step_key] = e.timestamp
+            elif e.step_key in starts:
+                steps.append({"step": e.step_key, "start": starts.pop(e.step_key), "end": e.timestamp,
+                              "ok": et == dg.DagsterEventType.STEP_SUCCESS})
+    return steps
+
+
+def _per_step(steps: list[dict], samples: list) -> list[dict]:
     out = []
     for s in steps:
         inside = [x for x in samples if s["start"] <= x[0] <= s["end"]]
@@ -111,12 +131,35 @@ def child(home: str, config_path: str, result_path: str) -> int:
         peaks = [x[2] for x in inside] + ([before[-1][2]] if before else [])
         peak = max(peaks) if peaks else 0
         out.append({**s, "wall": s["end"] - s["start"], "cpu": cpu1 - cpu0, "peak_rss": peak})
-    t = os.times()
-    res = {"total_wall": t1 - t0, "total_cpu": t.user + t.system, "peak_rss": _hwm_bytes(), "steps": out,
-           "error": error}
-    with open(result_path, "w") as f:
-        json.dump(res, f)
-    return 0 if error is None else 1
+    return out
+
+
+def partial(home: str) -> int:
+    """The table of a run that was stopped (or is still running): its finished steps, from the
+    home's Dagster event log and the samples file the child keeps writing."""
+    import dagster as dg
+
+    os.environ.update({"DAGSTER_HOME": str(Path(home) / "dagster"),
+                       "RECS_DAGSTER_STORAGE": str(Path(home) / "dagster" / "storage"),
+                       "RECS_DAGSTER_LOGS": str(Path(home) / "dagster" / "logs")})
+    samples_files = sorted(Path(home).glob("bench-result-*.json.samples"), key=lambda p: p.stat().st_mtime)
+    if not samples_files:
+        print(f"no samples file under {home}")
+        return 1
+    samples = []
+    for line in samples_files[-1].read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            samples.append((float(parts[0]), float(parts[1]), int(parts[2])))
+    with dg.DagsterInstance.get() as instance:
+        steps = [s for s in _steps(instance, [r.run_id for r in instance.get_runs()]) if s["start"] >= samples[0][0]]
+    res = {"total_wall": samples[-1][0] - samples[0][0], "total_cpu": samples[-1][1], "peak_rss": max(x[2] for x in samples),
+           "steps": _per_step(steps, samples), "error": "partial: finished steps only",
+           "load_before": os.getloadavg(), "load_after": os.getloadavg()}
+    res["stages"] = _stages(res)
+    print_run(Path(home).name, "partial", res)
+    print(json.dumps(res["stages"]))
+    return 0
 
 
 # ------------------------------------------------------------------------- parent
@@ -148,6 +191,11 @@ def run_once(home: Path, config: Path, log_path: Path) -> dict:
     res = json.loads(result.read_text())
     res["process_wall"] = wall
     res["load_before"], res["load_after"] = load0, os.getloadavg()
+    res["stages"] = _stages(res)
+    return res
+
+
+def _stages(res: dict) -> dict:
     stages: dict[str, dict] = {}
     for s in res["steps"]:
         st = stages.setdefault(stage_of(s["step"]), {"wall": 0.0, "cpu": 0.0, "peak_rss": 0, "steps": 0})
@@ -157,8 +205,7 @@ def run_once(home: Path, config: Path, log_path: Path) -> dict:
         st["steps"] += 1
     stages["other"] = {"wall": max(0.0, res["total_wall"] - sum(v["wall"] for v in stages.values())),
                        "cpu": None, "peak_rss": None, "steps": 0}
-    res["stages"] = stages
-    return res
+    return stages
 
 
 def gib(b) -> str:
@@ -206,11 +253,15 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None, help="data and homes go here (default: a temp dir, removed)")
     ap.add_argument("--keep", action="store_true", help="keep data and homes")
     ap.add_argument("--no-warm", action="store_true", help="skip the warm run")
+    ap.add_argument("--reuse-data", action="store_true", help="keep data already generated in the work dir (same seed)")
     ap.add_argument("--out", default="bench_pipeline.json", help="JSON results")
+    ap.add_argument("--partial", metavar="HOME", help="print the finished steps of a stopped or running run in HOME")
     ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
         return child(*args._child)
+    if args.partial:
+        return partial(args.partial)
     import yaml
 
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
@@ -228,10 +279,11 @@ def main(argv=None) -> int:
 
             shutil.rmtree(home)
         t = time.time()
-        subprocess.run([sys.executable, "-m", "recs_assets.synthetic", "--users", str(n), "--items", str(n_items),
-                        "--events", str(n_events), "--seed", "0", "--out", str(data)],
-                       check=True, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)},
-                       stdout=subprocess.DEVNULL)
+        if not (args.reuse_data and (data / "catalog.parquet").exists()):
+            subprocess.run([sys.executable, "-m", "recs_assets.synthetic", "--users", str(n), "--items", str(n_items),
+                            "--events", str(n_events), "--seed", "0", "--out", str(data)],
+                           check=True, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)},
+                           stdout=subprocess.DEVNULL)
         t_gen = time.time() - t
         print(f"\n{label(n)}: {n:,} users x {n_items:,} items x {n_events:,} events generated in {t_gen:.1f}s")
         config = work / f"config-{label(n)}.yaml"
