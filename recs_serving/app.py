@@ -99,7 +99,7 @@ def customers(request: Request, item_id: ItemPath, k: KQuery = 20) -> ExplainedC
 @post("/v1/recommend/batch", sync_to_thread=False, status_code=200, tags=["recommendations"], summary="Recommendations for many users at once")
 def recommend_batch(request: Request, data: BatchBody) -> ExplainedBatchResponse:
     rec = _rec(request)
-    return explain.enrich_batch(rec.recommend_batch(data, wire=True), rec)  # type: ignore[return-value]
+    return explain.enrich_batch(rec.recommend_batch(data, as_dict=True), rec)  # type: ignore[return-value]
 
 
 @get("/v1/release", sync_to_thread=False, tags=["operations"], summary="Manifest of the release being served")

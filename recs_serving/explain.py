@@ -72,6 +72,7 @@ class CatalogView:
     popularity: list
     _info: dict = field(default_factory=dict)
     _explained: dict = field(default_factory=dict)  # reason codes -> words
+    _enriched: dict = field(default_factory=dict)  # (item, codes, anchor) -> what enrich_items adds (never mutate)
 
     @staticmethod
     def read(path: Path, version: str) -> "CatalogView":
@@ -325,28 +326,37 @@ def _as_dict(item: Any) -> dict:
 
 def enrich_items(items: list, view: CatalogView, *, anonymous: bool = False, seed: str | None = None,
                  anchors: dict | None = None, own: bool = False) -> list[dict]:
-    """Items (dicts, pydantic models or msgspec structs) as readable dicts. ``anchors``: item ->
-    the customer's purchase behind a ``for_you`` pick (see ``taste_anchors``)."""
+    """Items (dicts, pydantic models or msgspec structs) as readable dicts (new ones: the input
+    is never changed). ``anchors``: item -> the customer's purchase behind a ``for_you`` pick
+    (see ``taste_anchors``). What an item gains (reasons, attributes, explanation) depends only
+    on its id, its codes and its anchor, so it is built once per release and then merged in one
+    step: a batch of 1,000 users x 20 items was ~70 ms of per-item dict work. ``own`` is kept
+    for callers; every answer is a fresh dict either way."""
     out = []
-    cache = view._explained
+    words_of = view._explained
+    made = view._enriched
     info = view.info
     for it in items:
-        d = it if own else _as_dict(it)  # own: fresh dicts of the caller's, updated in place
+        d = it if isinstance(it, dict) else _as_dict(it)
         codes = d.get("reasons") or []
         if anonymous:
             codes = _fix_anonymous(codes, seed)
-        d["reasons"] = list(codes)
-        d.update(info(d["item_id"]))
-        if anchors and "for_you" in codes and d["item_id"] in anchors:  # words only: the codes stay as served
-            codes = codes + [f"because_you_bought:{anchors[d['item_id']]}"]
-        key = tuple(codes)
-        text = cache.get(key)
-        if text is None:
-            text = explain(codes, view)
-            if len(cache) < 200_000:  # bounded: codes name items, so the distinct keys are finite anyway
-                cache[key] = text
-        d["explanation"] = text
-        out.append(d)
+        iid = d["item_id"]
+        anchor = anchors.get(iid) if anchors and "for_you" in codes else None
+        key = (iid, tuple(codes), anchor)
+        tpl = made.get(key)
+        if tpl is None:
+            words = codes + [f"because_you_bought:{anchor}"] if anchor is not None else codes  # words only: codes stay as served
+            wkey = tuple(words)
+            text = words_of.get(wkey)
+            if text is None:
+                text = explain(words, view)
+                if len(words_of) < 200_000:  # bounded: codes name items, so the distinct keys are finite anyway
+                    words_of[wkey] = text
+            tpl = {"reasons": list(codes), **info(iid), "explanation": text}
+            if len(made) < 500_000:
+                made[key] = tpl
+        out.append({**d, **tpl})
     return out
 
 
@@ -371,12 +381,10 @@ def enrich_batch(body: Any, rec) -> dict:
     view = catalog_of(rec, d.get("artifact_version"))
     rel = rec.release
     users = list(d["results"])
-    lists = []
-    for u in users:
-        items = d["results"][u]
-        lists.append([_as_dict(it) for it in items])
-    anchors = taste_anchors_many(rel, users, [[it["item_id"] for it in items] for items in lists])
-    return {**d, "results": {u: enrich_items(items, view, anchors=a, own=True) for u, items, a in zip(users, lists, anchors)}}
+    lists = [d["results"][u] for u in users]
+    anchors = taste_anchors_many(rel, users, [[it["item_id"] if isinstance(it, dict) else it.item_id for it in items]
+                                              for items in lists])
+    return {**d, "results": {u: enrich_items(items, view, anchors=a) for u, items, a in zip(users, lists, anchors)}}
 
 
 def customer_reasons(rel, item_id: str, user_ids: list[str]) -> dict[str, list[str]]:

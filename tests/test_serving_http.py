@@ -260,10 +260,12 @@ def test_malformed_json(client):
 
 
 def test_ops_endpoints(client, recommender):
+    from recs_serving import release as rf_
+
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["artifact_version"] == recommender.version
     rel = client.get("/v1/release").json()
-    assert rel["artifact_version"] == recommender.version and rel["manifest"]["schema_version"] == 2
+    assert rel["artifact_version"] == recommender.version and rel["manifest"]["schema_version"] == rf_.SCHEMA_VERSION
     assert client.post("/v1/recommend", json={"k": 3}).status_code == 200  # counted whatever ran before on this worker
     text = client.get("/metrics").text
     assert 'recs_requests_total{method="POST",route="/v1/recommend",status="200"}' in text
