@@ -86,6 +86,8 @@ def main(argv=None) -> int:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(f"run(): {wall:.1f}s wall, {cpu:.1f}s CPU (this process, all threads); load average {os.getloadavg()[0]:.2f}")
     print("seconds (cumulative marks):", json.dumps(out.info["seconds"]))
+    print("phase seconds:", json.dumps(out.info.get("phase_seconds", {})))
+    print("fit seconds:", json.dumps(out.info.get("fit_seconds", {})))
     if "approximations" in out.info:
         print("approximations:", json.dumps(out.info["approximations"]))
     print("served:", out.served["source"], {k: v for k, v in out.served["weights"].items() if v}, "mmr", out.served["mmr_lambda"])
@@ -98,6 +100,7 @@ def main(argv=None) -> int:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(args.top)
     if args.out:
         Path(args.out).write_text(json.dumps({"wall": wall, "cpu": cpu, "seconds": out.info["seconds"],
+                                              "phase_seconds": out.info.get("phase_seconds"), "fit_seconds": out.info.get("fit_seconds"),
                                               "served": out.served, "test": test.to_dicts(),
                                               "load": os.getloadavg()}, indent=1, default=str))
     return 0

@@ -314,12 +314,38 @@ def fit_rules(events: pl.DataFrame, item_ids: np.ndarray, cfg: Configs) -> tuple
     return rule_columns(itemsets, support, B.shape[0], cfg.rules), f"{len(itemsets)} itemsets from {B.shape[0]} baskets"
 
 
+def fit_sample(events: pl.DataFrame, must: list, max_users: int, seed: int) -> tuple[pl.Series | None, float]:
+    """The users the evaluation's models are fit on: every user when there are at most
+    ``max_users`` (0: no limit), else a seeded sample of ``max_users`` of them that holds every
+    user in ``must`` (the known users the replay asks about). Returns (sorted user ids or None
+    for all, the sampled share): the fit cost stays bounded whatever the number of users."""
+    users = events.filter(pl.col("user_id").is_not_null())["user_id"].unique().sort()
+    if not max_users or users.len() <= max_users:
+        return None, 1.0
+    must_s = pl.Series(list(dict.fromkeys(must)), dtype=pl.String)
+    rest = users.filter(~users.is_in(must_s.implode()))
+    n = max(0, max_users - must_s.len())
+    pick = rest.gather(np.sort(np.random.default_rng(seed).choice(rest.len(), min(n, rest.len()), replace=False)))
+    return pl.concat([must_s, pick]).unique().sort(), max_users / users.len()
+
+
+def in_sample(events: pl.DataFrame, users: pl.Series | None, share: float, seed: int) -> pl.DataFrame:
+    """The events of ``users`` and, at the same ``share``, the guests' baskets (rows without a
+    user, kept whole by basket: co-visitation and rules count them)."""
+    if users is None:
+        return events
+    guest = pl.col("user_id").is_null() & ((pl.col("basket_id").hash(seed) % 1_000_000) < int(share * 1_000_000))
+    return events.filter(pl.col("user_id").is_in(users.implode()) | guest)
+
+
 def fit_period(events: pl.DataFrame, item_ids: np.ndarray, cfg: Configs, as_of: datetime,
-               warm: "PeriodModels | None" = None, warm_fraction: float = WARM_FRACTION) -> PeriodModels:
+               warm: "PeriodModels | None" = None, warm_fraction: float = WARM_FRACTION,
+               all_events: pl.DataFrame | None = None) -> PeriodModels:
     """Every model on ``events`` (all before ``as_of``), ages measured from ``as_of``. With
     ``warm`` (the models of an earlier period, fit on a prefix of ``events``), ALS and BPR start
     from its factors and run a ``warm_fraction`` of their iterations; every other model is exact
-    (they have no iterations to save)."""
+    (they have no iterations to save). ``all_events``: when ``events`` is a sample of the users
+    (``fit_sample``), popularity and trending still count every event (a count needs no fit)."""
     sec: dict = {}
 
     def timed(name, f, *a, **kw):
@@ -338,7 +364,8 @@ def fit_period(events: pl.DataFrame, item_ids: np.ndarray, cfg: Configs, as_of: 
         events=events, item_ids=item_ids, as_of=as_of, cfg=cfg, matrix=m, als=ua, bpr=ub,
         covis=timed("covis", lambda: sp.csr_matrix(modeling.covisitation(events, item_ids, cfg.covis))),
         similarity=timed("item_sim", modeling.user_similarity, events, item_ids, cfg.similarity),
-        popularity=timed("popularity", modeling.popularity_scores, events, item_ids, cfg.popularity.trending_days, as_of=as_of),
+        popularity=timed("popularity", modeling.popularity_scores, events if all_events is None else all_events, item_ids,
+                         cfg.popularity.trending_days, as_of=as_of),
         rules=rules, rules_note=note, notes=notes, seconds=sec,
     )
 
@@ -567,6 +594,7 @@ class Settings:
     min_ratio_over_popularity: float = 1.0
     seed: int = 0
     warm_start: bool = True  # the test split's ALS/BPR start from the validation fit (see fit_period)
+    fit_users: int = 50_000  # the models are fit on at most this many users (fit_sample); 0: all
     warm_fraction: float = WARM_FRACTION
     hyper_budget_seconds: float = 10.0  # CPU s for ALS regularization/alpha, decay, recent_weight: re-fit + replay per trial
     hyper_trial_seconds: float = 1.0  # the short blend search each hyperparameter trial is scored with
@@ -674,7 +702,7 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
     gate = {"passed": True, "reason": "not evaluated"}
     curve: list = []
     truth_of = lambda cases: {uc: [t for _, t in q] for uc, q in cases.queries.items()}  # noqa: E731
-    pm_v = None
+    pm_v = sample = None
     fits: dict = {}
 
     # ---- validation: [cut - valid_days, cut), models fit before it
@@ -685,7 +713,12 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
     if not cases_v.queries or train_v.height == 0:
         gate = {"passed": True, "reason": "no validation requests (" + "; ".join(cases_v.skipped.values()) + "): configured weights served"}
     else:
-        pm_v = fit_period(train_v, items, cfg, vstart)
+        sample, share = fit_sample(train_v, cases_v.topn_users, s.fit_users, s.seed)
+        if sample is not None:
+            info["approximations"] = {"fit_users": f"models fit on {sample.len()} users ({share:.1%}, seeded; every "
+                                                   f"replayed user included) and guest baskets at that share; "
+                                                   f"popularity and trending count every event"}
+        pm_v = fit_period(in_sample(train_v, sample, share, s.seed), items, cfg, vstart, all_events=train_v)
         fits["validation"] = pm_v.seconds
         timings["fit_validation"] = time.perf_counter() - t0
         if s.tune and s.hyper_budget_seconds > 0:
@@ -722,9 +755,16 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
     if cases_t.queries and train_t.height:
         # Warm-started from the validation fit (a prefix of the same events): ALS and BPR run a
         # fraction of their iterations; the notes say so (info["approximations"]).
-        pm_t = fit_period(train_t, items, cfg, cut, warm=pm_v if s.warm_start else None, warm_fraction=s.warm_fraction)
+        sample_t, share_t = fit_sample(train_t, cases_t.topn_users, s.fit_users, s.seed)
+        if sample_t is not None and sample is not None:
+            # the validation's sample (the warm start's users) plus this split's replayed users
+            sample_t = pl.concat([sample, pl.Series(cases_t.topn_users, dtype=pl.String)]).unique().sort()
+        if sample_t is not None:
+            info.setdefault("approximations", {})["test fit_users"] = f"models fit on {sample_t.len()} users"
+        pm_t = fit_period(in_sample(train_t, sample_t, share_t, s.seed), items, cfg, cut,
+                          warm=pm_v if s.warm_start else None, warm_fraction=s.warm_fraction, all_events=train_t)
         fits["test"] = pm_t.seconds
-        info["approximations"] = {f"test {k}": v for k, v in pm_t.notes.items()}
+        info.setdefault("approximations", {}).update({f"test {k}": v for k, v in pm_t.notes.items()})
         timings["fit_test"] = time.perf_counter() - t0
         with ServedReplay(pm_t, catalog, embeddings, cases_t, topn_config(cfg, served["weights"], served["mmr_lambda"])) as rp:
             rec = tuning.record(rp, list(cases_t.queries))

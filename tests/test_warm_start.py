@@ -119,3 +119,16 @@ def test_replay_only_release_answers_like_the_full_release():
             full.set(weights, lam)
             for uc in cases.queries:
                 assert small.answers(uc) == full.answers(uc), (uc, lam)
+
+
+def test_fit_sample_bounds_the_users_and_keeps_every_replayed_user():
+    ev_ = pl.DataFrame({"user_id": [f"u{i}" for i in range(100)] + [None] * 400,
+                        "basket_id": [f"b{i}" for i in range(500)]})
+    assert ev.fit_sample(ev_, ["u1"], 0, 0) == (None, 1.0) and ev.fit_sample(ev_, ["u1"], 100, 0) == (None, 1.0)
+    must = ["u3", "u97", "u50"]
+    users, share = ev.fit_sample(ev_, must, 30, seed=1)
+    assert users.len() == 30 and set(must) <= set(users.to_list()) and share == pytest.approx(0.3)
+    assert users.to_list() == ev.fit_sample(ev_, must, 30, seed=1)[0].to_list()  # seeded
+    kept = ev.in_sample(ev_, users, share, seed=1)
+    known = kept.filter(pl.col("user_id").is_not_null())
+    assert known.height == 30 and 60 < kept.height - 30 < 180  # guests' baskets at about the same share
