@@ -21,7 +21,7 @@ from recs_assets.progress import Progress
 from recs_assets.resources import ArtifactStore, Warehouse
 from recs_assets.tuning import apply_tuned
 from recs_assets import table_meta
-from recs_kernels import blend, candidates, topk
+from recs_kernels import blend, candidates, ivf, topk
 
 GROUP = "outputs"
 DEFAULT_SHARDS = 2
@@ -139,15 +139,22 @@ class TopNConfig(dg.Config):
     n: int = Field(50, ge=1, le=1000, description="Items per user")
     blend: modeling.BlendParams = Field(default_factory=modeling.BlendParams)
     request: modeling.RequestParams = Field(default_factory=modeling.RequestParams)
-    # Dense by default: the candidate path (recs_kernels.candidates) gives the same lists but, with
-    # a full pass over the catalogue per user still in it, measured 1.4x SLOWER (CPU) than dense at
-    # 100K items (benchmarks/bench_topn.py); it pays only once candidates come from an index.
-    exact: bool = Field(True, description="Score every item of the catalogue (dense) instead of candidates: the "
-                                          "factor part's top-C on a low-rank projection, the history's "
-                                          "neighbours and trending, each scored exactly")
-    candidate_rank: int | None = Field(32, ge=1, description="Rank of the projection that picks the factor "
-                                                             "candidates (null: full rank)")
-    n_candidates: int | None = Field(None, ge=1, description="Factor candidates per user (default max(4n, 200))")
+    # The candidate path's cost per user does not grow with the catalogue (an inverted-file index
+    # over the factor part, the history's neighbours, trending; benchmarks/bench_topn.py); dense
+    # costs users x items, so it wins only on small catalogues.
+    exact: bool | None = Field(None, description="Score every item of the catalogue (dense) instead of candidates "
+                                                 "(the nprobe best clusters of an index over the item factors, the "
+                                                 "history's neighbours and trending, each scored exactly); null: "
+                                                 "dense below candidates_min_items items")
+    candidates_min_items: int = Field(30_000, ge=1, description="Catalogue size from which the candidate path runs "
+                                                                "when exact is null")
+    nprobe: int = Field(8, ge=1, description="Index clusters scanned per user (candidate path)")
+    cluster_size: int = Field(256, ge=8, description="Mean items per index cluster (candidate path)")
+    max_support: int = Field(50, ge=0, description="Neighbour-part items scored per user beyond the scanned "
+                                                   "clusters, most promising first (candidate path)")
+
+    def dense(self, n_items: int) -> bool:
+        return self.exact if self.exact is not None else n_items < self.candidates_min_items
 
 
 def load_blend(artifacts: ArtifactStore, request: modeling.RequestParams):
@@ -182,13 +189,13 @@ def batch_topn(context: dg.AssetExecutionContext, config: TopNConfig, artifacts:
     rows = np.flatnonzero(shard_of(m.user_ids) == shard)
     bl, ua, ub = load_blend(artifacts, config.request)
     history = blend.cap_history(m.weights[rows], config.request.history_cap)
-    if config.exact:
+    if config.dense(bl.n_items):
         ids, scores = bl.top_k(config.blend.weights(), config.n, als_users=ua[rows], bpr_users=ub[rows],
                                history=history, exclude=m.binary[rows])
     else:
         ids, scores = candidates.top_k(bl, config.blend.weights(), config.n, als_users=ua[rows], bpr_users=ub[rows],
-                                       history=history, exclude=m.binary[rows], rank=config.candidate_rank,
-                                       n_candidates=config.n_candidates,
+                                       history=history, exclude=m.binary[rows], nprobe=config.nprobe,
+                                       cluster_size=config.cluster_size, max_support=config.max_support,
                                        callback=Progress(context.log.info, "top-N", len(rows), unit="users"))
     valid = ids >= 0
     r_idx, c_idx = np.nonzero(valid)
@@ -209,6 +216,10 @@ def batch_topn(context: dg.AssetExecutionContext, config: TopNConfig, artifacts:
 
 class SimilarConfig(dg.Config):
     k: int = Field(20, ge=1, le=500)
+    # exact costs items x items (quadratic); the index costs nprobe * cluster_size per item
+    approx_min_items: int = Field(20_000, ge=1, description="Catalogue size from which an inverted-file index "
+                                                            "(recs_kernels.ivf) replaces the exact all-pairs search")
+    nprobe: int = Field(12, ge=1, description="Index clusters scanned per item (approximate search)")
 
 
 @dg.asset(group_name=GROUP, kinds={"numba", "duckdb"}, deps=["als_factors", "catalog_embeddings"],
@@ -223,7 +234,10 @@ def similar_items(context: dg.AssetExecutionContext, config: SimilarConfig, ware
     parts = []
     for source, M in (("factors", V), ("content", E["vectors"])):
         k = min(config.k, max(1, M.shape[0] - 1))
-        ids, scores = topk.similar(M, k)
+        if M.shape[0] >= config.approx_min_items:
+            ids, scores = ivf.similar(M, k, nprobe=config.nprobe)
+        else:
+            ids, scores = topk.similar(M, k)
         r, c = np.nonzero(ids >= 0)
         parts.append(pl.DataFrame({
             "item_id": pl.Series(item_ids[r], dtype=pl.String), "rank": (c + 1).astype(np.int32),
@@ -231,7 +245,9 @@ def similar_items(context: dg.AssetExecutionContext, config: SimilarConfig, ware
             "score": scores[r, c].astype(np.float32), "source": [source] * len(r)}))
     table = pl.concat(parts)
     n = warehouse.replace_table("similar_items", table)
-    return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "similar_items"), "rows": n, "k": config.k})
+    return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "similar_items"), "rows": n, "k": config.k,
+                                          "search": "exact" if len(item_ids) < config.approx_min_items else
+                                          f"ivf nprobe {config.nprobe}"})
 
 
 ANN_SAMPLE = 32_768  # vectors the partitions' k-means trains on, whatever the catalogue's size

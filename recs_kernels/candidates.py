@@ -1,198 +1,261 @@
-"""Batch top-N by candidates: the blend's exact score on a few hundred items per user instead
-of the whole catalogue.
+"""Batch top-N by candidates: the blend's exact score on a few thousand items per user instead
+of the whole catalogue, so the cost per user does not grow with the catalogue.
 
-The dense blend of a user block is ``Q @ V + row_const + col_const + N`` (``Blend.parts``):
-a factor part, per-user and per-item constants, and a non-negative sparse neighbour part ``N``
-(history @ item-item matrices). Any item outside N's support scores ``D = Q @ V + col_const``
-(+ the row constant), so the top k is always inside
-
-    top-C of D (C >= k)  U  support of N  U  the top trending items
-
-and is EXACT when the top-C of D is exact (N >= 0 can only lift an item). Computing D on the
-whole catalogue is the dense path's cost, so the top-C is taken on a rank-r projection of the
-factor part (PCA of the stacked item factors; r << d makes the GEMM r/d as large) with C a
-few times k; every candidate is then scored exactly, so an approximation only ever misses an
-item whose low-rank score fell below the C-th, never mis-orders the ones it keeps.
-``rank=None`` keeps the full factor dimension (exact, still skips the dense assembly).
+The dense blend of a user is ``D + N + row_const`` (``Blend.parts``): a factor part
+``D = Q . V + col_const`` (factor sources and the per-item vectors such as trending), a
+non-negative neighbour part ``N`` (history @ item-item matrices, z-scored), and a constant.
+Candidates, each scored exactly:
+- the items of the ``nprobe`` clusters of an inverted-file index over the augmented item
+  factors ``[V, col_const]`` whose centroids score highest for the user (``ivf.Index``):
+  where the top of ``D`` lives;
+- the neighbour part's support outside those clusters: the ``max_support`` items with the
+  highest ``N`` + their cluster centroid's score, each only when ``N + max(D scanned)`` can
+  still beat the k-th best score so far;
+- the ``n_extra`` items with the highest ``col_const`` (trending), for every user.
+The neighbour part's z-score statistics (mean and variance over the whole catalogue) are
+computed in full from the history, so every kept score equals the dense one; what the
+candidates can miss is an item of an unprobed cluster (measured: benchmarks/bench_topn.py).
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange
 
-from . import topk
+from . import ivf, topk
 from ._validate import check_csr, check_int
+from .sources import NEIGHBOUR_SOURCES
 
-__all__ = ["Projection", "top_k"]
+__all__ = ["top_k"]
 
-_BLOCK_BYTES = 64 * 1024 * 1024
+_SCAN_BYTES = 64 * 1024 * 1024
 
 
-class Projection:
-    """Rank-r PCA basis of the stacked item factor matrix (d x n_items), uncentred: scores
-    are dot products, so the basis keeps the directions carrying most of ||V||^2."""
+@njit(cache=True)
+def _push(hs, hi, s, j, k):
+    if s > hs[0] or (s == hs[0] and j < hi[0]):
+        hs[0] = s
+        hi[0] = j
+        topk._sift_down(hs, hi, 0, k)
 
-    def __init__(self, Vt: np.ndarray, rank: int | None):
-        d = Vt.shape[0]
-        self.exact = rank is None or rank >= d
-        if self.exact:
-            self.basis = None
-            self.Vrt = np.ascontiguousarray(Vt, dtype=np.float32)
-            return
-        G = np.asarray(Vt @ Vt.T, np.float64)  # d x d; float32 accumulation is ample for a basis
-        _, vecs = np.linalg.eigh(G)
-        self.basis = np.ascontiguousarray(vecs[:, ::-1][:, :rank], dtype=np.float32)  # d x r
-        self.Vrt = np.ascontiguousarray(self.basis.T @ Vt, dtype=np.float32)  # r x n
 
-    def users(self, Q: np.ndarray) -> np.ndarray:
-        return Q if self.exact else np.ascontiguousarray(Q @ self.basis, dtype=np.float32)
+@njit(cache=True)
+def _sort_heap(hs, hi, k):
+    for end in range(k - 1, 0, -1):
+        hs[0], hs[end] = hs[end], hs[0]
+        hi[0], hi[end] = hi[end], hi[0]
+        topk._sift_down(hs, hi, 0, end)
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _dot(Q, r, X, row):
+    a = np.float32(0.0)
+    for q in range(Q.shape[1]):
+        a += Q[r, q] * X[row, q]
+    return a
 
 
 @njit(cache=True, parallel=True)
-def _add_cols(A, col):
-    n, m = A.shape
-    for r in prange(n):
-        for j in range(m):
-            A[r, j] += col[j]
-
-
-# reassoc lets the dot products vectorise; no nnan/ninf, since -inf marks empty heap slots
-@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
-def _score_candidates(Q, V, col_const, row_const, top_ids, n_ptr, n_idx, n_dat, extra, ex_indptr, ex_indices,
-                      row0, k, n_items, out_ids, out_scores, n_chunks):
-    """Per row: the union of ``top_ids[r]``, the neighbour part's support (CSR n_ptr/n_idx/
-    n_dat, values already weighted) and ``extra`` (global ids), less the excluded items,
-    scored exactly (Q[r] . V[j] + col_const[j] + row_const[r] + N[r, j]); top k into out.
-    V is item-major (n_items x d): a candidate's factors are one contiguous row."""
-    n = top_ids.shape[0]
-    d = Q.shape[1]
+def _candidates_kernel(Q, X, pos, order, offsets, probes, buf, start, cscore, cluster_of, h_ptr, h_idx, h_dat,
+                       s_ptr0, s_idx0, s_dat0, s_ptr1, s_idx1, s_dat1, s_ptr2, s_idx2, s_dat2, s_w,
+                       ex_ptr, ex_idx, row0, extra, row_const, n_items, k, max_support,
+                       seen, acc, nsum, touched, sup, out_ids, out_scores):
+    """Per-thread scratch over the catalogue, touched at random, so kept to three arrays: ``seen``
+    (== the user's row: excluded or already scored), ``acc`` and ``nsum`` (zero outside the
+    user's pass, so a zero means untouched: every product is > 0, the parts being non-negative)."""
+    n, P = probes.shape
+    n_chunks = seen.shape[0]
     per = (n + n_chunks - 1) // n_chunks
     for t in prange(n_chunks):
         lo = t * per
-        hi = min(n, lo + per)
-        if lo >= hi:
-            continue
-        stamp = np.full(n_items, -1, np.int64)  # candidate mark: the row that last added the item
-        acc = np.zeros(n_items, np.float32)  # neighbour part of the current row
-        cand = np.empty(top_ids.shape[1] + extra.shape[0], np.int64)
+        hi_r = min(n, lo + per)
         hs = np.empty(k, np.float32)
-        hi_ids = np.empty(k, np.int32)
-        for r in range(lo, hi):
-            g = row0 + r
-            # excluded items are stamped first so that nothing adds them
-            for p in range(ex_indptr[g], ex_indptr[g + 1]):
-                stamp[ex_indices[p]] = -2 - r
-            nc = 0
-            nn = n_ptr[r + 1] - n_ptr[r]
-            if cand.shape[0] < top_ids.shape[1] + extra.shape[0] + nn:
-                cand = np.empty(top_ids.shape[1] + extra.shape[0] + nn, np.int64)
-            for p in range(n_ptr[r], n_ptr[r + 1]):
-                j = n_idx[p]
-                acc[j] += n_dat[p]
-                if stamp[j] != r and stamp[j] != -2 - r:
-                    stamp[j] = r
-                    cand[nc] = j
-                    nc += 1
-            for a in range(top_ids.shape[1]):
-                j = top_ids[r, a]
-                if j >= 0 and stamp[j] != r and stamp[j] != -2 - r:
-                    stamp[j] = r
-                    cand[nc] = j
-                    nc += 1
-            for a in range(extra.shape[0]):
-                j = extra[a]
-                if stamp[j] != r and stamp[j] != -2 - r:
-                    stamp[j] = r
-                    cand[nc] = j
-                    nc += 1
+        hi = np.empty(k, np.int32)
+        L = max(1, max_support)
+        ls = np.empty(L, np.float32)
+        li = np.empty(L, np.int32)
+        for r in range(lo, hi_r):
+            g = np.int32(row0 + r)
+            for p in range(ex_ptr[g], ex_ptr[g + 1]):
+                seen[t, ex_idx[p]] = g
+            # neighbour part: every source's full row (its z-score needs all of it)
+            rc = row_const[r]
+            nsup = 0
+            for s in range(3):
+                if s_w[s] == 0.0:
+                    continue
+                if s == 0:
+                    sp_, si_, sd_ = s_ptr0, s_idx0, s_dat0
+                elif s == 1:
+                    sp_, si_, sd_ = s_ptr1, s_idx1, s_dat1
+                else:
+                    sp_, si_, sd_ = s_ptr2, s_idx2, s_dat2
+                nt = 0
+                for p in range(h_ptr[r], h_ptr[r + 1]):
+                    i = h_idx[p]
+                    hw = h_dat[p]
+                    for q in range(sp_[i], sp_[i + 1]):
+                        j = si_[q]
+                        c = sd_[q] * hw
+                        if acc[t, j] == 0.0 and c != 0.0:
+                            touched[t, nt] = j
+                            nt += 1
+                        acc[t, j] += c
+                s1 = 0.0
+                s2 = 0.0
+                for a in range(nt):
+                    v = np.float64(acc[t, touched[t, a]])
+                    s1 += v
+                    s2 += v * v
+                mean = s1 / n_items
+                var = s2 / n_items - mean * mean
+                if var > 1e-20:
+                    scale = s_w[s] / np.sqrt(var)
+                    rc -= mean * scale
+                    for a in range(nt):
+                        j = touched[t, a]
+                        if nsum[t, j] == 0.0:
+                            sup[t, nsup] = j
+                            nsup += 1
+                        nsum[t, j] += np.float32(scale * acc[t, j])
+                for a in range(nt):
+                    acc[t, touched[t, a]] = 0.0
             for a in range(k):
                 hs[a] = -np.inf
-                hi_ids[a] = -1
-            for c in range(nc):
-                j = cand[c]
-                s = np.float32(0.0)
-                for q in range(d):
-                    s += Q[r, q] * V[j, q]
-                s = s + col_const[j] + np.float32(row_const[r]) + acc[j]
-                # keep the k best by (score desc, id asc): replace the worst when better
-                if s > hs[0] or (s == hs[0] and j < hi_ids[0]):
-                    hs[0] = s
-                    hi_ids[0] = j
-                    topk._sift_down(hs, hi_ids, 0, k)
-            for p in range(n_ptr[r], n_ptr[r + 1]):
-                acc[n_idx[p]] = 0.0
-            for end in range(k - 1, 0, -1):
-                hs[0], hs[end] = hs[end], hs[0]
-                hi_ids[0], hi_ids[end] = hi_ids[end], hi_ids[0]
-                topk._sift_down(hs, hi_ids, 0, end)
+                hi[a] = -1
+            # the probed clusters: D from the scan, plus N where the item has one
+            dmax = -np.inf
+            for p in range(P):
+                c = probes[r, p]
+                b = start[r, p]
+                o = offsets[c]
+                for a in range(offsets[c + 1] - o):
+                    j = order[o + a]
+                    if seen[t, j] == g:
+                        continue
+                    seen[t, j] = g
+                    dv = buf[b + a]
+                    if dv > dmax:
+                        dmax = dv
+                    _push(hs, hi, np.float32(np.float64(dv) + nsum[t, j]), j, k)
+            # the rest of the support, most promising first: N plus the score of the item's
+            # cluster centroid (the mean D there), scored while it can still reach the top k
+            for a in range(L):
+                ls[a] = -np.inf
+                li[a] = -1
+            for a in range(nsup):
+                j = sup[t, a]
+                if seen[t, j] != g:
+                    _push(ls, li, np.float32(nsum[t, j] + cscore[r, cluster_of[j]]), j, L)
+            for a in range(L):
+                j = li[a]
+                if j < 0 or (hi[0] >= 0 and nsum[t, j] + dmax <= hs[0]):
+                    continue
+                seen[t, j] = g
+                _push(hs, hi, np.float32(_dot(Q, r, X, pos[j]) + nsum[t, j]), j, k)
+            for a in range(extra.shape[0]):
+                j = extra[a]
+                if seen[t, j] == g:
+                    continue
+                seen[t, j] = g
+                _push(hs, hi, np.float32(np.float64(_dot(Q, r, X, pos[j])) + nsum[t, j]), j, k)
+            for a in range(nsup):
+                nsum[t, sup[t, a]] = 0.0
+            _sort_heap(hs, hi, k)
             for a in range(k):
-                out_scores[r, a] = hs[a]
-                out_ids[r, a] = hi_ids[a]
+                out_ids[r, a] = hi[a]
+                out_scores[r, a] = np.float32(hs[a] + rc) if hi[a] >= 0 else -np.inf
+
+
+def _csr_parts(S):
+    if S is None:
+        return np.zeros(2, np.int64), np.zeros(1, np.int32), np.zeros(1, np.float32)
+    return S.indptr.astype(np.int64), S.indices.astype(np.int32, copy=False), S.data
 
 
 def top_k(blend, weights: dict, k: int, *, als_users=None, bpr_users=None, history=None, exclude=None,
-          n_candidates: int | None = None, rank: int | None = 32, extra_ids=None, n_extra: int = 50,
-          block_users: int | None = None, projection: Projection | None = None, callback=None):
-    """Top k per user of ``blend``'s scores (same numbers and order as ``Blend.top_k``) from
-    candidates; see the module docstring.
+          nprobe: int = 16, cluster_size: int = 256, max_support: int = 100, n_extra: int = 50, extra_ids=None,
+          block_users: int | None = None, index: ivf.Index | None = None, seed: int = 0, callback=None):
+    """Top k per user of ``blend``'s scores from candidates (see the module docstring): the
+    same numbers and order as ``Blend.top_k`` for every item it returns.
 
-    n_candidates: C, the factor part's top-C per user (default max(4k, 200)); rank: r of the
-    projection that picks them (None: exact factor part); extra_ids: items every user gets as
-    candidates (default the n_extra highest of the blend's vector part, e.g. trending);
-    callback(done_users, total_users) after each block.
+    nprobe / cluster_size: clusters scanned per user and mean items per cluster of the index
+    (built here unless ``index`` is given, over ``[stacked item factors, col_const]``);
+    max_support: most neighbour-support items scored per user beyond the scanned ones;
+    extra_ids: items every user gets as candidates (default the n_extra highest of the
+    blend's vector part, e.g. trending); callback(done_users, total_users) after each block.
     """
     k = check_int(k, "k", minimum=1)
+    nprobe = check_int(nprobe, "nprobe", minimum=1)
+    max_support = check_int(max_support, "max_support", minimum=0)
     n = next(a.shape[0] for a in (als_users, bpr_users, history, exclude) if a is not None)
     m = blend.n_items
-    C = min(m, check_int(n_candidates if n_candidates is not None else max(4 * k, 200), "n_candidates", minimum=1))
     if exclude is not None:
         exclude = check_csr(exclude, "exclude", shape=(n, m), nonnegative=False)
-        ex_indptr, ex_indices = exclude.indptr.astype(np.int64), exclude.indices.astype(np.int64)
+        ex_ptr, ex_idx = exclude.indptr.astype(np.int64), exclude.indices
     else:
-        ex_indptr, ex_indices = np.zeros(n + 1, np.int64), np.zeros(1, np.int64)
+        ex_ptr, ex_idx = np.zeros(n + 1, np.int64), np.zeros(1, np.int32)
     if history is not None:
         history = sp.csr_matrix(history, dtype=np.float32)
-    block = block_users or max(1, _BLOCK_BYTES // (4 * max(m, 1)))
+    w_all = blend._weights(weights)  # validates, drops zeros
+    w_factor = {s: x for s, x in w_all.items() if s not in NEIGHBOUR_SOURCES}
+    srcs = [(blend.neighbours[s], w_all[s]) if (s in w_all and history is not None) else (None, 0.0)
+            for s in NEIGHBOUR_SOURCES]
+    s_w = np.array([x for _, x in srcs], np.float64)
+    s_parts = [p for S, _ in srcs for p in _csr_parts(S)]
     ids = np.full((n, k), -1, dtype=np.int32)
     scores = np.full((n, k), -np.inf, dtype=np.float32)
-    n_chunks = 64
-    V = None  # item-major stacked factors, for the candidates' exact dot products
+    if n == 0:
+        return ids, scores
+    # Per-thread scratch over the catalogue, touched at random: 32-bit, so that more of it
+    # stays in cache (``seen`` holds the user's row).
+    n_chunks = max(1, numba.get_num_threads())
+    if n >= 2 ** 31 - 1:
+        raise ValueError(f"{n} users in one call: split the batch")
+    seen = np.full((n_chunks, m), -1, np.int32)
+    acc = np.zeros((n_chunks, m), np.float32)  # the dense path's float32 H @ S
+    nsum = np.zeros((n_chunks, m), np.float32)
+    touched = np.empty((n_chunks, m), np.int32)
+    sup = np.empty((n_chunks, m), np.int32)
+
+    def factor_parts(b0, b1):
+        # factor part only: the kernel computes the neighbour part itself (no users x items product)
+        return blend.parts(w_factor, als_users=None if als_users is None else als_users[b0:b1],
+                           bpr_users=None if bpr_users is None else bpr_users[b0:b1],
+                           history=None if history is None else history[b0:b1], n_users=b1 - b0)
+
+    _, names, _, col_const, _ = factor_parts(0, 1)
+    Vt = blend._stacked_items(names) if names else np.zeros((0, m), np.float32)
+    if index is None:
+        index = ivf.Index(np.vstack([Vt, col_const[None, :]]).T, cluster_size=cluster_size, seed=seed)
+    if index.n_items != m or index.d != Vt.shape[0] + 1:
+        raise ValueError(f"index is over {index.n_items} x {index.d}, the blend needs {m} x {Vt.shape[0] + 1}")
+    if extra_ids is None:
+        order = np.lexsort((np.arange(m), -col_const))
+        extra = order[:min(n_extra, m)].astype(np.int64) if np.any(col_const) else np.zeros(0, np.int64)
+    else:
+        extra = np.asarray(extra_ids, np.int64)
+    P = min(nprobe, index.n_clusters)
+    biggest = int(np.sort(np.diff(index.offsets))[-P:].sum())
+    block = block_users or max(1, _SCAN_BYTES // (4 * biggest))
     for b0 in range(0, n, block):
         b1 = min(n, b0 + block)
-        Q, names, row_const, col_const, sparse_parts = blend.parts(
-            weights, als_users=None if als_users is None else als_users[b0:b1],
-            bpr_users=None if bpr_users is None else bpr_users[b0:b1],
-            history=None if history is None else history[b0:b1], n_users=b1 - b0)
         nb = b1 - b0
+        Qf, names, row_const, _, _ = factor_parts(b0, b1)
+        Q = np.empty((nb, index.d), np.float32)
         if names:
-            Vt = blend._stacked_items(names)
-            if projection is None or projection.Vrt.shape[1] != m:
-                projection = Projection(Vt, rank)
-            if V is None:
-                V = np.ascontiguousarray(Vt.T)
-            A = np.matmul(projection.users(Q), projection.Vrt)
-        else:
-            V = np.zeros((m, 1), np.float32)
-            Q = np.zeros((nb, 1), np.float32)
-            A = np.zeros((nb, m), np.float32)
-        _add_cols(A, col_const)
-        top_ids = np.full((nb, C), -1, np.int32)
-        top_sc = np.full((nb, C), -np.inf, np.float32)
-        topk.select_block(A, ex_indptr, ex_indices.astype(np.int32), b0, C, top_ids, top_sc)
-        del A
-        N = sp.csr_matrix((nb, m), dtype=np.float32)
-        for P, scale in sparse_parts:
-            N = N + sp.diags(scale.astype(np.float32)) @ P
-        N = sp.csr_matrix(N, dtype=np.float32)
-        if extra_ids is None:
-            order = np.lexsort((np.arange(m), -col_const))
-            extra = order[:min(n_extra, m)].astype(np.int64) if np.any(col_const) else np.zeros(0, np.int64)
-        else:
-            extra = np.asarray(extra_ids, np.int64)
-        _score_candidates(np.ascontiguousarray(Q, np.float32), V, col_const, row_const, top_ids,
-                          N.indptr.astype(np.int64), N.indices.astype(np.int64), N.data, extra,
-                          ex_indptr, ex_indices, b0, k, m, ids[b0:b1], scores[b0:b1], min(n_chunks, nb))
+            Q[:, :-1] = Qf
+        Q[:, -1] = 1.0
+        probes, cscore = index.probe(Q, P, with_scores=True)
+        buf, start = index.scan(Q, probes)
+        H = history[b0:b1] if history is not None else sp.csr_matrix((nb, m), dtype=np.float32)
+        _candidates_kernel(Q, index.X_sorted, index.pos, index.order, index.offsets, probes, buf, start, cscore,
+                           index.cluster_of,
+                           H.indptr.astype(np.int64), H.indices.astype(np.int32, copy=False), H.data, *s_parts, s_w,
+                           ex_ptr, ex_idx, b0, extra, row_const, m, k, max_support,
+                           seen, acc, nsum, touched, sup,
+                           ids[b0:b1], scores[b0:b1])
         if callback is not None:
             callback(b1, n)
     return ids, scores
