@@ -26,6 +26,11 @@ class EvaluationConfig(dg.Config):
     valid_days: float = Field(30.0, gt=0, description="Validation window [cut - valid_days, cut) the served values are tuned on "
                                                       "(at most half the time before the cut)")
     max_users: int = Field(250, ge=10, description="Seeded sample of requests per use case and split")
+    fit_users: int = Field(50_000, ge=0, description="The evaluation's models are fit on at most this many users (a seeded "
+                                                    "sample holding every replayed user; guests' baskets at the same share): "
+                                                    "its cost stays bounded as the data grows. 0: every user")
+    warm_start: bool = Field(True, description="The test split's ALS/BPR start from the validation fit and run a fifth of "
+                                               "their iterations (recorded under approximations)")
     recent_events: int = Field(10, ge=1, le=200, description="A known user's last events before the period, sent as `recent`")
     tune: bool = Field(True, description="Tune blend weights and MMR lambda on the validation window; else serve the configured ones")
     budget_seconds: float = Field(10.0, ge=0, description="Time for the weight search (the recorded replay is scored per trial)")
@@ -93,6 +98,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, ware
         raise RuntimeError("catalog_embeddings does not match the catalog; re-materialize it")
     cfg = ev.configs_from_artifacts(artifacts)
     settings = ev.Settings(cut=config.cut or None, valid_days=config.valid_days, max_users=config.max_users,
+                           fit_users=config.fit_users, warm_start=config.warm_start,
                            recent_events=config.recent_events, tune=config.tune, budget_seconds=config.budget_seconds,
                            use_case_weights=dict(config.use_case_weights), mmr_lambdas=tuple(config.mmr_lambdas), seed=config.seed,
                            min_ratio_over_popularity=config.min_ratio_over_popularity,
@@ -125,6 +131,9 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, ware
         "requests": dg.MetadataValue.json({"validation": out.info["validation_cases"], "test": out.info["test_cases"]}),
         "configs_used": dg.MetadataValue.json(out.info["configs"]),
         "seconds": dg.MetadataValue.json(out.info["seconds"]),
+        "phase_seconds": dg.MetadataValue.json(out.info.get("phase_seconds", {})),
+        "fit_seconds": dg.MetadataValue.json(out.info.get("fit_seconds", {})),
+        "approximations": dg.MetadataValue.json(out.info.get("approximations", {})),
         **({"error": out.info["error"]} if "error" in out.info else {}),
         **{f"served_{uc}_recall@10": float(v) for uc, v in served_test.items()},
         **({"plot": dg.MetadataValue.md(_plot(out.table))} if test.height else {}),
