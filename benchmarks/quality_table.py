@@ -86,6 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cut", default="", help="ISO date; empty: 90%% of the events before it")
     ap.add_argument("--max-users", type=int, default=250)
     ap.add_argument("--budget", type=float, default=10.0)
+    ap.add_argument("--hyper-budget", type=float, default=None, help="CPU seconds for the hyperparameter search "
+                    "(default: the evaluation's)")
     ap.add_argument("--out", default=None, help="JSON with the table, the served blends, the gate and timings")
     args = ap.parse_args(argv)
 
@@ -94,6 +96,8 @@ def main(argv=None) -> int:
     events, catalog, emb, cfg = from_home(args.home) if args.home else from_data(args.data)
     print(f"{events.height:,} events, {catalog.height:,} items; load average {os.getloadavg()[0]:.2f}", flush=True)
     s = ev.Settings(cut=args.cut or None, max_users=args.max_users, budget_seconds=args.budget)
+    if args.hyper_budget is not None:
+        s.hyper_budget_seconds = args.hyper_budget
     c0, t0 = time.process_time(), time.perf_counter()
     out = ev.run(events, catalog, emb, cfg, s)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -596,7 +596,7 @@ class Settings:
     warm_start: bool = True  # the test split's ALS/BPR start from the validation fit (see fit_period)
     fit_users: int = 50_000  # the models are fit on at most this many users (fit_sample); 0: all
     warm_fraction: float = WARM_FRACTION
-    hyper_budget_seconds: float = 10.0  # CPU s for ALS regularization/alpha, decay, recent_weight: re-fit + replay per trial
+    hyper_budget_seconds: float = 20.0  # CPU s for ALS regularization/alpha, decay, recent_weight: re-fit + replay per trial
     hyper_trial_seconds: float = 1.0  # the short blend search each hyperparameter trial is scored with
 
 
@@ -665,7 +665,7 @@ def tune_hyperparameters(pm: PeriodModels, cfg: Configs, catalog: pl.DataFrame, 
     scale: dict = {}
     fits: dict = {}
     # the use cases these values move (a known user's history, the fold-in of recent events): cheaper trials
-    sub = Cases(queries={uc: q for uc, q in cases.queries.items() if uc in tuning.HYPER_USE_CASES},
+    sub = Cases(queries={uc: q[:tuning.HYPER_REQUESTS] for uc, q in cases.queries.items() if uc in tuning.HYPER_USE_CASES},
                 seeds=cases.seeds, topn_users=cases.topn_users)
     cases = sub if sub.queries else cases
 

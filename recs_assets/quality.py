@@ -42,7 +42,7 @@ class EvaluationConfig(dg.Config):
     min_ratio_over_popularity: float = Field(1.0, gt=0, description="The served objective on validation must exceed "
                                                                     "all-time popularity's times this")
     seed: int = 0
-    hyper_budget_seconds: float = Field(10.0, ge=0, description="CPU seconds for ALS regularization/alpha, history decay "
+    hyper_budget_seconds: float = Field(20.0, ge=0, description="CPU seconds for ALS regularization/alpha, history decay "
                                         "and recent_weight (a re-fit and a replay per trial; 0: the configured values)")
 
 

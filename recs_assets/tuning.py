@@ -363,6 +363,7 @@ def apply_tuned_fit(config, artifacts):
 # (name, multiplicative steps tried from the current value), in the order the search visits them:
 # request-time first (no re-fit), then the ALS fit, then the history decay (matrix and ALS re-fit).
 HYPER_USE_CASES = ("homepage", "session")  # what the trials replay
+HYPER_REQUESTS = 150  # the first requests of each: a trial costs a fixed replay whatever max_users is
 HYPER_STEPS = (("recent_weight", (0.5, 2.0)), ("als_regularization", (1 / 3, 3.0)), ("als_alpha", (1 / 3, 3.0)),
                ("decay_days", (1 / 3, 3.0)))
 
