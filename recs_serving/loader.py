@@ -287,9 +287,11 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
     # top-N (dense), streamed by row group so a 50M-row table never sits in memory whole
     topn_ids, topn_scores = _load_topn(rf, n_users, user_arr, user_index, item_arr, item_index, user_dtype)
     topn_ids, topn_scores = spill("topn_ids", topn_ids), spill("topn_scores", topn_scores)
+    _release_memory()  # the readers' freed buffers, before the next table is read
     hist = read_history(rf, n_users, n_items, user_arr, user_index, item_arr, item_index)
     hist = {k: spill(k, v) if isinstance(v, np.ndarray) else v for k, v in hist.items()}
     hist["buyers"] = Adjacency(*(spill(f"buyers.{p}", getattr(hist["buyers"], p)) for p in ("indptr", "indices", "scores")))
+    _release_memory()
     # The loader needed a dict for its vectorised lookups; serving needs one probe per request.
     # A sorted bytes array answers that in O(log n) at a tenth of the memory of 1M Python strings.
     if n_users > COMPACT_IDS_ABOVE and not isinstance(user_ids, CompactIds):
@@ -304,6 +306,7 @@ def load_release(home: Path | str, version: str | None = None, *, mmap: bool = F
     bpr_user, bpr_item = read_factors(rf, "bpr", n_users, n_items, mmap, user_dtype)
     bpr_user = spill("bpr_user", bpr_user) if bpr_user is not None else None
     emb = read_content(rf, n_items, contract.content_dim)
+    _release_memory()
     sim_factors, sim_content = read_similar_items(rf, n_items, item_arr, item_index)
     item_sim = read_neighbours(rf, "item_similarity", n_items, item_arr, item_index)
     covis = read_neighbours(rf, "covisitation", n_items, item_arr, item_index)
@@ -441,8 +444,9 @@ def read_similar_items(rf: ReleaseFiles, n_items: int, item_arr, item_index) -> 
     a = _lookup(sim.column("item_id"), item_arr, item_index)
     b = _lookup(sim.column("similar_item_id"), item_arr, item_index)
     s = _num(sim, "score", np.float32, 0.0)
-    src = _as_str(sim.column("source")).to_numpy(zero_copy_only=False).astype(str) if "source" in sim.column_names else np.full(a.size, "factors")
-    c = src == "content"
+    # the mask in Arrow: a 4M-row column as a numpy string array was a ~300 MB spike in the cache builder
+    c = (pc.equal(_as_str(sim.column("source")), "content").fill_null(False).to_numpy(zero_copy_only=False)
+         if "source" in sim.column_names else np.zeros(a.size, bool))
     return Adjacency.build(n_items, a[~c], b[~c], s[~c], 50), Adjacency.build(n_items, a[c], b[c], s[c], 50)
 
 
