@@ -64,6 +64,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cut", default="2011-11-01")
     ap.add_argument("--max-users", type=int, default=250)
     ap.add_argument("--budget", type=float, default=10.0)
+    ap.add_argument("--no-tune", action="store_true", help="configured weights (a deterministic comparison of fits)")
+    ap.add_argument("--fit-users", type=int, default=None, help="Settings.fit_users (0: every user)")
+    ap.add_argument("--cold", action="store_true", help="no warm start of the test split's fits")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--out", default=None, help="JSON: seconds, CPU, test table")
@@ -75,7 +78,10 @@ def main(argv=None) -> int:
     events, catalog, emb, cfg = from_home(args.home) if args.home else from_data(args.data)
     print(f"loaded {events.height:,} events, {catalog.height:,} items in {time.perf_counter() - t:.1f}s; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
-    s = ev.Settings(cut=args.cut, max_users=args.max_users, budget_seconds=args.budget)
+    s = ev.Settings(cut=args.cut, max_users=args.max_users, budget_seconds=args.budget, tune=not args.no_tune,
+                    warm_start=not args.cold)
+    if args.fit_users is not None:
+        s.fit_users = args.fit_users
     prof = cProfile.Profile() if args.profile else None
     c0, t0 = time.process_time(), time.perf_counter()
     if prof:
