@@ -78,9 +78,29 @@ def table(out) -> list[dict]:
     return rows
 
 
+def readme_table(saved: dict) -> str:
+    """The README's evaluation table (test split, recall@10, every model per use case) from a
+    ``--out`` JSON."""
+    from recs_kernels.sources import SOURCES
+
+    test = [r for r in saved["table"] if r["split"] == "test"]
+    ucs = list(dict.fromkeys(r["use_case"] for r in test))
+    val = {(r["use_case"], r["model"]): r["recall@10"] for r in test}
+    lines = ["| model | " + " | ".join(ucs) + " |", "|---" * (len(ucs) + 1) + "|"]
+    for m in ("served", *SOURCES):
+        cells = [f"{val[(uc, m)]:.4f}" for uc in ucs]
+        lines.append(f"| {'**served**' if m == 'served' else m} | " + " | ".join(f"**{c}**" if m == "served" else c for c in cells) + " |")
+    best = {uc: max(SOURCES, key=lambda s: (val[(uc, s)], -SOURCES.index(s))) for uc in ucs}
+    lines.append("| served / best single | " + " | ".join(f"{val[(uc, 'served')] / val[(uc, best[uc])]:.3f}" if val[(uc, best[uc])] else "-"
+                                                   for uc in ucs) + " |")
+    lines.append("| serves | " + " | ".join(saved["served"]["blends"][uc]["chosen"] for uc in ucs) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--render", type=Path, help="print the README's table from an --out JSON and exit")
     src.add_argument("--home", type=Path)
     src.add_argument("--data", type=Path)
     ap.add_argument("--cut", default="", help="ISO date; empty: 90%% of the events before it")
@@ -91,6 +111,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON with the table, the served blends, the gate and timings")
     args = ap.parse_args(argv)
 
+    if args.render:
+        print(readme_table(json.loads(args.render.read_text())))
+        return 0
     from recs_assets import evaluation as ev
 
     events, catalog, emb, cfg = from_home(args.home) if args.home else from_data(args.data)
