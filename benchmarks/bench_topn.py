@@ -87,6 +87,8 @@ def main(argv=None) -> int:
     ap.add_argument("--nprobe", default="16")
     ap.add_argument("--cluster-size", type=int, default=256)
     ap.add_argument("--max-support", type=int, default=100)
+    ap.add_argument("--weights", choices=("bench", "pipeline"), default="bench",
+                    help="bench: neighbour-heavy weights (the support matters most); pipeline: BlendParams' defaults")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     import numba
@@ -94,7 +96,12 @@ def main(argv=None) -> int:
     numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
     t = time.perf_counter()
     bl, w, Ua, Ub, H = world(args.users, args.items)
-    print(f"{args.users:,} users x {args.items:,} items, top-{args.n}, {numba.get_num_threads()} threads "
+    if args.weights == "pipeline":
+        from recs_assets.modeling import BlendParams
+
+        w = BlendParams().weights()
+    print(f"{args.users:,} users x {args.items:,} items, top-{args.n}, {args.weights} weights {w}, "
+          f"{numba.get_num_threads()} threads "
           f"(world built in {time.perf_counter() - t:.0f} s); load average {os.getloadavg()[0]:.2f}", flush=True)
     # compile / load the kernels on a few users first
     bl.top_k(w, args.n, als_users=Ua[:64], bpr_users=Ub[:64], history=H[:64], exclude=H[:64])
@@ -123,6 +130,7 @@ def main(argv=None) -> int:
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"users": args.users, "items": args.items, "n": args.n, "rows": rows,
+                                               "weights": w,
                                                "cluster_size": args.cluster_size, "max_support": args.max_support,
                                                "load_after": os.getloadavg()[0]}, indent=1))
     return 0

@@ -59,7 +59,7 @@ def _dot(Q, r, X, row):
 @njit(cache=True, parallel=True)
 def _candidates_kernel(Q, X, pos, order, offsets, probes, buf, start, cscore, cluster_of, h_ptr, h_idx, h_dat,
                        s_ptr0, s_idx0, s_dat0, s_ptr1, s_idx1, s_dat1, s_ptr2, s_idx2, s_dat2, s_w,
-                       ex_ptr, ex_idx, row0, extra, row_const, n_items, k, max_support,
+                       ex_ptr, ex_idx, grows, extra, row_const, n_items, k, max_support,
                        seen, acc, nsum, touched, sup, out_ids, out_scores):
     """Per-thread scratch over the catalogue, touched at random, so kept to three arrays: ``seen``
     (== the user's row: excluded or already scored), ``acc`` and ``nsum`` (zero outside the
@@ -76,7 +76,7 @@ def _candidates_kernel(Q, X, pos, order, offsets, probes, buf, start, cscore, cl
         ls = np.empty(L, np.float32)
         li = np.empty(L, np.int32)
         for r in range(lo, hi_r):
-            g = np.int32(row0 + r)
+            g = np.int32(grows[r])
             for p in range(ex_ptr[g], ex_ptr[g + 1]):
                 seen[t, ex_idx[p]] = g
             # neighbour part: every source's full row (its z-score needs all of it)
@@ -168,6 +168,26 @@ def _candidates_kernel(Q, X, pos, order, offsets, probes, buf, start, cscore, cl
                 out_scores[r, a] = np.float32(hs[a] + rc) if hi[a] >= 0 else -np.inf
 
 
+def _user_order(blend, index, names, als_users, bpr_users, n):
+    """Users grouped by the index cluster their ALS (or BPR) factors point to: neighbouring
+    users probe the same clusters and share neighbours, so the scanned clusters, the item rows
+    and the scratch stay in cache from one user to the next (a block of random users touches
+    the whole catalogue). Positive per-user scales do not change the argmax, so the raw
+    factors do."""
+    off = 0
+    for name in names:
+        dim = blend.items[name].shape[1]
+        U = {"als": als_users, "bpr": bpr_users}.get(name)
+        if U is not None:
+            C = np.ascontiguousarray(index.centroids[:, off:off + dim])
+            key = np.empty(n, np.int64)
+            for a in range(0, n, 1 << 15):
+                key[a:a + (1 << 15)] = np.argmax(np.asarray(U[a:a + (1 << 15)], np.float32) @ C.T, axis=1)
+            return np.argsort(key, kind="stable").astype(np.int64)
+        off += dim
+    return np.arange(n, dtype=np.int64)
+
+
 def _csr_parts(S):
     if S is None:
         return np.zeros(2, np.int64), np.zeros(1, np.int32), np.zeros(1, np.float32)
@@ -219,13 +239,13 @@ def top_k(blend, weights: dict, k: int, *, als_users=None, bpr_users=None, histo
     touched = np.empty((n_chunks, m), np.int32)
     sup = np.empty((n_chunks, m), np.int32)
 
-    def factor_parts(b0, b1):
+    def factor_parts(rows):
         # factor part only: the kernel computes the neighbour part itself (no users x items product)
-        return blend.parts(w_factor, als_users=None if als_users is None else als_users[b0:b1],
-                           bpr_users=None if bpr_users is None else bpr_users[b0:b1],
-                           history=None if history is None else history[b0:b1], n_users=b1 - b0)
+        return blend.parts(w_factor, als_users=None if als_users is None else als_users[rows],
+                           bpr_users=None if bpr_users is None else bpr_users[rows],
+                           history=None if history is None else history[rows], n_users=rows.size)
 
-    _, names, _, col_const, _ = factor_parts(0, 1)
+    _, names, _, col_const, _ = factor_parts(np.arange(1))
     Vt = blend._stacked_items(names) if names else np.zeros((0, m), np.float32)
     if index is None:
         index = ivf.Index(np.vstack([Vt, col_const[None, :]]).T, cluster_size=cluster_size, seed=seed)
@@ -239,23 +259,28 @@ def top_k(blend, weights: dict, k: int, *, als_users=None, bpr_users=None, histo
     P = min(nprobe, index.n_clusters)
     biggest = int(np.sort(np.diff(index.offsets))[-P:].sum())
     block = block_users or max(1, _SCAN_BYTES // (4 * biggest))
+    perm = _user_order(blend, index, names, als_users, bpr_users, n)
     for b0 in range(0, n, block):
         b1 = min(n, b0 + block)
         nb = b1 - b0
-        Qf, names, row_const, _, _ = factor_parts(b0, b1)
+        rows = perm[b0:b1]
+        Qf, names, row_const, _, _ = factor_parts(rows)
         Q = np.empty((nb, index.d), np.float32)
         if names:
             Q[:, :-1] = Qf
         Q[:, -1] = 1.0
         probes, cscore = index.probe(Q, P, with_scores=True)
         buf, start = index.scan(Q, probes)
-        H = history[b0:b1] if history is not None else sp.csr_matrix((nb, m), dtype=np.float32)
+        H = history[rows] if history is not None else sp.csr_matrix((nb, m), dtype=np.float32)
+        b_ids = np.empty((nb, k), np.int32)
+        b_scores = np.empty((nb, k), np.float32)
         _candidates_kernel(Q, index.X_sorted, index.pos, index.order, index.offsets, probes, buf, start, cscore,
                            index.cluster_of,
                            H.indptr.astype(np.int64), H.indices.astype(np.int32, copy=False), H.data, *s_parts, s_w,
-                           ex_ptr, ex_idx, b0, extra, row_const, m, k, max_support,
-                           seen, acc, nsum, touched, sup,
-                           ids[b0:b1], scores[b0:b1])
+                           ex_ptr, ex_idx, rows, extra, row_const, m, k, max_support,
+                           seen, acc, nsum, touched, sup, b_ids, b_scores)
+        ids[rows] = b_ids
+        scores[rows] = b_scores
         if callback is not None:
             callback(b1, n)
     return ids, scores
