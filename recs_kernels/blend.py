@@ -305,7 +305,8 @@ class Blend:
                 continue
             mom = self.moments[name]
             U = np.asarray(U, dtype=np.float64)
-            scale = _scale_for(np.einsum("ij,jk,ik->i", U, mom.cov, U), w[name])
+            # u'Cu per row through one GEMM (a three-operand einsum loops in C: 20 us per user)
+            scale = _scale_for(((U @ mom.cov) * U).sum(axis=1), w[name])
             row_const -= (U @ mom.mean) * scale
             names.append(name)
             scaled.append(U * scale[:, None])
