@@ -458,6 +458,8 @@ def summarise(res: dict) -> dict:
         "max_ms": max(allv) * 1e3 if allv else float("nan"),
         "loadgen_cpu_ms_per_request": res["loadgen_cpu_s"] / max(len(s), 1) * 1e3,
         "server_busy_cores": res["server_cpu_s"] / res["elapsed"], "loadavg": res["loadavg"],
+        # what the load average does not inflate much: capacity on N idle cores ~ N * 1000 / (this + load generator's)
+        "server_cpu_ms_per_request": res["server_cpu_s"] / max(len(s), 1) * 1e3,
         "mem_peak_rss_mb": res["mem_peak_rss_mb"], "mem_peak_pss_mb": res["mem_peak_pss_mb"],
         "per_case": {c: {"n": len(v), "p50_ms": pct(v, 0.5) * 1e3, "p99_ms": pct(v, 0.99) * 1e3} for c, v in per_case.items()},
     }
@@ -680,17 +682,17 @@ def report(r: dict, args) -> None:
         return
     print(f"\nserver: {r['server_processes']} processes, ready in {r['server_start_s']:.1f}s; idle RSS sum {r['server_idle_rss_mb']:.0f} MiB, "
           f"PSS sum {r['server_idle_pss_mb']:.0f} MiB\n")
-    print("| run | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | server CPU (cores) | peak RSS sum MiB | peak PSS sum MiB | load avg |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| run | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | server CPU (cores) | server CPU ms/request | peak RSS sum MiB | peak PSS sum MiB | load avg |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name in [k for k in r if k.startswith("http_") and k != "http_open"]:
         h = r[name]
         print(f"| {name} | {h['rps']:.0f} | {h['p50_ms']:.2f} | {h['p99_ms']:.2f} | {h['p999_ms']:.2f} | {h['max_ms']:.1f} | {h['errors']} | "
-              f"{h['server_busy_cores']:.2f} | {h['mem_peak_rss_mb']:.0f} | {h['mem_peak_pss_mb']:.0f} | {h['loadavg'][0]:.1f}->{h['loadavg'][1]:.1f} |")
+              f"{h['server_busy_cores']:.2f} | {h['server_cpu_ms_per_request']:.2f} | {h['mem_peak_rss_mb']:.0f} | {h['mem_peak_pss_mb']:.0f} | {h['loadavg'][0]:.1f}->{h['loadavg'][1]:.1f} |")
         if "swap" in h:
             s = h["swap"]
             print(f"|   hot swap at {s['t_swap_s']:.1f}s, all workers on it at {s['t_all_workers_swapped_s']:.1f}s | baseline p99 {s['baseline_p99_ms']:.2f} ms | "
                   f"window p99 {s['window_p99_ms']:.2f} ms | swap-second max {s['swap_second_max_ms']:.1f} ms "
-                  f"({s['ratio_swap_max_to_base_p99']:.2f}x baseline p99) | errors {s['errors_in_window']} | | | | | | |")
+                  f"({s['ratio_swap_max_to_base_p99']:.2f}x baseline p99) | errors {s['errors_in_window']} | | | | | | | |")
     print(f"\nload generator CPU per request: {r['http_open']['loadgen_cpu_ms_per_request']:.3f} ms (same machine: it competes with the server)")
     try:
         print(f"machine load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
