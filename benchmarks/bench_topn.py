@@ -3,6 +3,7 @@
     python benchmarks/bench_topn.py --users 1000000 --items 100000   # the full size, standalone kernels
     python benchmarks/bench_topn.py --users 300000 --items 30000
     python benchmarks/bench_topn.py --users 20000 --items 20000 --nprobe 8,16,32
+    python benchmarks/bench_topn.py --artifacts /tmp/base-home/artifacts --nprobe 6,12   # real models
 
 Sources as in the pipeline: ALS (64) and BPR (65) factors with a clustered structure, content
 (64-d), item_sim/covis/rules neighbours (50/50/10 per item: ~2K neighbour-support items per
@@ -78,6 +79,32 @@ def agreement(a, b, k):
     return float(np.mean([len(set(x[:k]) & set(y[:k])) / k for x, y in zip(a, b)]))
 
 
+def real_models(args) -> int:
+    """Agreement of the candidate top-N with the dense one on a pipeline run's models: the
+    share of the catalogue scanned (nprobe * cluster_size / items) as at full size."""
+    from recs_assets import modeling, outputs
+    from recs_assets.features import load_matrix
+    from recs_assets.resources import ArtifactStore
+
+    art = ArtifactStore(root=args.artifacts)
+    m = load_matrix(art)
+    req = modeling.RequestParams()
+    bl, ua, ub = outputs.load_blend(art, req)
+    w = modeling.BlendParams().weights()
+    H = blend.cap_history(m.weights, req.history_cap)
+    d_ids, _ = bl.top_k(w, args.n, als_users=ua, bpr_users=ub, history=H, exclude=m.binary)
+    print(f"{args.artifacts}: {ua.shape[0]:,} users x {bl.n_items:,} items, pipeline weights {w}")
+    print(f"  {'cluster size':>12} {'nprobe':>7} {'scanned':>8} {'max_support':>12} {'top-10 agree':>13} {'top-N agree':>12}")
+    for cs in (int(x) for x in (args.cluster_sizes or "32").split(",")):
+        for p in (int(x) for x in args.nprobe.split(",")):
+            for ms in (int(x) for x in (args.supports or "0,50,150,300").split(",")):
+                c_ids, _ = candidates.top_k(bl, w, args.n, als_users=ua, bpr_users=ub, history=H, exclude=m.binary,
+                                            nprobe=p, cluster_size=cs, max_support=ms)
+                print(f"  {cs:12d} {p:7d} {min(1.0, p * cs / bl.n_items):8.1%} {ms:12d} "
+                      f"{agreement(c_ids, d_ids, 10):13.4f} {agreement(c_ids, d_ids, args.n):12.4f}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=20_000)
@@ -89,11 +116,17 @@ def main(argv=None) -> int:
     ap.add_argument("--max-support", type=int, default=100)
     ap.add_argument("--weights", choices=("bench", "pipeline"), default="bench",
                     help="bench: neighbour-heavy weights (the support matters most); pipeline: BlendParams' defaults")
+    ap.add_argument("--artifacts", help="a RECS_HOME's artifacts directory: the real models (read only) instead of "
+                                        "the synthetic world, pipeline weights; agreement of every user")
+    ap.add_argument("--cluster-sizes", default=None, help="with --artifacts: cluster sizes to try (default 32)")
+    ap.add_argument("--supports", default=None, help="with --artifacts: max_support values to try (default 0,50,150,300)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     import numba
 
     numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    if args.artifacts:
+        return real_models(args)
     t = time.perf_counter()
     bl, w, Ua, Ub, H = world(args.users, args.items)
     if args.weights == "pipeline":
