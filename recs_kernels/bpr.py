@@ -61,7 +61,7 @@ def _contains(indices, lo, hi, item):
 
 
 @njit(cache=True, fastmath=True, parallel=True)
-def _epoch(row_of, indptr, indices, X, Y, lr, reg, seeds, n_samples, popularity):
+def _epoch(row_of, indptr, indices, X, Y, lr, reg, seeds, n_samples, popularity, run):
     nnz = indices.shape[0]
     n_items, kk = Y.shape
     k = kk - 1  # last column: user side constant 1, item side bias
@@ -71,47 +71,58 @@ def _epoch(row_of, indptr, indices, X, Y, lr, reg, seeds, n_samples, popularity)
     losses = np.zeros(n_threads, dtype=np.float64)
     for t in prange(n_threads):
         state = seeds[t]
-        lo_s = t * per
-        hi_s = min(n_samples, lo_s + per)
+        todo = min(n_samples, (t + 1) * per) - t * per
         miss = 0
         loss = 0.0
-        for _ in range(lo_s, hi_s):
+        done = 0
+        while done < todo:
             state, r = _next(state)
             jj = _below(r, nnz)
             u = row_of[jj]
-            i = indices[jj]
-            state, r = _next(state)
-            if popularity:
-                # Drawing a random observed cell's item samples negatives in proportion to
-                # popularity: harder negatives, as in implicit's sampler.
-                j = indices[_below(r, nnz)]
-            else:
-                j = _below(r, n_items)
-            if j == i or _contains(indices, indptr[u], indptr[u + 1], j):
-                miss += 1
-                continue
-            z = Y[i, k] - Y[j, k]
-            for a in range(k):
-                z += X[u, a] * (Y[i, a] - Y[j, a])
-            # d/dz log sigmoid(z) = sigmoid(-z); clamp so exp never overflows in float32.
-            if z > 30.0:
-                g = np.float32(0.0)
-            elif z < -30.0:
-                g = np.float32(1.0)
-            else:
-                g = np.float32(1.0) / (np.float32(1.0) + np.exp(z))
-            # sigmoid(-z): the chance the pair is mis-ordered, before the step; its epoch mean
-            # is the convergence signal (no extra exp/log per sample).
-            loss += g
-            for a in range(k):
-                xu = X[u, a]
-                yi = Y[i, a]
-                yj = Y[j, a]
-                X[u, a] = xu + lr * (g * (yi - yj) - reg * xu)
-                Y[i, a] = yi + lr * (g * xu - reg * yi)
-                Y[j, a] = yj + lr * (-g * xu - reg * yj)
-            Y[i, k] += lr * (g - reg * Y[i, k])
-            Y[j, k] += lr * (-g - reg * Y[j, k])
+            lo = indptr[u]
+            deg = indptr[u + 1] - lo
+            # ``run`` samples of this user in a row (the first: the drawn cell, then uniform
+            # cells of the same row): the user's factors and items stay in cache, and every
+            # observed cell is still drawn with the same probability.
+            for rep in range(min(run, todo - done)):
+                done += 1
+                if rep == 0:
+                    i = indices[jj]
+                else:
+                    state, r = _next(state)
+                    i = indices[lo + _below(r, deg)]
+                state, r = _next(state)
+                if popularity:
+                    # Drawing a random observed cell's item samples negatives in proportion to
+                    # popularity: harder negatives, as in implicit's sampler.
+                    j = indices[_below(r, nnz)]
+                else:
+                    j = _below(r, n_items)
+                if j == i or _contains(indices, lo, lo + deg, j):
+                    miss += 1
+                    continue
+                z = Y[i, k] - Y[j, k]
+                for a in range(k):
+                    z += X[u, a] * (Y[i, a] - Y[j, a])
+                # d/dz log sigmoid(z) = sigmoid(-z); clamp so exp never overflows in float32.
+                if z > 30.0:
+                    g = np.float32(0.0)
+                elif z < -30.0:
+                    g = np.float32(1.0)
+                else:
+                    g = np.float32(1.0) / (np.float32(1.0) + np.exp(z))
+                # sigmoid(-z): the chance the pair is mis-ordered, before the step; its epoch mean
+                # is the convergence signal (no extra exp/log per sample).
+                loss += g
+                for a in range(k):
+                    xu = X[u, a]
+                    yi = Y[i, a]
+                    yj = Y[j, a]
+                    X[u, a] = xu + lr * (g * (yi - yj) - reg * xu)
+                    Y[i, a] = yi + lr * (g * xu - reg * yi)
+                    Y[j, a] = yj + lr * (-g * xu - reg * yj)
+                Y[i, k] += lr * (g - reg * Y[i, k])
+                Y[j, k] += lr * (-g - reg * Y[j, k])
         skipped[t] = miss
         losses[t] = loss
     return skipped.sum(), losses.sum()
@@ -129,6 +140,7 @@ def fit(
     tol: float | None = None,
     callback=None,
     init=None,
+    run: int = 8,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit BPR. Returns ``(user_factors, item_factors)`` of shape ``[n, factors + 1]``
     (float32); the last column carries the item bias (see the module docstring), so
@@ -144,6 +156,9 @@ def fit(
     fit has stopped learning; checked from epoch 10 on. None runs every iteration.
     ``callback(epoch, user_factors, item_factors)``, if given, runs after each epoch (progress
     reporting); the arrays are the live factors, not copies.
+    ``run``: samples drawn for a user in a row (1 = every sample's user drawn afresh): the
+    epoch's samples have the same distribution, but a user's factors and items are read from
+    cache ``run - 1`` times out of ``run`` (benchmarks/bench_factors.py measures speed and recall).
     ``init``: ``(user_factors, item_factors)`` of shape ``[n, factors + 1]`` to start from
     instead of the random start (a warm start from a fit on similar data, e.g. an earlier
     period, so that few epochs suffice); copied, never modified.
@@ -155,6 +170,7 @@ def fit(
     regularization = check_float(regularization, "regularization", minimum=0.0)
     seed = check_int(seed, "seed", minimum=0)
     negatives = check_choice(negatives, "negatives", _NEGATIVES)
+    run = check_int(run, "run", minimum=1)
 
     n_users, n_items = ui.shape
     rng = np.random.default_rng(seed)
@@ -188,7 +204,7 @@ def fit(
     for it, child in zip(range(iterations), seed_seq.spawn(iterations)):
         seeds = child.generate_state(n_threads, dtype=np.uint64)
         seeds[seeds == 0] = 0x9E3779B97F4A7C15  # xorshift state must be non-zero
-        skipped, loss = _epoch(row_of, ui.indptr, ui.indices, X, Y, lr, reg, seeds, nnz, popularity)
+        skipped, loss = _epoch(row_of, ui.indptr, ui.indices, X, Y, lr, reg, seeds, nnz, popularity, run)
         history.append(loss / max(1, nnz - skipped))
         if callback is not None:
             callback(it, X, Y)
