@@ -132,3 +132,16 @@ def test_fit_sample_bounds_the_users_and_keeps_every_replayed_user():
     kept = ev.in_sample(ev_, users, share, seed=1)
     known = kept.filter(pl.col("user_id").is_not_null())
     assert known.height == 30 and 60 < kept.height - 30 < 180  # guests' baskets at about the same share
+
+
+def test_protocol_with_sampled_users_reports_the_approximation():
+    from test_evaluation import _frames, _small_configs
+
+    events, catalog, emb = _frames(users=250, items=100, events=6_000, seed=11)
+    s = ev.Settings(max_users=20, recent_events=5, budget_seconds=0.5, hyper_budget_seconds=0.0, fit_users=120)
+    out = ev.run(events, catalog, emb, _small_configs(), s)
+    notes = out.info["approximations"]
+    assert "120 users" in notes["fit_users"] and notes["test bpr"].startswith("warm-started")
+    test = out.table.filter(pl.col("split") == "test")
+    assert "homepage" in set(test["use_case"]) and test["recall@10"].is_between(0, 1).all()
+    assert set(out.info["fit_seconds"]) == {"validation", "test"} and out.info["phase_seconds"]["fit_test"] >= 0
