@@ -215,6 +215,7 @@ class Blend:
             raise ValueError("a blend needs at least one source")
         self.n_items = n_items
         self._stacked: dict = {}
+        self._checked: dict = {}
 
     def state(self) -> dict[str, np.ndarray]:
         """What construction derives from the sources, as arrays: per factor source its items'
@@ -243,6 +244,7 @@ class Blend:
         self.vectors = {k[:-2]: v for k, v in state.items() if k.endswith(".z")}
         self.n_items = int(state["n_items"][0])
         self._stacked = {}
+        self._checked = {}
         return self
 
     def has(self, name: str) -> bool:
@@ -255,6 +257,20 @@ class Blend:
         if missing:
             raise ValueError(f"blend weight given for {missing} but no data for them")
         return out
+
+    def _checked_weights(self, weights: dict) -> tuple[dict[str, float], np.ndarray]:
+        """``_weights`` and its float32 row in ``SOURCES`` order, memoized by value: a request
+        path sees the same few contracts' weights over and over, and validating them was ~20
+        numpy/Python calls per request."""
+        key = tuple(weights.items())
+        hit = self._checked.get(key)
+        if hit is None:
+            w = self._weights(weights)
+            hit = (w, np.array([w.get(s, 0.0) for s in SOURCES], np.float32))
+            if len(self._checked) >= 64:  # tuning trials bring many distinct weights: stay bounded
+                self._checked.clear()
+            self._checked[key] = hit
+        return hit
 
     def _stacked_items(self, names: tuple[str, ...]) -> np.ndarray:
         if names not in self._stacked:
@@ -367,7 +383,7 @@ class Blend:
         ``hist_ids``/``hist_w``: the weighted history ``h`` (distinct items). Returns
         ``(total [n], contributions [n, len(SOURCES)], anchors {source: [n] item idx, -1 none})``
         where a neighbour/content source's anchor is the history item contributing most."""
-        w = self._weights(weights)
+        w, w_row = self._checked_weights(weights)
         cand = np.asarray(cand, np.int64)
         n = cand.shape[0]
         C = np.zeros((n, len(SOURCES)), np.float32)
@@ -392,7 +408,7 @@ class Blend:
         for name in VECTOR_SOURCES:
             if name in w:
                 C[:, _COL[name]] = self.vectors[name][cand]
-        C *= np.array([w.get(s, 0.0) for s in SOURCES], np.float32)
+        C *= w_row
         return C.sum(axis=1), C, anchors
 
     def _factor_z(self, name: str, u, cand: np.ndarray) -> np.ndarray:
