@@ -103,7 +103,8 @@ class _Query:
     user: int  # -1 when unknown
     seeds: np.ndarray  # int64 item idx, heaviest first
     seed_w: np.ndarray
-    exclude: np.ndarray  # sorted unique int64 item idx never to return
+    exclude: np.ndarray  # sorted unique int64 item idx never to return (besides ``seen``)
+    seen: np.ndarray  # the known user's history row, sorted (loader.read_history): never returned either
     filt: CompiledFilter
     lam: float
     brand: str | None
@@ -317,9 +318,10 @@ class Recommender:
             i = index.get(item_id)
             if i is not None:
                 excl.append(i)
-        if user >= 0:  # seen items are never offered again (the batch top-N excludes them too)
-            a, b = rel.hist_indptr[user], rel.hist_indptr[user + 1]
-            excl.extend(rel.hist_items[a:b].tolist())
+        # seen items are never offered again (the batch top-N excludes them too); kept apart
+        # from ``exclude`` as the sorted row it is, so exclusion costs grow with the
+        # candidates, not with the history (merging a long history was ~0.8 ms a request)
+        seen = rel.hist_items[rel.hist_indptr[user]:rel.hist_indptr[user + 1]] if user >= 0 else _NONE
         if unknown:
             meta["unknown_items"] = unknown
         seed_acc = {i: w for i, w in seed_weights(contract, events).items() if w > 0}
@@ -338,7 +340,7 @@ class Recommender:
         weights, chosen_lam = st.blends[use_case]
         meta["use_case"] = use_case
         return _Query(
-            k=k, user=user, seeds=seeds, seed_w=seed_w,
+            k=k, user=user, seeds=seeds, seed_w=seed_w, seen=seen,
             exclude=business_rules.with_blocked(rel, np.unique(np.array(excl, np.int64))), filt=compile_filter(rel, brand, filters),
             lam=chosen_lam if lam is None else float(lam), brand=brand,
             category=cats[0] if cats and len(cats) == 1 else None, weights=weights,
@@ -445,6 +447,8 @@ class Recommender:
         n_gen = cand.size
         if q.exclude.size and cand.size:
             cand = cand[~_member(cand, q.exclude)]
+        if q.seen.size and cand.size:
+            cand = cand[~_member(cand, q.seen)]
         if not q.filt.empty and cand.size:
             cand = cand[q.filt.mask(rel, cand)]
         meta["candidates"] = int(n_gen)
@@ -501,6 +505,8 @@ class Recommender:
                 continue
             arr = arr.astype(np.int64)
             ok = ~_member(arr, np.sort(taken))
+            if q.seen.size:
+                ok &= ~_member(arr, q.seen)
             if not q.filt.empty:
                 ok &= q.filt.mask(rel, arr)
             got = arr[ok][:need]
@@ -512,6 +518,7 @@ class Recommender:
             mask = q.filt.full_mask(rel) if not q.filt.empty else np.ones(rel.n_items, bool)
             if taken.size:
                 mask[taken] = False
+            mask[q.seen] = False
             got = rel.pop_order[mask[rel.pop_order]][:need]
             reason = f"popular_in_brand:{q.brand}" if q.brand else "popular"
             added.extend((int(i), reason) for i in got)
@@ -535,7 +542,7 @@ class Recommender:
         rel = st.rel
         if q is not None and business_rules.for_release(rel).reranks:
             # pins, boosts and burials: here, so the Python API and every HTTP path answer alike
-            excluded = {rel.item_ids[i] for i in q.exclude.tolist()}
+            excluded = {rel.item_ids[i] for i in q.exclude.tolist()} | {rel.item_ids[i] for i in q.seen.tolist()}
             items = business_rules.apply(rel, _rec_items(picks, rel, True), q.k, excluded)
             if not as_dict:
                 items = [_trusted(RecommendItem, d) for d in items]
@@ -784,6 +791,9 @@ def _customer_candidates(rel: LoadedRelease, i: int) -> np.ndarray:
             step = max(1, (b - a) // BUYERS_PER_NEIGHBOUR)
             parts.append(np.asarray(rel.buyers.indices[a:b:step], np.int64))
     return np.unique(np.concatenate(parts))
+
+
+_NONE = np.zeros(0, np.int64)
 
 
 def _member(x: np.ndarray, sorted_: np.ndarray) -> np.ndarray:
