@@ -11,6 +11,7 @@ from pydantic import Field
 from recs_assets import aggregates, io, markdown, modeling
 from recs_assets.progress import Progress
 from recs_assets.resources import ArtifactStore, Embedder, Warehouse
+from recs_assets.tuning import apply_tuned_fit
 from recs_assets import table_meta
 
 GROUP = "features"
@@ -23,6 +24,7 @@ EMBED_CHUNK = 4096  # texts per encode call: progress in the log, and bounded me
                       "purchase counts, aligned with the catalog; recs.user_items")
 def interaction_matrix(context: dg.AssetExecutionContext, config: modeling.MatrixParams, warehouse: Warehouse,
                        artifacts: ArtifactStore) -> dg.MaterializeResult:
+    config = apply_tuned_fit(config, artifacts)  # the history decay the last evaluation chose on validation
     # Aggregated in DuckDB, which also writes recs.user_items: no frame of every event here.
     with warehouse.connect() as con:
         m = aggregates.matrix(con, config, user_items_table="user_items")
