@@ -415,7 +415,7 @@ class Blend:
         u = np.asarray(u, dtype=np.float64)
         mom = self.moments[name]
         var = float(u @ mom.cov @ u)
-        if not np.any(u) or var <= 1e-20:
+        if var <= 1e-20:  # an all-zero u lands here too (var == 0.0 exactly)
             return np.zeros(cand.shape[0], np.float32)
         s = np.asarray(self.items[name][cand], dtype=np.float32) @ u.astype(np.float32)
         return ((s - float(mom.mean @ u)) / np.sqrt(var)).astype(np.float32)

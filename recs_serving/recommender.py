@@ -408,10 +408,12 @@ class Recommender:
             scores = rel.als_item @ u_als
             ids, _ = _topk.topk_scores(scores, min(rel.n_items, sizes.als_scan_per_k * q.k + sizes.als_scan_extra))
             parts.append(ids[ids >= 0])
+        seeds = q.seeds.tolist()  # Python ints: 5 x seeds scalar reads of indptr, cheaper than numpy scalars
         for adj in (rel.item_sim, rel.covis, rel.rules, rel.sim_factors, rel.sim_content):
-            for s in q.seeds:
-                a = adj.indptr[s]
-                parts.append(adj.indices[a:min(adj.indptr[s + 1], a + per_seed)])
+            indptr, indices = adj.indptr, adj.indices
+            for s in seeds:
+                a = int(indptr[s])
+                parts.append(indices[a:min(int(indptr[s + 1]), a + per_seed)])
         if q.seeds.size >= 2 and rel.multi_rules:  # the seeds' rules only (a scan of all was ~20 ms)
             parts.append(rel.multi_rules.consequents(q.seeds))
         lists = rel.popularity_lists
