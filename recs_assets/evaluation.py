@@ -300,7 +300,7 @@ def fit_bpr_warm(m: modeling.Matrix, p: modeling.BPRParams, warm: tuple | None, 
     X0 = warm[0] if warm_users is None else _carry_rows(warm[0], warm_users, m.user_ids)
     it = warm_iterations(p.iterations, fraction)
     return (bpr_kernel.fit(m.binary, factors=p.factors, iterations=it, learning_rate=p.learning_rate,
-                           regularization=p.regularization, seed=p.seed, tol=None, init=(X0, warm[1])),
+                           regularization=p.regularization, seed=p.seed, tol=p.tol, init=(X0, warm[1])),
             f"warm-started, {it} of {p.iterations} epochs")
 
 

@@ -23,7 +23,7 @@ def periods():
     m1 = modeling.build_matrix(e.filter(pl.col("ts") < early), items, p, as_of=early)
     m2 = modeling.build_matrix(e.filter(pl.col("ts") < cut), items, p, as_of=cut)
     assert len(m2.user_ids) > len(m1.user_ids)  # the later period has new users
-    return m1, m2
+    return m1, m2, e.filter(pl.col("ts") >= cut)
 
 
 def _top10(X, Y):
@@ -41,7 +41,7 @@ def test_carry_rows_maps_users_by_id_and_new_users_start_at_zero():
 
 
 def test_warm_als_reaches_the_cold_fit(periods):
-    m1, m2 = periods
+    m1, m2, _ = periods
     p = modeling.ALSParams(factors=16, iterations=15)
     cold = modeling.fit_als(m2, p)
     start = modeling.fit_als(m1, p)
@@ -58,19 +58,39 @@ def test_warm_als_reaches_the_cold_fit(periods):
     assert _overlap(_top10(Xw, Yw), _top10(*cold)) >= _overlap(_top10(*other_seed), _top10(*cold)) - 0.1
 
 
-def test_warm_bpr_ranks_like_the_cold_fit(periods):
-    m1, m2 = periods
+def _held_out_recall(m, held: pl.DataFrame, X, Y) -> float:
+    """recall@10 of the period after the cut for the users the matrix knows, seen items excluded."""
+    row = {u: i for i, u in enumerate(m.user_ids)}
+    col = {x: j for j, x in enumerate(m.item_ids)}
+    truth: dict = {}
+    for u, it in held.select("user_id", "item_id").iter_rows():
+        if u in row and it in col:
+            truth.setdefault(row[u], set()).add(col[it])
+    S = X @ Y.T
+    out = []
+    for u, t in truth.items():
+        s = S[u].copy()
+        s[m.binary[u].indices] = -np.inf
+        out.append(len(set(np.argsort(-s, kind="stable")[:10].tolist()) & t) / min(10, len(t)))
+    return float(np.mean(out))
+
+
+def test_warm_bpr_predicts_the_next_period_like_the_cold_fit(periods):
+    # BPR's cold fit stops on its loss plateau, so two seeds agree mostly on the item bias;
+    # what matters is how well the warm fit predicts what the users did next.
+    m1, m2, held = periods
     p = modeling.BPRParams(factors=16, iterations=100)
     cold = modeling.fit_bpr(m2, p)
     (Xw, Yw), note = ev.fit_bpr_warm(m2, p, modeling.fit_bpr(m1, p), m1.user_ids)
     assert "20 of 100" in note
     assert Xw.shape == cold[0].shape and (Xw[:, -1] == 1.0).all()  # the bias column stays the constant 1
     other_seed = modeling.fit_bpr(m2, p.model_copy(update={"seed": 1}))
-    assert _overlap(_top10(Xw, Yw), _top10(*cold)) >= _overlap(_top10(*other_seed), _top10(*cold)) - 0.1
+    floor = min(_held_out_recall(m2, held, *cold), _held_out_recall(m2, held, *other_seed))
+    assert _held_out_recall(m2, held, Xw, Yw) >= 0.9 * floor > 0
 
 
 def test_kernels_start_from_init_and_refuse_a_wrong_shape(periods):
-    _, m2 = periods
+    _, m2, _ = periods
     n_u, n_i = m2.weights.shape
     X0, Y0 = np.ones((n_u, 4), np.float32), np.ones((n_i, 4), np.float32)
     X, Y = als.fit(m2.weights, factors=4, iterations=0, init=(X0, Y0))
@@ -85,7 +105,7 @@ def test_kernels_start_from_init_and_refuse_a_wrong_shape(periods):
 
 
 def test_refit_warm_starts_als_and_says_so(periods):
-    m1, _ = periods
+    m1, _, _ = periods
     cfg = ev.Configs()
     cfg.als = cfg.als.model_copy(update={"factors": 8, "iterations": 10})
     pm = ev.PeriodModels(events=pl.DataFrame(), item_ids=m1.item_ids, as_of=m1.as_of, cfg=cfg, matrix=m1,
