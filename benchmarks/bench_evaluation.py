@@ -24,36 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def from_home(home: Path):
-    from recs_assets import evaluation as ev
-    from recs_assets import io
-    from recs_assets.resources import ArtifactStore, Warehouse
-
-    wh = Warehouse(path=str(home / "warehouse.duckdb"))
-    arts = ArtifactStore(root=str(home / "artifacts"))
-    events, catalog = io.load_events(wh), io.load_catalog(wh)
-    emb = arts.load("catalog_embeddings", "vectors", "item_ids")["vectors"]
-    return events, catalog, emb, ev.configs_from_artifacts(arts)
-
-
-def from_data(data: Path):
-    import numpy as np
-    import polars as pl
-
-    from recs_assets import evaluation as ev
-
-    e = pl.read_parquet(str(data / "events*.parquet"))
-    e = e.with_columns(pl.from_epoch("ts", time_unit="ms").alias("ts"))
-    for col, dtype in (("quantity", pl.Int32), ("price", pl.Float64), ("basket_id", pl.String)):
-        if col not in e.columns:
-            e = e.with_columns(pl.lit(None, dtype).alias(col))
-    e = e.select("user_id", "item_id", "ts", "event", "quantity", "price", "basket_id")
-    catalog = pl.read_parquet(data / "catalog.parquet").sort("item_id")
-    for col in ("brand", "category", "description"):
-        if col not in catalog.columns:
-            catalog = catalog.with_columns(pl.lit(None, pl.String).alias(col))
-    emb = np.random.default_rng(0).normal(size=(catalog.height, 384)).astype(np.float32)
-    return e, catalog, emb, ev.Configs()
+# the same data loaders as the quality table, so both benchmarks read a home or a data dir alike
+from quality_table import from_data, from_home  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recs_assets import modeling
+from recs_assets.resources.warehouse import replace_from_frame
 from recs_kernels import covis
 
 # Catalog order (the row order of every item-aligned array), as io.load_item_ids.
@@ -78,18 +79,8 @@ def matrix(con, params: modeling.MatrixParams, user_items_table: str | None = "u
         incoming = pa.table({"row": coo.row.astype(np.int32), "col": coo.col.astype(np.int32), "weight": coo.data,
                              "purchases": P_on_w.data.astype(np.int32)})
         del coo, P_on_w
-        con.register("_incoming", incoming)
-        try:
-            con.execute("BEGIN TRANSACTION")
-            con.execute(f"""CREATE OR REPLACE TABLE recs.{user_items_table} AS
-                SELECT u.user_id, it.item_id, t.weight, t.purchases
-                FROM _incoming t JOIN _users u USING (row) JOIN _items it USING (col) ORDER BY t.row, t.col""")
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("_incoming")
+        replace_from_frame(con, user_items_table, incoming, """SELECT u.user_id, it.item_id, t.weight, t.purchases
+            FROM _incoming t JOIN _users u USING (row) JOIN _items it USING (col) ORDER BY t.row, t.col""")
     return modeling.Matrix(user_ids, _item_ids(con), W, B, P, as_of)
 
 

@@ -142,16 +142,7 @@ class Warehouse(dg.ConfigurableResource):
         if con is None:
             with self.connect() as own:
                 return self.replace_table(name, frame, con=own)
-        con.register("_incoming", frame)
-        try:
-            con.execute("BEGIN TRANSACTION")
-            con.execute(f"CREATE OR REPLACE TABLE {SCHEMA}.{name} AS SELECT * FROM _incoming")
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("_incoming")
+        replace_from_frame(con, name, frame)
         return con.execute(f"SELECT count(*) FROM {SCHEMA}.{name}").fetchall()[0][0]
 
     def table_exists(self, con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -161,3 +152,18 @@ class Warehouse(dg.ConfigurableResource):
                 [SCHEMA, name],
             ).fetchall()[0][0]
         )
+
+
+def replace_from_frame(con: duckdb.DuckDBPyConnection, name: str, frame, select: str = "SELECT * FROM _incoming") -> None:
+    """Replace recs.<name> in one transaction with ``select`` over ``frame`` (registered as
+    ``_incoming``): readers see the old table or the new one, never a half-written one."""
+    con.register("_incoming", frame)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        con.execute(f"CREATE OR REPLACE TABLE {SCHEMA}.{name} AS {select}")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("_incoming")
