@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import lancedb
-from lancedb.index import BTree
+from lancedb.index import BTree, IvfFlat
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -336,7 +336,10 @@ def vector_store(context: dg.AssetExecutionContext, config: VectorStoreConfig, w
     tbl = db.create_table(config.table, data=data, mode="overwrite")
     indexed = False
     if tbl.count_rows() >= config.index_min_rows:
-        tbl.create_index(metric="cosine", vector_column_name="vector", **ann_index_params(tbl.count_rows()))
+        p = ann_index_params(tbl.count_rows())
+        tbl.create_index("vector", replace=True, config=IvfFlat(
+            distance_type="cosine", num_partitions=p["num_partitions"], sample_rate=p["sample_rate"],
+            max_iterations=p["max_iterations"]))
         indexed = True
     for col in ("brand", "category"):
         try:
