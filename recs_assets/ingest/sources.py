@@ -170,16 +170,17 @@ def stage(con: duckdb.DuckDBPyConnection, source: Source, rules: TimeRules | Non
         _collect_rejects(con, scans)
         if kind == "online_retail":
             _require(columns, ONLINE_RETAIL_COLUMNS, label)
-            _stage_online_retail(con, columns, source.merges_case(kind), rules)
+            typed = _typed_online_retail(columns, source.merges_case(kind), rules)
             info = StageInfo(kind)
         else:
             _require(columns, EVENT_COLUMNS_REQUIRED, label)
             unit = _epoch_unit(con, columns["ts"])
-            _stage_events(con, columns, unit, source.merges_case(kind), rules)
+            typed = _typed_events(columns, unit, source.merges_case(kind), rules)
             info = StageInfo(kind, unit)
+        # typed, checked and de-duplicated in one statement: no intermediate copy of every row
+        _mark_duplicates(con, typed)
     except duckdb.Error as exc:
         raise SourceError(f"{label}: cannot be read: {exc}") from exc
-    _mark_duplicates(con)
     return info
 
 
@@ -217,39 +218,61 @@ def _time_checks(rules: TimeRules) -> str:
                  WHEN ts > TIMESTAMP {latest} THEN 'future_timestamp'"""
 
 
-def _integral(expr: str) -> str:
+# Column types whose values need no text parsing: a cast gives what parsing their text would
+# (64-bit integers and doubles convert exactly or correctly rounded, and a double's text
+# round-trips), so the per-row VARCHAR round trip of a 20M-row source is skipped.
+_INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"})
+
+
+def _numeric(col_type: str | None) -> str | None:
+    """'int' or 'double' for a column of that DuckDB type, None when it is read from text."""
+    upper = (col_type or "").upper()
+    return "int" if upper in _INTEGER_TYPES else "double" if upper == "DOUBLE" else None
+
+
+def _as_double(expr: str, col_type: str | None = None) -> str:
+    if _numeric(col_type):
+        return f"CAST({expr} AS DOUBLE)"
+    return f"TRY_CAST(trim(CAST({expr} AS VARCHAR)) AS DOUBLE)"
+
+
+def _integral(expr: str, col_type: str | None = None) -> str:
     """expr as a number when it is a whole one (NULL otherwise): '1.5' is not a quantity."""
+    kind = _numeric(col_type)
+    if kind == "int":
+        return f"TRY_CAST({expr} AS BIGINT)"
+    if kind == "double":
+        return f"(CASE WHEN isfinite({expr}) AND {expr} = floor({expr}) THEN TRY_CAST({expr} AS BIGINT) END)"
     return f"""(CASE WHEN isfinite(TRY_CAST(trim(CAST({expr} AS VARCHAR)) AS DOUBLE))
                       AND TRY_CAST(trim(CAST({expr} AS VARCHAR)) AS DOUBLE)
                           = floor(TRY_CAST(trim(CAST({expr} AS VARCHAR)) AS DOUBLE))
                  THEN TRY_CAST(TRY_CAST(trim(CAST({expr} AS VARCHAR)) AS DOUBLE) AS BIGINT) END)"""
 
 
-def _given(expr: str) -> str:
+def _given(expr: str, col_type: str | None = None) -> str:
+    if _numeric(col_type):
+        return f"({expr} IS NOT NULL)"
     return f"NULLIF(trim(CAST({expr} AS VARCHAR)), '') IS NOT NULL"
 
 
-def _stage_online_retail(con, columns: dict[str, str], merge_case: bool, rules: TimeRules) -> None:
+def _typed_online_retail(columns: dict[str, str], merge_case: bool, rules: TimeRules) -> str:
     codes = ", ".join(_lit(c) for c in NON_PRODUCT_CODES)
     description = "Description" if "Description" in columns else "NULL"
     item = "upper(trim(CAST(StockCode AS VARCHAR)))" if merge_case else "trim(CAST(StockCode AS VARCHAR))"
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _typed0 AS
+    typed0 = f"""
         SELECT row_no,
-               {_integral('CustomerID')} AS customer,
-               {_given('CustomerID')} AS customer_given,
+               {_integral('CustomerID', columns['CustomerID'])} AS customer,
+               {_given('CustomerID', columns['CustomerID'])} AS customer_given,
                NULLIF({item}, '') AS item_id,
                TRY_CAST(InvoiceDate AS TIMESTAMP) AS ts,
-               {_integral('Quantity')} AS quantity,
-               {_given('Quantity')} AS qty_given,
+               {_integral('Quantity', columns['Quantity'])} AS quantity,
+               {_given('Quantity', columns['Quantity'])} AS qty_given,
                TRY_CAST(UnitPrice AS DOUBLE) AS price,
                trim(CAST(InvoiceNo AS VARCHAR)) AS basket_id,
                NULLIF(trim(CAST({description} AS VARCHAR)), '') AS title,
                upper(trim(CAST(StockCode AS VARCHAR))) AS code
-        FROM _raw r
-    """)
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _typed AS
+        FROM _raw r"""
+    return f"""
         SELECT row_no, CAST(customer AS VARCHAR) AS user_id, item_id, ts, 'purchase' AS event,
                CAST(CASE WHEN abs(quantity) <= 2147483647 THEN quantity END AS INTEGER) AS quantity,
                price, basket_id, title,
@@ -266,8 +289,7 @@ def _stage_online_retail(con, columns: dict[str, str], merge_case: bool, rules: 
                  WHEN ts IS NULL THEN 'bad_timestamp'
                  {_time_checks(rules)}
                END AS reason
-        FROM _typed0
-    """)
+        FROM ({typed0})"""
 
 
 def _epoch_unit(con, ts_type: str) -> str | None:
@@ -278,6 +300,9 @@ def _epoch_unit(con, ts_type: str) -> str | None:
     upper = ts_type.upper()
     if "TIMESTAMP" in upper or upper == "DATE":
         return None
+    if _numeric(ts_type):  # numbers already: every non-null value is one
+        median = con.execute("SELECT median(abs(CAST(ts AS DOUBLE))) FROM _raw WHERE ts <> 0").fetchall()[0][0]
+        return None if median is None else next(unit for unit, bound in EPOCH_UNITS if median < bound)
     median = con.execute("""
         SELECT median(abs(v)) FROM (
             SELECT TRY_CAST(trim(CAST(ts AS VARCHAR)) AS DOUBLE) AS v FROM _raw
@@ -308,6 +333,8 @@ def _ts_expression(col_type: str, unit: str | None) -> str:
         return "timezone('UTC', ts)"
     if "TIMESTAMP" in upper or upper == "DATE":
         return "CAST(ts AS TIMESTAMP)"
+    if _numeric(col_type):
+        return _epoch_expression("ts", unit or "ms")
     text = "trim(CAST(ts AS VARCHAR))"
     # Numbers (in the source's detected unit) or ISO-8601, with or without an offset; stored as UTC.
     return f"""CASE
@@ -317,28 +344,25 @@ def _ts_expression(col_type: str, unit: str | None) -> str:
       END"""
 
 
-def _stage_events(con, columns: dict[str, str], unit: str | None, merge_case: bool, rules: TimeRules) -> None:
+def _typed_events(columns: dict[str, str], unit: str | None, merge_case: bool, rules: TimeRules) -> str:
     synonyms = " ".join(f"WHEN {_lit(k)} THEN {_lit(v)}" for k, v in EVENT_SYNONYMS.items())
     has_qty = "quantity" in columns
     has_price = "price" in columns
-    quantity = _integral("quantity") if has_qty else "CAST(1 AS BIGINT)"
-    price = "TRY_CAST(trim(CAST(price AS VARCHAR)) AS DOUBLE)" if has_price else "CAST(NULL AS DOUBLE)"
+    quantity = _integral("quantity", columns.get("quantity")) if has_qty else "CAST(1 AS BIGINT)"
+    price = _as_double("price", columns.get("price")) if has_price else "CAST(NULL AS DOUBLE)"
     basket = "NULLIF(trim(CAST(basket_id AS VARCHAR)), '')" if "basket_id" in columns else "CAST(NULL AS VARCHAR)"
     item = "NULLIF(trim(CAST(item_id AS VARCHAR)), '')"
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _typed0 AS
+    typed0 = f"""
         SELECT row_no,
                NULLIF(trim(CAST(user_id AS VARCHAR)), '') AS user_id,
                {f"upper({item})" if merge_case else item} AS item_id,
                TRY({_ts_expression(columns["ts"], unit)}) AS ts,
                CASE lower(trim(CAST(event AS VARCHAR))) {synonyms} ELSE NULL END AS event,
                {quantity} AS quantity, {price} AS price, {basket} AS basket_id,
-               {_given("quantity") if has_qty else "false"} AS qty_given,
-               {_given("price") if has_price else "false"} AS price_given
-        FROM _raw r
-    """)
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _typed AS
+               {_given("quantity", columns.get("quantity")) if has_qty else "false"} AS qty_given,
+               {_given("price", columns.get("price")) if has_price else "false"} AS price_given
+        FROM _raw r"""
+    return f"""
         SELECT row_no, user_id, item_id, ts, event,
                CAST(CASE WHEN abs(coalesce(quantity, 1)) <= 2147483647 THEN coalesce(quantity, 1) END AS INTEGER)
                    AS quantity,
@@ -355,13 +379,12 @@ def _stage_events(con, columns: dict[str, str], unit: str | None, merge_case: bo
                  WHEN price_given AND (price IS NULL OR NOT isfinite(price)) THEN 'bad_price'
                  WHEN price < 0 THEN 'negative_price'
                END AS reason
-        FROM _typed0
-    """)
+        FROM ({typed0})"""
 
 
-def _mark_duplicates(con) -> None:
+def _mark_duplicates(con, typed: str) -> None:
     """Identical canonical rows within a source are one event recorded twice: keep the first."""
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _staged AS
         SELECT * EXCLUDE (dup_rank)
         FROM (
@@ -371,7 +394,7 @@ def _mark_duplicates(con) -> None:
                 SELECT *, row_number() OVER (
                     PARTITION BY reason IS NULL, user_id, item_id, ts, event, quantity, price, basket_id
                     ORDER BY row_no) AS dup_rank
-                FROM _typed
+                FROM ({typed})
             ) t
         )
     """)
