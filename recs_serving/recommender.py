@@ -44,6 +44,7 @@ from .release import ReleaseContract
 from .scoring import SOURCES, request_history, seed_weights
 from recs_kernels import als as _als
 from recs_kernels import blend as _blend
+from recs_kernels import request as _request
 from recs_kernels import topk as _topk
 
 log = logging.getLogger("recs_serving")
@@ -89,6 +90,14 @@ class _State:
     @cached_property
     def event_weights(self) -> dict[str, float]:
         return self.contract.event_weights.model_dump()
+
+    @cached_property
+    def arrays(self) -> "prepared.RequestArrays | None":
+        """The request kernel's arrays (``recs_kernels.request``); None when the scorer is not
+        the release's ``Blend`` (a wrapper, e.g. tuning's recorder, sees each scoring call)."""
+        if type(self.scorer) is not _blend.Blend:
+            return None
+        return prepared.RequestArrays(self.rel, self.scorer, self.contract)
 
     @staticmethod
     def of(rel: LoadedRelease) -> "_State":
@@ -428,6 +437,53 @@ class Recommender:
         return cand
 
     def _blend(self, st: _State, q: _Query, meta: dict) -> list[tuple[int, float, list[str]]]:
+        """The blended picks: candidates, scores and the MMR pool in two numba calls
+        (``recs_kernels.request``), the same answers as ``_blend_reference`` to the bit."""
+        a = st.arrays
+        if a is None:
+            return self._blend_reference(st, q, meta)
+        rel = st.rel
+        sizes = st.contract.candidates
+        user = q.user
+        fold = q.seeds.size > 0 and rel.als_item is not None
+        u_given = _NO_F32
+        u_bpr = _NO_F32
+        if user >= 0:
+            a0, a1 = rel.hist_indptr[user], rel.hist_indptr[user + 1]
+            hist_items, hist_w = rel.hist_items[a0:a1], rel.hist_weight[a0:a1]
+            if not fold and rel.als_user is not None:
+                u_given = np.asarray(rel.als_user[user], dtype=np.float32)
+            if rel.bpr_user is not None:
+                u_bpr = np.asarray(rel.bpr_user[user], dtype=np.float32)
+            topn_row = rel.topn_ids[user]
+        else:
+            hist_items, hist_w, topn_row = _NONE32, _NO_F32, _NONE32
+        k = q.k
+        scan_m = min(rel.n_items, sizes.als_scan_per_k * k + sizes.als_scan_extra) if fold and rel.n_items <= self.scan_items else 0
+        n_pop = sizes.popular_per_k * k
+        lists = rel.popularity_lists
+        pops = (lists[("brand", q.brand)][:n_pop] if q.brand and ("brand", q.brand) in lists else _NONE32,
+                lists[("category", q.category)][:n_pop] if q.category and ("category", q.category) in lists else _NONE32,
+                lists[("trending", "")][:k],
+                lists[("global", "")][:n_pop] if user < 0 and q.seeds.size == 0 else _NONE32)
+        h_ids, h_w, u_als, cand, n_gen = _request.gather(
+            a, hist_items=hist_items, hist_w=hist_w, cap=sizes.history_cap, seeds=q.seeds, seed_w=q.seed_w, fold=fold,
+            u_given=u_given, scan_m=scan_m, topn_row=topn_row, per_seed=sizes.neighbours_per_seed,
+            multi=q.seeds.size >= 2, pops=pops, exclude=q.exclude, seen=q.seen if q.seen.size else _NONE32)
+        if not q.filt.empty and cand.size:
+            cand = cand[q.filt.mask(rel, cand)]
+        meta["candidates"] = int(n_gen)
+        meta["eligible"] = int(cand.size)
+        if cand.size == 0:
+            return []
+        _, w_row = st.scorer._checked_weights(q.weights)
+        total, contrib, anchors = _request.score(a, w_row, cand, u_als=_NO_F32 if u_als is None else u_als, u_bpr=u_bpr,
+                                                 h_ids=h_ids, h_w=h_w)
+        return self._pick(st, q, cand, total, contrib, {src: anchors[j] for j, src in enumerate(_ANCHORED)})
+
+    def _blend_reference(self, st: _State, q: _Query, meta: dict) -> list[tuple[int, float, list[str]]]:
+        """``_blend`` step by step in numpy, through ``st.scorer.score_candidates`` (what a
+        scorer wrapper intercepts; the request kernel's tests compare against it)."""
         rel = st.rel
         u_als = None
         bpr_u = None
@@ -459,6 +515,12 @@ class Recommender:
             return []
         total, contrib, anchors = st.scorer.score_candidates(
             q.weights, cand, als_user=u_als, bpr_user=bpr_u, hist_ids=h_ids, hist_w=h_w)
+        return self._pick(st, q, cand, total, contrib, anchors)
+
+    def _pick(self, st: _State, q: _Query, cand: np.ndarray, total: np.ndarray, contrib: np.ndarray,
+              anchors: dict) -> list[tuple[int, float, list[str]]]:
+        """MMR over the best-scored candidates, each pick with its reasons."""
+        rel = st.rel
         order = np.lexsort((cand, -total))
         sizes = st.contract.candidates
         m = min(cand.size, max(sizes.mmr_pool_per_k * q.k, q.k + sizes.mmr_pool_extra))
@@ -796,6 +858,9 @@ def _customer_candidates(rel: LoadedRelease, i: int) -> np.ndarray:
 
 
 _NONE = np.zeros(0, np.int64)
+_NONE32 = np.zeros(0, np.int32)
+_NO_F32 = np.zeros(0, np.float32)
+_ANCHORED = ("item_sim", "covis", "rules", "content")  # recs_kernels.request.score's anchor rows
 
 
 def _member(x: np.ndarray, sorted_: np.ndarray) -> np.ndarray:

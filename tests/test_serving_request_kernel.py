@@ -1,0 +1,108 @@
+"""The request kernel (recs_kernels.request) against the numpy path it replaces
+(``Recommender._blend_reference``): the same picks, scores, reasons and metadata, to the bit,
+on random requests of every blended use case of a release built from the bundled data."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from serving_fixtures import recommender, release_home  # noqa: F401
+
+from recs_kernels import blend, request
+from recs_serving.schemas import Interaction
+
+T0 = 1_700_000_000_000
+
+
+def _requests(rel, n: int, seed: int):
+    rnd = random.Random(seed)
+    brands = [k for (s, k) in rel.popularity_lists if s == "brand"]
+    cats = [k for (s, k) in rel.popularity_lists if s == "category"]
+    # long histories first among the known users: the cap and the exclusion of what was seen matter there
+    lens = np.diff(rel.hist_indptr)
+    heavy = np.argsort(-lens, kind="stable")[:50].tolist()
+
+    def item():
+        return rel.item_ids[rnd.randrange(rel.n_items)]
+
+    def user():
+        return rel.user_ids[rnd.choice(heavy) if rnd.random() < 0.3 else rnd.randrange(rel.n_users)]
+
+    for t in range(n):
+        kind = t % 8
+        kw = dict(k=rnd.choice([1, 5, 10, 20, 50]), user_id=None, recent=[], brand=None, filters={}, lam=None,
+                  exclusions=[item() for _ in range(rnd.randrange(3))])
+        if kind in (0, 1, 5, 6):  # a known user, with recent events except kind 1 (no events: the blend of the batch table)
+            kw["user_id"] = user()
+        if kind in (0, 2, 5, 6):
+            kw["recent"] = [Interaction(item_id=item(), timestamp=T0 - 60_000 * rnd.randrange(5000),
+                                        event=rnd.choice(["view", "add", "purchase"])) for _ in range(rnd.randrange(1, 9))]
+        if kind == 3:
+            kw.update(extra_seeds=[item() for _ in range(rnd.randrange(1, 5))], use_case="cart")
+        if kind == 4:
+            kw.update(extra_seeds=[item()], seed_event="view", use_case="item_page", lam=rnd.choice([None, 0.5]))
+        if kind == 5 and brands:
+            kw["brand"] = rnd.choice(brands)
+        if kind == 6 and cats:
+            kw["filters"] = {"category": [rnd.choice(cats)]}
+        # kind 7: anonymous without events (cold start)
+        yield kind, kw
+
+
+def test_request_kernel_answers_as_the_numpy_path(recommender):  # noqa: F811
+    st = recommender._current()
+    rel = st.rel
+    assert st.arrays is not None
+    kinds = set()
+    for kind, kw in _requests(rel, 320, seed=7):
+        q = recommender._query(st, meta={}, **kw)
+        m_new, m_ref = {}, {}
+        got = recommender._blend(st, q, m_new)
+        want = recommender._blend_reference(st, q, m_ref)
+        assert got == want, (kind, kw)  # item, score (exact float) and reasons of every pick
+        assert m_new == m_ref
+        kinds.add(kind)
+        # the tie order: equal scores go to the lower item index (when MMR is off)
+        if q.lam >= 1.0:
+            for (i1, s1, _), (i2, s2, _) in zip(got, got[1:]):
+                assert s1 > s2 or (s1 == s2 and i1 < i2)
+    assert kinds == set(range(8))
+
+
+def test_a_scorer_wrapper_sees_the_numpy_path(recommender):  # noqa: F811
+    """A scorer that is not the release's Blend (tuning's recorder wraps it) gets every
+    ``score_candidates`` call: the kernel path is for the plain Blend only."""
+    import dataclasses
+
+    st = recommender._current()
+    rel = st.rel
+    calls = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(st.scorer, name)
+
+        def score_candidates(self, weights, cand, **kw):
+            calls.append(cand)
+            return st.scorer.score_candidates(weights, cand, **kw)
+
+    wrapped = dataclasses.replace(st, scorer=Recording())
+    assert wrapped.arrays is None
+    q = recommender._query(st, k=10, user_id=None, recent=[Interaction(item_id=rel.item_ids[3], timestamp=T0, event="view")],
+                           brand=None, exclusions=(), filters={}, lam=None, meta={})
+    assert recommender._blend(wrapped, q, {}) == recommender._blend(st, q, {})
+    assert len(calls) == 1 and calls[0].size > 0
+
+
+@pytest.mark.parametrize("cap", [0, 1, 3, 7, 50])
+def test_capped_history_is_cap_row(cap):
+    rng = np.random.default_rng(cap)
+    for n in (0, 1, 5, 40):
+        ids = rng.permutation(200)[:n].astype(np.int32)
+        w = rng.choice([0.5, 1.0, 2.0, 3.0], size=n).astype(np.float32)  # many equal weights: the id breaks ties
+        pos = request._capped(ids, w, cap)
+        want_ids, want_w = blend.cap_row(ids.astype(np.int64), w.astype(np.float64), cap)
+        np.testing.assert_array_equal(ids[pos], want_ids)
+        np.testing.assert_array_equal(w[pos].astype(np.float64), want_w)
