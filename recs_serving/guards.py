@@ -49,6 +49,21 @@ def request_id(scope) -> str:
     return scope.get("recs_request_id") or "-"
 
 
+def assign_request_id(scope) -> tuple[bytes, bytes]:
+    """The request's id (the client's when short and plain, else a fresh one), recorded in the
+    scope; returns the response header carrying it."""
+    rid = None
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER:
+            if _SAFE_ID.match(value):
+                rid = value
+            break
+    if rid is None:
+        rid = f"{_PREFIX}-{next(_counter):x}".encode()
+    scope["recs_request_id"] = rid.decode()
+    return REQUEST_ID_HEADER, rid
+
+
 class RequestIdMiddleware:
     """Raw ASGI: one id per HTTP request, echoed in the response headers."""
 
@@ -59,16 +74,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = None
-        for name, value in scope["headers"]:
-            if name == REQUEST_ID_HEADER:
-                if _SAFE_ID.match(value):
-                    rid = value
-                break
-        if rid is None:
-            rid = f"{_PREFIX}-{next(_counter):x}".encode()
-        scope["recs_request_id"] = rid.decode()
-        header = (REQUEST_ID_HEADER, rid)
+        header = assign_request_id(scope)
 
         async def _send(message):
             if message["type"] == "http.response.start":
