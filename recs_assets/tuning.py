@@ -48,6 +48,55 @@ def _recalls(total, cand, seg, tpos, tptr, denom, k):
     return out
 
 
+@njit(cache=True)
+def _recalls_w(C, w, cand, seg, tpos, tptr, denom, k):
+    """``_recalls`` of the totals ``C @ w``, fused: only requests with a truth item among their
+    candidates are scored, and each by its k-th best candidate (one pass keeping the k best),
+    so a trial costs one pass over the rows instead of one per truth item."""
+    n_q = seg.shape[0] - 1
+    n_s = C.shape[1]
+    out = np.zeros(n_q)
+    top_v = np.empty(k, np.float32)
+    top_c = np.empty(k, np.int64)
+    for q in range(n_q):
+        if tptr[q] == tptr[q + 1] or denom[q] <= 0:
+            continue
+        a, b = seg[q], seg[q + 1]
+        if b - a <= k:
+            out[q] = (tptr[q + 1] - tptr[q]) / denom[q]
+            continue
+        n = 0
+        for j in range(a, b):
+            s = np.float32(0.0)
+            for i in range(n_s):
+                s += C[j, i] * w[i]
+            c = cand[j]
+            if n == k and (s < top_v[k - 1] or (s == top_v[k - 1] and c > top_c[k - 1])):
+                continue
+            # insert into the sorted k best (total desc, item index asc: the served order)
+            p = n if n < k else k - 1
+            while p > 0 and (s > top_v[p - 1] or (s == top_v[p - 1] and c < top_c[p - 1])):
+                if p < k:
+                    top_v[p] = top_v[p - 1]
+                    top_c[p] = top_c[p - 1]
+                p -= 1
+            top_v[p] = s
+            top_c[p] = c
+            if n < k:
+                n += 1
+        kv, kc = top_v[k - 1], top_c[k - 1]
+        hits = 0
+        for t in range(tptr[q], tptr[q + 1]):
+            p = tpos[t]
+            s = np.float32(0.0)
+            for i in range(n_s):
+                s += C[p, i] * w[i]
+            if s > kv or (s == kv and cand[p] <= kc):
+                hits += 1
+        out[q] = hits / denom[q]
+    return out
+
+
 @dataclass
 class Recorded:
     """Per use case: every request's candidates and per-source contributions, concatenated."""
@@ -59,12 +108,15 @@ class Recorded:
     tptr: dict = field(default_factory=dict)
     denom: dict = field(default_factory=dict)
 
+    def recalls(self, weights: dict, use_case: str, k: int = K) -> np.ndarray:
+        """recall@k of the served answer (MMR off) of each request."""
+        w = np.array([float(weights.get(s, 0.0)) for s in SOURCES], np.float32)
+        return _recalls_w(self.contrib[use_case], w, self.cand[use_case], self.seg[use_case], self.tpos[use_case],
+                          self.tptr[use_case], self.denom[use_case], k)
+
     def recall(self, weights: dict, use_case: str, k: int = K, limit: int | None = None) -> float:
         """Mean recall@k of the served answers (MMR off) over the requests (the first ``limit``)."""
-        w = np.array([float(weights.get(s, 0.0)) for s in SOURCES], np.float32)
-        total = self.contrib[use_case] @ w
-        r = _recalls(total, self.cand[use_case], self.seg[use_case], self.tpos[use_case], self.tptr[use_case],
-                     self.denom[use_case], k)[:limit]
+        r = self.recalls(weights, use_case, k)[:limit]
         return float(r.mean()) if r.size else 0.0
 
     def half(self, use_case: str, part: int) -> "Recorded":
@@ -169,14 +221,23 @@ class SearchResult:
     curve: list  # (trial, value, best so far)
     single: dict  # source -> (objective, per use case)
     scale: dict  # use case -> best single source's recall@k (the objective's unit)
+    seconds: float = 0.0  # CPU seconds spent
+
+
+COORD_STEPS = (0.0, 0.25, 0.5, 2.0, 4.0)  # a source's weight times these, when it has one
+COORD_FROM_ZERO = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # else these times the largest weight
+PATIENCE = 300  # random perturbations without a gain before the search stops (and returns its budget)
 
 
 def search(rec: Recorded, start: dict, use_case_weights: dict, budget_seconds: float, seed: int = 0,
-           use_cases=None) -> SearchResult:
+           use_cases=None, patience: int = PATIENCE) -> SearchResult:
     """Coordinate search, then random perturbations, on the recorded validation requests (of
-    ``use_cases``, default all recorded), for ``budget_seconds`` of this process's CPU time (a
-    loaded machine does not cut the search short)."""
-    t_end = time.process_time() + budget_seconds
+    ``use_cases``, default all recorded), for at most ``budget_seconds`` of this process's CPU
+    time (a loaded machine does not cut the search short). Coordinate passes repeat while one
+    helps; the perturbations stop after ``patience`` trials without a gain, so a search that has
+    converged (few sources with a signal) leaves its budget unspent (``SearchResult.seconds``)."""
+    t0 = time.process_time()
+    t_end = t0 + budget_seconds
     ucs = list(use_cases or rec.contrib)
     curve: list = []
     cache: dict = {}
@@ -203,10 +264,10 @@ def search(rec: Recorded, start: dict, use_case_weights: dict, budget_seconds: f
     while improved and time.process_time() < t_end:
         improved = False
         for s in SOURCES:
-            cur = best[s]
-            # from 0: a log-spaced range (neighbour sources have large z-scores on few items:
-            # their useful weights are small)
-            tries = [0.0, cur / 2, cur * 2] if cur > 0 else [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
+            cur, top = best[s], max(best.values())
+            # from 0: log-spaced below the largest weight (neighbour sources have large z-scores
+            # on few items: their useful weights are small)
+            tries = [cur * m for m in COORD_STEPS] if cur > 0 else [top * m for m in COORD_FROM_ZERO]
             for v in tries:
                 if time.process_time() >= t_end:
                     break
@@ -217,16 +278,18 @@ def search(rec: Recorded, start: dict, use_case_weights: dict, budget_seconds: f
                 if val > best_v + 1e-9:
                     best, best_v, improved = cand, val, True
     rng = np.random.default_rng(seed)
-    while time.process_time() < t_end and len(cache) < 5000:
+    stale = 0
+    while time.process_time() < t_end and len(cache) < 5000 and stale < patience:
         cand = {s: float(best[s] * np.exp(rng.normal(0, 0.5))) if best[s] > 0 else
                 (float(rng.choice([0.0, 0.0, 0.1])) * max(best.values())) for s in SOURCES}
         val, _ = f(cand)
+        stale += 1
         if val > best_v + 1e-9:
-            best, best_v = cand, val
+            best, best_v, stale = cand, val, 0
     top = max(best.values())
     best = {s: round(v / top, 4) for s, v in best.items()}  # scale-free: the largest weight is 1
     val, per = f(best)
-    return SearchResult(best, val, per, len(cache), curve, single, scale)
+    return SearchResult(best, val, per, len(cache), curve, single, scale, time.process_time() - t0)
 
 
 @dataclass
@@ -261,11 +324,13 @@ def choose_blends(rec: Recorded, configured: dict, configured_lambda: float, *, 
     ``{use_case: UseCaseChoice}``."""
     ucs = [u for u in rec.contrib if rec.seg[u].size > 1]
     out = {}
+    t_end = time.process_time() + budget_seconds
     for n, uc in enumerate(ucs):
         single = {s: rec.recall({s: 1.0}, uc) for s in SOURCES}
         oof = None
         if tune:
-            share = budget_seconds / len(ucs)
+            # an even share of what is left: a search that converges early leaves its rest to the next
+            share = max(0.0, t_end - time.process_time()) / (len(ucs) - n)
             res = search(rec, configured, {}, share / 2, seed=seed + n, use_cases=[uc])
             weights, trials, curve = res.weights, res.trials, res.curve
             oof = out_of_fold(rec, uc, configured, share / 2, seed + n)

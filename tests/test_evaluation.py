@@ -156,3 +156,48 @@ def test_hyperparameter_search_keeps_a_step_that_helps_and_the_fit_assets_apply_
     store.save("tuned_blend", meta={"tuned": True, "hyperparameters": found["chosen"]})
     assert tuning.apply_tuned_fit(als, store).regularization == 1.0 and tuning.apply_tuned_fit(als, store).factors == als.factors
     assert tuning.apply_tuned_fit(matrix, store).decay_days == 270.0
+
+
+def _synthetic_record(n_q: int = 60, seed: int = 0, tied: bool = True) -> tuning.Recorded:
+    """A made-up record: per request 5..40 candidates, per-source contributions (rounded, so
+    totals tie), 1..3 truth items among the candidates."""
+    rng = np.random.default_rng(seed)
+    rec, uc = tuning.Recorded(), "homepage"
+    C, cand, seg, tpos, tptr, denom = [], [], [0], [], [0], []
+    for _ in range(n_q):
+        n = int(rng.integers(5, 41))
+        c = rng.normal(size=(n, len(SOURCES))).astype(np.float32)
+        C.append(np.round(c, 1) if tied else c)
+        cand.append(rng.permutation(500)[:n])
+        tpos.extend(seg[-1] + rng.choice(n, int(rng.integers(1, 4)), replace=False))
+        tptr.append(len(tpos))
+        denom.append(float(min(10, tptr[-1] - tptr[-2] + int(rng.integers(0, 2)))))
+        seg.append(seg[-1] + n)
+    rec.contrib[uc] = np.ascontiguousarray(np.concatenate(C))
+    rec.cand[uc], rec.seg[uc] = np.concatenate(cand).astype(np.int64), np.asarray(seg, np.int64)
+    rec.tpos[uc], rec.tptr[uc], rec.denom[uc] = np.asarray(tpos, np.int64), np.asarray(tptr, np.int64), np.asarray(denom)
+    return rec
+
+
+def test_fused_recall_kernel_ranks_like_the_served_order():
+    # one pass keeping the k best must count the hits the rank count does, ties to the lower item index included
+    rec, uc = _synthetic_record(), "homepage"
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        w = (rng.random(len(SOURCES)) * (rng.random(len(SOURCES)) < 0.6)).astype(np.float32)
+        if trial == 0:
+            w[:] = 0  # every total ties: the item index decides alone
+        want = tuning._recalls(rec.contrib[uc] @ w, rec.cand[uc], rec.seg[uc], rec.tpos[uc], rec.tptr[uc], rec.denom[uc], 10)
+        got = rec.recalls(dict(zip(SOURCES, w.tolist())), uc)
+        np.testing.assert_array_equal(got, want)
+        assert got.max() > 0
+
+
+def test_a_converged_search_stops_early_and_returns_its_budget():
+    rec, uc = _synthetic_record(tied=False), "homepage"
+    # only the first source ranks the truth first: the search reaches recall 1 and then has nothing to gain
+    rec.contrib[uc][:, 0] = 0.0
+    rec.contrib[uc][rec.tpos[uc], 0] = 5.0
+    res = tuning.search(rec, {s: 1.0 for s in SOURCES}, {}, budget_seconds=30.0, use_cases=[uc], patience=50)
+    assert res.per_use_case[uc] == pytest.approx(rec.recall({SOURCES[0]: 1.0}, uc))
+    assert res.seconds < 15.0 and res.trials < 5000
