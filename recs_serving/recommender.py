@@ -44,6 +44,7 @@ from .release import ReleaseContract
 from .scoring import SOURCES, request_history, seed_weights
 from recs_kernels import als as _als
 from recs_kernels import blend as _blend
+from recs_kernels import customers as _customers
 from recs_kernels import request as _request
 from recs_kernels import topk as _topk
 
@@ -270,6 +271,8 @@ class Recommender:
                 picks = self._topn_picks(st, q) if q.user >= 0 and not rec and rel_has_topn(rel, q.user) else self._blend(st, q, meta)
                 self._fill(st, q, picks, meta)
             _topk.topk_scores(np.zeros(8, np.float32), 2)
+            if rel.als_user is not None and rel.als_item is not None and rel.n_users:
+                _customers_by_candidates(rel, 0, 5)  # /customers' kernels (used above SCAN_USERS users)
         except Exception:  # noqa: BLE001 - warming must never block a release
             log.exception("warm-up of release %s failed (serving it anyway)", rel.version)
 
@@ -696,11 +699,7 @@ class Recommender:
             # Bounded work per request (a full scan of 1M users is ~0.5 s): exact ALS scores on
             # candidates = buyers of the item's neighbours plus a fixed stride sample of users.
             a, b = rel.buyers.indptr[i], rel.buyers.indptr[i + 1]
-            cand = _customer_candidates(rel, i)
-            s = np.asarray(rel.als_user[cand], dtype=np.float32) @ rel.als_item[i]
-            s[_member(cand, np.asarray(rel.buyers.indices[a:b], np.int64))] = -np.inf  # already bought it
-            top, scores = _topk.topk_scores(s, min(k, cand.size))
-            ids = np.where(top >= 0, cand[np.maximum(top, 0)], -1)
+            cand, ids, scores = _customers_by_candidates(rel, i, k)
             meta["strategy"] = "als_candidates"
             meta["candidates"] = int(cand.size)
         elif rel.als_user is not None and rel.n_users:
@@ -713,8 +712,9 @@ class Recommender:
             s[rel.buyers.indices[a:b]] = -np.inf  # already bought it: not a target
             ids, scores = _topk.topk_scores(s, min(k, rel.n_users))
         if rel.als_user is not None and rel.n_users:
-            customers = [
-                Customer.model_construct(user_id=rel.user_ids[u], score=round(float(v), 6), rank=r + 1)
+            user_ids = rel.user_ids
+            customers = [  # validated data: built as model_construct would, without its per-field pass
+                _trusted(Customer, {"user_id": user_ids[u], "score": round(v, 6), "rank": r + 1})
                 for r, (u, v) in enumerate(zip(ids.tolist(), scores.tolist())) if u >= 0
             ]
             meta["excluded_buyers"] = int(b - a)
@@ -835,6 +835,40 @@ SCAN_USERS = 200_000  # above this many users, /customers scores candidates inst
 CUSTOMER_SAMPLE = 4096
 BUYERS_PER_NEIGHBOUR = 64
 NEIGHBOURS_FOR_CUSTOMERS = 10
+
+
+def _customers_by_candidates(rel: LoadedRelease, i: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(candidates, top user idx [k] (-1 past the eligible), their scores)`` for item ``i``:
+    ``_customers_by_candidates_reference`` in a few numba calls (``recs_kernels.customers``)."""
+    U = rel.als_user
+    if U.dtype not in (np.float16, np.float32) or U.ndim != 2 or not U.flags.c_contiguous:
+        return _customers_by_candidates_reference(rel, i, k)
+    start = (i * 2654435761) % max(1, rel.n_users - CUSTOMER_SAMPLE + 1)
+    adj = [rel.sim_factors, rel.covis, getattr(rel, "item_sim", None)]
+    parts = [x for a in adj for x in ((a.indptr, a.indices) if a is not None else (np.zeros(rel.n_items + 1, np.int64), _NONE32))]
+    bp, bi = rel.buyers.indptr, rel.buyers.indices
+    cand = _customers.candidates(rel.n_users, start, CUSTOMER_SAMPLE, i, NEIGHBOURS_FOR_CUSTOMERS, BUYERS_PER_NEIGHBOUR,
+                                 *parts, bp, bi)
+    if U.dtype == np.float16:
+        G = _customers.rows_half(U.view(np.uint16), cand, _customers.HALF_TO_FLOAT)
+    else:
+        G = _customers.rows(U, cand)
+    ids, scores, ok = _customers.top_customers(G, np.asarray(rel.als_item[i], np.float32), cand, bi[bp[i]:bp[i + 1]],
+                                               min(k, cand.size))
+    if not ok:
+        raise ValueError("scores contains non-finite values")  # what topk.topk_scores refuses
+    return cand, ids, scores
+
+
+def _customers_by_candidates_reference(rel: LoadedRelease, i: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The numpy version of ``_customers_by_candidates`` (its tests compare against it)."""
+    a, b = rel.buyers.indptr[i], rel.buyers.indptr[i + 1]
+    cand = _customer_candidates(rel, i)
+    s = np.asarray(rel.als_user[cand], dtype=np.float32) @ rel.als_item[i]
+    s[_member(cand, np.asarray(rel.buyers.indices[a:b], np.int64))] = -np.inf  # already bought it
+    top, scores = _topk.topk_scores(s, min(k, cand.size))
+    ids = np.where(top >= 0, cand[np.maximum(top, 0)], -1)
+    return cand, ids, scores
 
 
 def _customer_candidates(rel: LoadedRelease, i: int) -> np.ndarray:

@@ -106,3 +106,23 @@ def test_capped_history_is_cap_row(cap):
         want_ids, want_w = blend.cap_row(ids.astype(np.int64), w.astype(np.float64), cap)
         np.testing.assert_array_equal(ids[pos], want_ids)
         np.testing.assert_array_equal(w[pos].astype(np.float64), want_w)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_customer_kernels_answer_as_numpy(recommender, dtype):  # noqa: F811
+    """/customers by candidates (the path above SCAN_USERS users), numba against numpy: the same
+    candidates, users and scores, with the user factors stored as float16 (the mapped cache) or
+    float32."""
+    import dataclasses
+
+    from recs_serving.recommender import _customers_by_candidates, _customers_by_candidates_reference
+
+    rel = recommender.release
+    rel = dataclasses.replace(rel, als_user=np.ascontiguousarray(rel.als_user, dtype=dtype))
+    rng = np.random.default_rng(5)
+    for i in rng.choice(rel.n_items, 60, replace=False).tolist() + [0, rel.n_items - 1]:
+        for k in (1, 20):
+            got = _customers_by_candidates(rel, i, k)
+            want = _customers_by_candidates_reference(rel, i, k)
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g, w)
