@@ -109,9 +109,10 @@ def popularity(con, trending_days: float, as_of=None) -> tuple[np.ndarray, np.nd
     return out[0], out[1]
 
 
-def _sessions(gap_minutes: float, where: str = "TRUE") -> str:
+def _sessions(gap_minutes: float, where: str = "TRUE", materialized: bool = False) -> str:
     """modeling.with_sessions in SQL: (session, user_id, item_id, ts, event, derived). The session
-    number counts starts over peers too (RANGE frame), so tied timestamps get one number."""
+    number counts starts over peers too (RANGE frame), so tied timestamps get one number.
+    materialized: computed once for a query that reads `sessions` twice."""
     gap_us = int(gap_minutes * 60e6)
     return f"""
         ev AS (SELECT user_id, item_id, ts, event, basket_id FROM recs.interactions WHERE {where}),
@@ -121,7 +122,7 @@ def _sessions(gap_minutes: float, where: str = "TRUE") -> str:
                             true)::BIGINT AS start
             FROM ev WHERE basket_id IS NULL AND user_id IS NOT NULL
             WINDOW w AS (ORDER BY user_id, ts)),
-        sessions AS (
+        sessions AS {"MATERIALIZED " if materialized else ""}(
             SELECT basket_id AS session, user_id, item_id, ts, event, false AS derived
             FROM ev WHERE basket_id IS NOT NULL
             UNION ALL
@@ -131,29 +132,70 @@ def _sessions(gap_minutes: float, where: str = "TRUE") -> str:
 
 def covisitation(con, p: modeling.CovisParams, event_weights: dict[str, float] | None = None) -> sp.csr_matrix:
     """modeling.covisitation on recs.interactions."""
+    return covisitation_counts(*covisitation_events(con, p, event_weights), p)
+
+
+def covisitation_events(con, p: modeling.CovisParams,
+                        event_weights: dict[str, float] | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """The inputs of covisitation_counts: (session, col, t, w) arrays and the catalog size. Read
+    them, close the connection (DuckDB's buffers go), then count: the two peaks do not add up."""
     n_items = _items(con)
     ew = event_weights or modeling.EVENT_WEIGHTS
-    a = _numpy(con, f"""WITH {_sessions(p.session_gap_minutes)}
-        SELECT dense_rank() OVER (ORDER BY session)::BIGINT AS s, it.col::BIGINT AS col,
-               epoch_ms(ts) // 1000 AS t, {_event_weight(ew, 'REAL')} AS w
-        FROM sessions JOIN _items it USING (item_id) ORDER BY session, ts""")
+    # Sessions numbered in session order (as a dense rank over every event would) from the
+    # distinct sessions, and the rows left unordered: no window or sort over every event, which
+    # ran one-threaded and held the most memory of the graph. covis.counts sorts the rows
+    # itself and its result does not depend on their order; the groups keep the session order,
+    # so every sum adds up in the same order as before. Sessions formed from basket-less events
+    # (windows over them) are computed once and kept for the two reads; basket ids are re-read.
+    derived = con.execute("SELECT count(*) > 0 FROM recs.interactions "
+                          "WHERE basket_id IS NULL AND user_id IS NOT NULL").fetchall()[0][0]
+    a = _numpy(con, f"""WITH {_sessions(p.session_gap_minutes, materialized=derived)},
+        keys AS (SELECT session, (row_number() OVER (ORDER BY session))::INTEGER AS s
+                 FROM (SELECT DISTINCT session FROM sessions JOIN _items USING (item_id)))
+        SELECT k.s, it.col, epoch_ms(ts) // 1000 AS t, {_event_weight(ew, 'REAL')} AS w
+        FROM sessions JOIN _items it USING (item_id) JOIN keys k USING (session)""")
+    return a, n_items
+
+
+def covisitation_counts(a: dict[str, np.ndarray], n_items: int, p: modeling.CovisParams) -> sp.csr_matrix:
+    """Counts covisitation_events' arrays (taken out of `a`, so the caller holds no second copy)."""
     if len(a["s"]) == 0:
         return sp.csr_matrix((n_items, n_items), dtype=np.float32)
-    return covis.counts(a["s"], a["col"], a["t"].astype(np.int64), a["w"].astype(np.float32),
+    return covis.counts(a.pop("s"), a.pop("col"), a.pop("t").astype(np.int64, copy=False),
+                        a.pop("w").astype(np.float32, copy=False),
                         time_decay_seconds=p.time_decay_hours * 3600.0, top_k=p.top_k, n_items=n_items)
 
 
 def user_similarity(con, p: modeling.SimilarityParams, event_weights: dict[str, float] | None = None) -> sp.csr_matrix:
     """modeling.user_similarity on recs.interactions."""
+    return user_similarity_counts(*user_similarity_events(con, p, event_weights), p)
+
+
+def user_similarity_events(con, p: modeling.SimilarityParams,
+                           event_weights: dict[str, float] | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """The inputs of user_similarity_counts: (u, col, t, w) arrays and the catalog size."""
     n_items = _items(con)
     ew = event_weights or modeling.EVENT_WEIGHTS
+    # Users numbered in user_id order (as a dense rank would), from the distinct users only:
+    # no window or ORDER BY over every event (one-threaded, and spilling at 20M). The rows come
+    # back unordered: covis.counts sorts them itself and its result does not depend on input
+    # order, and the groups keep the user_id order, so sums add up in the same order as before.
+    con.execute("""CREATE OR REPLACE TEMP TABLE _user_keys AS
+        SELECT user_id, (row_number() OVER (ORDER BY user_id))::INTEGER AS u
+        FROM (SELECT DISTINCT user_id FROM recs.interactions WHERE user_id IS NOT NULL)""")
     a = _numpy(con, f"""
-        SELECT dense_rank() OVER (ORDER BY user_id)::BIGINT AS u, it.col::BIGINT AS col,
-               epoch_ms(ts) // 1000 AS t, {_event_weight(ew, 'REAL')} AS w
-        FROM recs.interactions JOIN _items it USING (item_id) WHERE user_id IS NOT NULL ORDER BY user_id, ts""")
+        SELECT k.u, it.col, epoch_ms(ts) // 1000 AS t, {_event_weight(ew, 'REAL')} AS w
+        FROM recs.interactions JOIN _items it USING (item_id) JOIN _user_keys k USING (user_id)""")
+    con.execute("DROP TABLE _user_keys")
+    return a, n_items
+
+
+def user_similarity_counts(a: dict[str, np.ndarray], n_items: int, p: modeling.SimilarityParams) -> sp.csr_matrix:
+    """Counts user_similarity_events' arrays (taken out of `a`) and normalises."""
     if len(a["u"]) == 0:
         return sp.csr_matrix((n_items, n_items), dtype=np.float32)
-    C = covis.counts(a["u"], a["col"], a["t"].astype(np.int64), a["w"].astype(np.float32),
+    C = covis.counts(a.pop("u"), a.pop("col"), a.pop("t").astype(np.int64, copy=False),
+                     a.pop("w").astype(np.float32, copy=False),
                      time_decay_seconds=p.decay_days * 86400.0, top_k=p.top_k, n_items=n_items, window=p.window)
     return modeling.normalized_similarity(C)
 

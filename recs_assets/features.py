@@ -161,7 +161,10 @@ def covisitation(context: dg.AssetExecutionContext, config: modeling.CovisParams
                  artifacts: ArtifactStore) -> dg.MaterializeResult:
     items = io.load_item_ids(warehouse)
     with warehouse.connect() as con:
-        C = sp.csr_matrix(aggregates.covisitation(con, config))
+        events, n_items = aggregates.covisitation_events(con, config)
+    # counted with the connection closed: DuckDB's memory is released before the kernel's
+    C = sp.csr_matrix(aggregates.covisitation_counts(events, n_items, config))
+    del events
     io.save_csr(artifacts, "covisitation", C, meta=config.model_dump())
     n = warehouse.replace_table("covisitation", io.neighbour_table(items, C))
     return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "covisitation"), "pairs": n, "items_with_neighbours": int((np.diff(C.indptr) > 0).sum())})
@@ -230,7 +233,10 @@ def item_similarity(context: dg.AssetExecutionContext, config: modeling.Similari
                     artifacts: ArtifactStore) -> dg.MaterializeResult:
     items = io.load_item_ids(warehouse)
     with warehouse.connect() as con:
-        S = aggregates.user_similarity(con, config)
+        events, n_items = aggregates.user_similarity_events(con, config)
+    # counted with the connection closed: DuckDB's memory is released before the kernel's
+    S = aggregates.user_similarity_counts(events, n_items, config)
+    del events
     io.save_csr(artifacts, "item_similarity", S, meta=config.model_dump())
     n = warehouse.replace_table("item_similarity", io.neighbour_table(items, S))
     return dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "item_similarity"), "pairs": n, **config.model_dump()})
