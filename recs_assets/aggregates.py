@@ -45,9 +45,10 @@ def _numpy(con, sql: str, params=None) -> dict[str, np.ndarray]:
 
 def matrix(con, params: modeling.MatrixParams, user_items_table: str | None = "user_items") -> modeling.Matrix:
     """modeling.build_matrix on recs.interactions; also (re)writes recs.<user_items_table>
-    (user_id, item_id, weight, purchases) in the matrix's order without Python strings."""
+    (user_id, item_id, weight, purchases) in the matrix's order."""
     as_of = resolve_as_of(con, params.as_of)
     n_items = _items(con)
+    item_ids = _item_ids(con)
     con.execute("""CREATE OR REPLACE TEMP TABLE _users AS
         SELECT user_id, (row_number() OVER (ORDER BY user_id) - 1)::INTEGER AS row
         FROM (SELECT DISTINCT user_id FROM recs.interactions WHERE user_id IS NOT NULL AND ts <= $1)""", [as_of])
@@ -76,12 +77,15 @@ def matrix(con, params: modeling.MatrixParams, user_items_table: str | None = "u
         coo = W.tocoo()
         import pyarrow as pa
 
-        incoming = pa.table({"row": coo.row.astype(np.int32), "col": coo.col.astype(np.int32), "weight": coo.data,
-                             "purchases": P_on_w.data.astype(np.int32)})
+        # ids taken by position in Arrow, already in the matrix's (row, col) order: no join and
+        # no sort of every pair in DuckDB (the table keeps the frame's order: no ORDER BY needed
+        # while preserve_insertion_order is on, DuckDB's default)
+        incoming = pa.table({"user_id": pa.array(user_ids, pa.string()).take(pa.array(coo.row)),
+                             "item_id": pa.array(item_ids, pa.string()).take(pa.array(coo.col)),
+                             "weight": coo.data, "purchases": P_on_w.data.astype(np.int32)})
         del coo, P_on_w
-        replace_from_frame(con, user_items_table, incoming, """SELECT u.user_id, it.item_id, t.weight, t.purchases
-            FROM _incoming t JOIN _users u USING (row) JOIN _items it USING (col) ORDER BY t.row, t.col""")
-    return modeling.Matrix(user_ids, _item_ids(con), W, B, P, as_of)
+        replace_from_frame(con, user_items_table, incoming)
+    return modeling.Matrix(user_ids, item_ids, W, B, P, as_of)
 
 
 def _item_ids(con) -> np.ndarray:
