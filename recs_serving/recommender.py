@@ -814,7 +814,9 @@ class Recommender:
             valid &= base.filt.mask(rel, safe)
         lo, hi = rel.hist_indptr[users], rel.hist_indptr[users + 1]
         lens = hi - lo
-        if lens.sum():
+        if B == 1:  # one user: the history row is sorted, so a binary search per top-N item, whatever its length
+            valid &= ~_member(ids, rel.hist_items[lo[0]:hi[0]])
+        elif lens.sum():
             row = np.repeat(np.arange(B), lens)
             offs = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(lo, lens)
             keys_h = row.astype(np.int64) * rel.n_items + rel.hist_items[offs]
