@@ -121,6 +121,8 @@ def ingest_events(con: duckdb.DuckDBPyConnection, source: Source, rules: TimeRul
     except Exception:
         rollback(con)
         raise
+    # two copies of every source row: freed now, not when the asset closes the connection
+    con.execute("DROP TABLE IF EXISTS _raw; DROP TABLE IF EXISTS _staged")
     report.kept = con.execute("SELECT count(*) FROM recs.interactions WHERE source = ?", [source.key]).fetchall()[0][0]
     if report.kept + report.quarantined_total != report.read:
         raise RuntimeError(f"{source.key}: kept {report.kept} + quarantined {report.quarantined_total} != read {report.read}")
