@@ -117,3 +117,23 @@ def top_customers(G, y, cand, bought, k):
         if top[a] >= 0:
             ids[a] = cand[top[a]]
     return ids, sc, ok
+
+
+@njit(cache=True, nogil=True)
+def scan_scores_half(U16, table, y, chunk):
+    """``U.astype(float32) @ y`` for every user of a float16 ``U`` (given as its uint16 bits),
+    block by block of ``chunk`` rows with one BLAS product each, as the numpy scan computes it
+    (numpy's float16 cast was ~5x slower than this table)."""
+    n, d = U16.shape
+    s = np.empty(n, np.float32)
+    for a0 in range(0, n, chunk):
+        a1 = min(n, a0 + chunk)
+        G = np.empty((a1 - a0, d), np.float32)
+        for a in range(a1 - a0):
+            for c in range(d):
+                G[a, c] = table[U16[a0 + a, c]]
+        if a1 - a0 == 1:  # numpy computes a one-row product as a dot product
+            s[a0] = np.dot(G[0], y)
+        else:
+            s[a0:a1] = np.dot(G, y)
+    return s

@@ -273,6 +273,8 @@ class Recommender:
             _topk.topk_scores(np.zeros(8, np.float32), 2)
             if rel.als_user is not None and rel.als_item is not None and rel.n_users:
                 _customers_by_candidates(rel, 0, 5)  # /customers' kernels (used above SCAN_USERS users)
+                if rel.n_users <= SCAN_USERS:
+                    _scan_customers(rel, 0)  # (and up to it)
         except Exception:  # noqa: BLE001 - warming must never block a release
             log.exception("warm-up of release %s failed (serving it anyway)", rel.version)
 
@@ -703,11 +705,7 @@ class Recommender:
             meta["strategy"] = "als_candidates"
             meta["candidates"] = int(cand.size)
         elif rel.als_user is not None and rel.n_users:
-            y = rel.als_item[i]
-            s = np.empty(rel.n_users, np.float32)
-            for a0 in range(0, rel.n_users, 1 << 17):  # chunks: float16 rows are cast block by block
-                a1 = min(rel.n_users, a0 + (1 << 17))
-                s[a0:a1] = np.asarray(rel.als_user[a0:a1], dtype=np.float32) @ y
+            s = _scan_customers(rel, i)
             a, b = rel.buyers.indptr[i], rel.buyers.indptr[i + 1]
             s[rel.buyers.indices[a:b]] = -np.inf  # already bought it: not a target
             ids, scores = _topk.topk_scores(s, min(k, rel.n_users))
@@ -834,9 +832,27 @@ class Recommender:
 
 
 SCAN_USERS = 200_000  # above this many users, /customers scores candidates instead of every user
+SCAN_CHUNK = 1 << 17  # users per block of the full scan (bounds the float32 copy of their factors)
 CUSTOMER_SAMPLE = 4096
 BUYERS_PER_NEIGHBOUR = 64
 NEIGHBOURS_FOR_CUSTOMERS = 10
+
+
+def _scan_customers(rel: LoadedRelease, i: int) -> np.ndarray:
+    """Every user's ALS score for item ``i`` (float32 [n_users])."""
+    U = rel.als_user
+    if U.dtype == np.float16 and U.ndim == 2 and U.flags.c_contiguous and rel.als_item.dtype == np.float32:
+        return _customers.scan_scores_half(U.view(np.uint16), _customers.HALF_TO_FLOAT, rel.als_item[i], SCAN_CHUNK)
+    return _scan_customers_reference(rel, i)
+
+
+def _scan_customers_reference(rel: LoadedRelease, i: int) -> np.ndarray:
+    y = rel.als_item[i]
+    s = np.empty(rel.n_users, np.float32)
+    for a0 in range(0, rel.n_users, SCAN_CHUNK):  # chunks: float16 rows are cast block by block
+        a1 = min(rel.n_users, a0 + SCAN_CHUNK)
+        s[a0:a1] = np.asarray(rel.als_user[a0:a1], dtype=np.float32) @ y
+    return s
 
 
 def _customers_by_candidates(rel: LoadedRelease, i: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

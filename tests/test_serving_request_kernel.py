@@ -126,3 +126,16 @@ def test_customer_kernels_answer_as_numpy(recommender, dtype):  # noqa: F811
             want = _customers_by_candidates_reference(rel, i, k)
             for g, w in zip(got, want):
                 np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("chunk", [1 << 17, 1000, -1])
+def test_customer_scan_answers_as_numpy(recommender, monkeypatch, chunk):  # noqa: F811
+    """/customers' full scan (up to SCAN_USERS users) through the float16 table, block by block,
+    against numpy's cast and product: the same float32 scores, also with a one-row last block."""
+    from recs_serving import recommender as mod
+
+    rel = recommender.release
+    assert rel.als_user.dtype == np.float16
+    monkeypatch.setattr(mod, "SCAN_CHUNK", rel.n_users - 1 if chunk == -1 else chunk)
+    for i in (0, 7, rel.n_items // 2, rel.n_items - 1):
+        np.testing.assert_array_equal(mod._scan_customers(rel, i), mod._scan_customers_reference(rel, i))
