@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from . import release as release_format
 from . import ui
 from . import details, explain
+from .fast_routes import FastRoutes
 from .guards import RequestIdMiddleware, StrictJSONRequest, on_server_error
 from .metrics import Metrics, MetricsMiddleware
 from .recommender import NotReady, Recommender, UnknownItem
@@ -57,19 +58,40 @@ def _rec(request: Request) -> Recommender:
     return request.app.state.recommender
 
 
+# The answers of the hot routes, shared by the Litestar handlers and ``fast_routes``.
+
+
+def recommend_answer(rec: Recommender, data: RecommendRequest) -> dict:
+    seed = max(data.recent, key=lambda r: r.timestamp).item_id if data.recent else None
+    return explain.enrich_response(rec.recommend(data, as_dict=True), rec, anonymous=True, seed=seed, user_id=data.user_id)
+
+
+def similar_answer(rec: Recommender, item_id: str, k: int, brand: str | None) -> dict:
+    return explain.enrich_response(rec.similar_items(item_id, k, brand=brand, as_dict=True), rec, anonymous=True, seed=item_id)
+
+
+def cart_answer(rec: Recommender, data: CartAddonsRequest) -> dict:
+    anonymous = data.user_id is None or data.user_id not in rec.release.user_index
+    return explain.enrich_response(rec.cart_addons(data, as_dict=True), rec, anonymous=anonymous, seed=data.item_ids[0],
+                                   user_id=data.user_id)
+
+
+def customers_answer(rec: Recommender, item_id: str, k: int, _brand: None = None) -> dict:
+    return explain.enrich_customers(rec.top_customers(item_id, k), rec)
+
+
+def batch_answer(rec: Recommender, data: BatchRecommendRequest) -> dict:
+    return explain.enrich_batch(rec.recommend_batch(data, as_dict=True), rec)
+
+
 @post("/v1/recommend", sync_to_thread=False, status_code=200, tags=["recommendations"], summary="Recommendations for a user (known, anonymous with recent events, or cold)")
 def recommend(request: Request, data: RecommendBody) -> ExplainedResponse:
-    rec = _rec(request)
-    seed = max(data.recent, key=lambda r: r.timestamp).item_id if data.recent else None
-    return explain.enrich_response(rec.recommend(data, as_dict=True), rec, anonymous=True, seed=seed,
-                                   user_id=data.user_id)  # type: ignore[return-value]
+    return recommend_answer(_rec(request), data)  # type: ignore[return-value]
 
 
 @get("/v1/items/{item_id:str}/similar", sync_to_thread=False, tags=["items"], summary="Items similar to an item (item page)")
 def similar(request: Request, item_id: ItemPath, k: KQuery = 20, brand: FromQuery[str | None] = None) -> ExplainedResponse:
-    rec = _rec(request)
-    return explain.enrich_response(rec.similar_items(item_id, k, brand=brand, as_dict=True), rec, anonymous=True,
-                                   seed=item_id)  # type: ignore[return-value]
+    return similar_answer(_rec(request), item_id, k, brand)  # type: ignore[return-value]
 
 
 @get("/v1/items/{item_id:str}", sync_to_thread=True, tags=["items"], summary="One item: attributes, popularity, bought-together rules")
@@ -84,24 +106,19 @@ def user_info(request: Request, user_id: UserPath) -> UserDetail:
 
 @post("/v1/cart/addons", sync_to_thread=False, status_code=200, tags=["recommendations"], summary="Add-ons for a cart (bought-together rules and co-visitation)")
 def cart_addons(request: Request, data: CartBody) -> ExplainedResponse:
-    rec = _rec(request)
-    anonymous = data.user_id is None or data.user_id not in rec.release.user_index
-    return explain.enrich_response(rec.cart_addons(data, as_dict=True), rec, anonymous=anonymous, seed=data.item_ids[0],
-                                   user_id=data.user_id)  # type: ignore[return-value]
+    return cart_answer(_rec(request), data)  # type: ignore[return-value]
 
 
 # in the loop, not a thread: bounded CPU work (well under a ms) that the GIL serialises anyway; the
 # thread hop cost more than the call
 @get("/v1/items/{item_id:str}/customers", sync_to_thread=False, tags=["customers"], summary="Customers most likely to want an item (targeting)")
 def customers(request: Request, item_id: ItemPath, k: KQuery = 20) -> ExplainedCustomersResponse:
-    rec = _rec(request)
-    return explain.enrich_customers(rec.top_customers(item_id, k), rec)  # type: ignore[return-value]
+    return customers_answer(_rec(request), item_id, k)  # type: ignore[return-value]
 
 
 @post("/v1/recommend/batch", sync_to_thread=False, status_code=200, tags=["recommendations"], summary="Recommendations for many users at once")
 def recommend_batch(request: Request, data: BatchBody) -> ExplainedBatchResponse:
-    rec = _rec(request)
-    return explain.enrich_batch(rec.recommend_batch(data, as_dict=True), rec)  # type: ignore[return-value]
+    return batch_answer(_rec(request), data)  # type: ignore[return-value]
 
 
 @get("/v1/release", sync_to_thread=False, tags=["operations"], summary="Manifest of the release being served")
@@ -214,6 +231,21 @@ def _document_limits(app: Litestar) -> None:
             op.responses = responses
 
 
+def _fast_routes(app: Litestar, m: Metrics, max_body_bytes: int) -> FastRoutes:
+    """The hot routes in front of Litestar's router (see ``fast_routes``), labelled in the metrics
+    as the Litestar routes are."""
+    def label(handler) -> str:
+        return sorted(handler.paths)[0]
+
+    return FastRoutes(
+        app.asgi_handler, app,
+        posts={"/v1/recommend": (RecommendRequest, recommend_answer, label(recommend)),
+               "/v1/cart/addons": (CartAddonsRequest, cart_answer, label(cart_addons)),
+               "/v1/recommend/batch": (BatchRecommendRequest, batch_answer, label(recommend_batch))},
+        gets={"similar": (similar_answer, label(similar), True), "customers": (customers_answer, label(customers), False)},
+        max_body=max_body_bytes, cors=app.cors_config is not None, metrics=m)
+
+
 def create_app(
     recommender: Recommender | None = None,
     *,
@@ -267,6 +299,7 @@ def create_app(
         debug=debug,
     )
     _document_limits(app)
+    app.asgi_handler = _fast_routes(app, m, max_body_bytes)
     app.state.recommender = recommender
     app.state.metrics = m
     app.state.admin_token = token

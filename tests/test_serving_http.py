@@ -1,6 +1,9 @@
 """Every use case over HTTP against a real release, hard filters, exclusions, and each 4xx."""
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 
@@ -293,3 +296,70 @@ def test_admin_reload_disabled_without_token(recommender, monkeypatch):
     monkeypatch.delenv("RECS_ADMIN_TOKEN", raising=False)
     with TestClient(create_app(recommender)) as c:
         assert c.post("/v1/admin/reload", headers={"Authorization": "Bearer x"}).status_code == 404
+
+
+def test_fast_routes_answer_exactly_as_litestar(recommender, rel, known_user, popular_items):
+    """The hot routes answered in front of the router (recs_serving.fast_routes) give Litestar's
+    answer byte for byte, and everything unusual is left to Litestar."""
+    from litestar.testing import TestClient
+
+    from recs_serving.app import create_app
+
+    app = create_app(recommender, owns_recommender=False)
+    fast = app.asgi_handler
+    inner = fast.app
+    to_litestar = []
+
+    async def litestar(scope, receive, send):
+        to_litestar.append(scope["path"])
+        await inner(scope, receive, send)
+
+    fast.app = litestar
+    item = popular_items[0]
+    brand = next((k for s, k in rel.popularity_lists if s == "brand" and re.fullmatch(r"[A-Za-z0-9._-]+", k)), "x")
+    recent = [{"item_id": i, "timestamp": T0 + n, "event": "view"} for n, i in enumerate(popular_items[:3])]
+    served_here = [
+        ("POST", "/v1/recommend", {"user_id": known_user, "k": 7, "recent": recent}),
+        ("POST", "/v1/recommend", {"k": 4, "filters": {"price": {"lte": 5}}, "exclusions": [item]}),
+        ("POST", "/v1/cart/addons", {"item_ids": popular_items[:2], "k": 5, "user_id": known_user}),
+        ("POST", "/v1/recommend/batch", {"user_ids": [known_user, "nobody"], "k": 3}),
+        ("GET", f"/v1/items/{item}/similar?k=6", None),
+        ("GET", f"/v1/items/{item}/similar?k=6&brand={brand}", None),
+        ("GET", f"/v1/items/{item}/customers", None),
+    ]
+    left_to_litestar = [
+        ("POST", "/v1/recommend", b"{not json"),
+        ("POST", "/v1/recommend", {"k": True}),
+        ("POST", "/v1/recommend", {"recent": [{"item_id": item, "timestamp": "1", "event": "view"}]}),
+        ("POST", "/v1/cart/addons", {"item_ids": []}),
+        ("GET", f"/v1/items/{item}/similar?k=0", None),
+        ("GET", f"/v1/items/{item}/similar?k=6&k=7", None),
+        ("GET", f"/v1/items/{item}/similar?k=06", None),
+        ("GET", "/v1/items/NO-SUCH-ITEM/similar", None),
+        ("GET", "/v1/items/NO-SUCH-ITEM/customers?k=3", None),
+        ("GET", f"/v1/items/{item}/customers?brand=x", None),
+    ]
+
+    def call(c, method, url, body):
+        headers = {"x-request-id": "fixed-id"}
+        if method == "GET":
+            return c.get(url, headers=headers)
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return c.post(url, content=content, headers={**headers, "content-type": "application/json"})
+
+    with TestClient(app) as c:
+        fast_answers = []
+        for method, url, body in served_here + left_to_litestar:
+            before = len(to_litestar)
+            fast_answers.append(call(c, method, url, body))
+            went = len(to_litestar) > before
+            assert went == ((method, url, body) in left_to_litestar), (method, url, went)
+    plain = create_app(recommender, owns_recommender=False)
+    plain.asgi_handler = plain.asgi_handler.app
+    with TestClient(plain) as c:
+        for (method, url, body), got in zip(served_here + left_to_litestar, fast_answers):
+            want = call(c, method, url, body)
+            assert (got.status_code, got.content) == (want.status_code, want.content), (method, url)
+            assert list(got.headers.items()) == list(want.headers.items()), (method, url)
+    assert all(r.status_code == 200 for r in fast_answers[:len(served_here)])
+    assert all(r.headers["x-request-id"] == "fixed-id" for r in fast_answers)
