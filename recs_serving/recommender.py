@@ -271,6 +271,10 @@ class Recommender:
                 picks = self._topn_picks(st, q) if q.user >= 0 and not rec and rel_has_topn(rel, q.user) else self._blend(st, q, meta)
                 self._fill(st, q, picks, meta)
             _topk.topk_scores(np.zeros(8, np.float32), 2)
+            if rel.mmr_vecs is not None:  # MMR's greedy loops (one row, a batch): the paths run with a lambda < 1
+                v = np.asarray(rel.mmr_vecs[:2])
+                for b in (1, 2):
+                    mmr_batch(np.ones((b, v.shape[0]), np.float32), np.broadcast_to(v, (b,) + v.shape).copy(), 2, 0.5)
             if rel.als_user is not None and rel.als_item is not None and rel.n_users:
                 _customers_by_candidates(rel, 0, 5)  # /customers' kernels (used above SCAN_USERS users)
                 if rel.n_users <= SCAN_USERS:
