@@ -316,17 +316,126 @@ def _raw(method: str, path: str, body: dict | None) -> bytes:
     return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
 
 
-async def _one(reader, writer, payload: bytes) -> int:
-    writer.write(payload)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    n = 0
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            n = int(line[15:])
-    if n:
-        await reader.readexactly(n)
-    return status
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection of the load generator: a request at a time, the response parsed
+    from the bytes as they arrive (status line, content-length, body) with no stream objects or
+    futures per request: the generator shares the server's cores, so its CPU per request counts."""
+
+    def __init__(self, gen: "_Gen", w: int):
+        self.gen, self.w = gen, w
+        self.transport = None
+        self.buf = b""
+        self.need = -1  # bytes of the whole response once its head is parsed
+        self.status = 0
+        self.busy = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if self.need < 0:
+            i = buf.find(b"\r\n\r\n")
+            if i < 0:
+                self.buf = buf
+                return
+            head = buf[:i]
+            self.status = int(head[9:12])
+            n = 0
+            j = head.lower().find(b"\r\ncontent-length:")
+            if j >= 0:
+                e = head.find(b"\r\n", j + 2)
+                n = int(head[j + 17:e if e >= 0 else len(head)])
+            self.need = i + 4 + n
+        if len(buf) < self.need:
+            self.buf = buf
+            return
+        self.buf, self.need = b"", -1  # one request in flight: nothing follows the response
+        self.busy = False
+        self.gen.done(self, self.status)
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        if self.busy:
+            self.busy = False
+            self.gen.done(self, 0)
+
+
+class _Gen:
+    """Open loop (``rate``: connection w sends at t_start + w/rate + j*concurrency/rate, or as soon
+    as its previous answer is in when that is later; latency counts from the scheduled time) or
+    closed loop (``rate`` None). Samples: (start offset s, latency s, use case index, ok).
+    Requests scheduled before the end are still sent after it, for at most ``GRACE_S`` more: an
+    overloaded server's backlog is measured, not dropped, without making the run endless."""
+
+    GRACE_S = 10.0
+
+    def __init__(self, loop, port: int, payloads: list, duration: float, concurrency: int, rate: float | None):
+        self.loop, self.port, self.payloads = loop, port, payloads
+        self.rate, self.concurrency = rate, concurrency
+        self.samples: list[tuple[float, float, int, int]] = []
+        self.counter = 0
+        self.t_start = time.perf_counter()
+        self.t_end = self.t_start + duration
+        self.interval = concurrency / rate if rate else 0.0
+        self.nxt = [self.t_start + w * (1.0 / rate if rate else 0.0) for w in range(concurrency)]
+        self.t0 = [0.0] * concurrency
+        self.case = [0] * concurrency
+        self.open = concurrency
+        self.finished = loop.create_future()
+
+    async def start(self) -> None:
+        for w in range(self.concurrency):
+            _, conn = await self.loop.create_connection(lambda w=w: _Conn(self, w), "127.0.0.1", self.port)
+            self.schedule(conn)
+
+    def schedule(self, conn: _Conn) -> None:
+        w = conn.w
+        now = time.perf_counter()
+        if (self.nxt[w] if self.rate else now) >= self.t_end or now >= self.t_end + self.GRACE_S:
+            if conn.transport is not None:
+                conn.transport.close()
+            self.open -= 1
+            if self.open == 0 and not self.finished.done():
+                self.finished.set_result(None)
+        elif self.rate and self.nxt[w] > now:
+            self.loop.call_later(self.nxt[w] - now, self.send, conn)
+        else:
+            self.send(conn)
+
+    def send(self, conn: _Conn) -> None:
+        w = conn.w
+        if self.rate:
+            self.t0[w] = self.nxt[w]
+            self.nxt[w] += self.interval
+        else:
+            self.t0[w] = time.perf_counter()
+        case, payload = self.payloads[self.counter % len(self.payloads)]
+        self.counter += 1
+        self.case[w] = case
+        if conn.transport is None or conn.transport.is_closing():
+            self.loop.create_task(self._reconnect(conn, payload))
+            return
+        conn.busy = True
+        conn.transport.write(payload)
+
+    async def _reconnect(self, conn: _Conn, payload: bytes) -> None:
+        try:
+            _, fresh = await self.loop.create_connection(lambda: _Conn(self, conn.w), "127.0.0.1", self.port)
+        except OSError:
+            self.done(conn, 0)
+            return
+        fresh.busy = True
+        fresh.transport.write(payload)
+
+    def done(self, conn: _Conn, status: int) -> None:
+        w = conn.w
+        t0 = self.t0[w]
+        self.samples.append((t0 - self.t_start, time.perf_counter() - t0, self.case[w], int(status == 200)))
+        if status == 0 and conn.transport is not None:
+            conn.transport.close()
+            conn.transport = None
+        self.schedule(conn)
 
 
 async def _load(port: int, reqs: list, duration: float, concurrency: int, rate: float | None):
@@ -334,40 +443,10 @@ async def _load(port: int, reqs: list, duration: float, concurrency: int, rate: 
     open loop at ``rate`` req/s (latency measured from the scheduled send time). Every request
     is recorded as (start offset s, latency s, use case index, ok)."""
     payloads = [(USE_CASES.index(c), _raw(m, p, b)) for c, m, p, b in reqs]
-    samples: list[tuple[float, float, int, int]] = []
-    counter = [0]
-    t_start = time.perf_counter()
-    t_end = t_start + duration
-    interval = concurrency / rate if rate else 0.0
-
-    async def worker(w: int):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        nxt = t_start + w * (1.0 / rate if rate else 0.0)
-        while True:
-            now = time.perf_counter()
-            if now >= t_end:
-                break
-            if rate:
-                if nxt > now:
-                    await asyncio.sleep(nxt - now)
-                t0 = nxt
-                nxt += interval
-            else:
-                t0 = time.perf_counter()
-            i = counter[0]
-            counter[0] += 1
-            case, payload = payloads[i % len(payloads)]
-            try:
-                status = await _one(reader, writer, payload)
-            except (OSError, asyncio.IncompleteReadError):
-                status = 0
-                writer.close()
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            samples.append((t0 - t_start, time.perf_counter() - t0, case, int(status == 200)))
-        writer.close()
-
-    await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    return samples, time.perf_counter() - t_start
+    gen = _Gen(asyncio.get_running_loop(), port, payloads, duration, concurrency, rate)
+    await gen.start()
+    await gen.finished
+    return gen.samples, time.perf_counter() - gen.t_start
 
 
 def load_main(args) -> None:  # runs in the load-generator subprocess
