@@ -334,6 +334,7 @@ def choose_blends(rec: Recorded, configured: dict, configured_lambda: float, *, 
             res = search(rec, configured, {}, share / 2, seed=seed + n, use_cases=[uc])
             weights, trials, curve = res.weights, res.trials, res.curve
             oof = out_of_fold(rec, uc, configured, share / 2, seed + n)
+            weights, oof["bagged"] = bagged(rec, uc, weights, oof.pop("weights", []))
         else:
             weights, trials, curve = dict(configured), 1, []
         served = rec.recall(weights, uc)
@@ -360,15 +361,36 @@ def out_of_fold(rec: Recorded, uc: str, start: dict, budget_seconds: float, seed
     (mean of the two ways). A search that only fits its own requests shows here."""
     halves = [rec.half(uc, 0), rec.half(uc, 1)]
     blend = single = 0.0
+    weights = []
     for a, b in ((0, 1), (1, 0)):
         A, B = halves[a], halves[b]
         if A.seg[uc].size < 2 or B.seg[uc].size < 2:
             return {"blend": 0.0, "single": 0.0}
         w = search(A, start, {}, budget_seconds / 2, seed=seed, use_cases=[uc]).weights
+        weights.append(w)
         s_a = max(SOURCES, key=lambda s: (A.recall({s: 1.0}, uc), -SOURCES.index(s)))
         blend += B.recall(w, uc) / 2
         single += B.recall({s_a: 1.0}, uc) / 2
-    return {"blend": round(blend, 5), "single": round(single, 5)}
+    return {"blend": round(blend, 5), "single": round(single, 5), "weights": weights}
+
+
+def bagged(rec: Recorded, uc: str, weights: dict, members: list) -> tuple[dict, bool]:
+    """The mean of ``weights`` (searched on every request) and ``members`` (searched on each
+    half: ``out_of_fold``), each scaled to a largest weight of 1, unless ``weights`` beats that
+    mean on ``uc``'s requests by more than one standard error of the per-request difference
+    (the one-standard-error rule: the lower-variance choice unless the data clearly says
+    otherwise; a search tuned on all requests also fits their noise). Returns (weights, bagged)."""
+    if not members:
+        return weights, False
+    scaled = [{s: float(w.get(s, 0.0)) / (max(w.values()) or 1.0) for s in SOURCES} for w in (weights, *members)]
+    mean = {s: float(np.mean([w[s] for w in scaled])) for s in SOURCES}
+    top = max(mean.values())
+    if top <= 0:
+        return weights, False
+    mean = {s: round(v / top, 4) for s, v in mean.items()}
+    d = rec.recalls(weights, uc) - rec.recalls(mean, uc)
+    se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
+    return (mean, True) if float(d.mean()) <= se else (weights, False)
 
 
 def gate(choices: dict, min_ratio_over_popularity: float = 1.0) -> dict:
