@@ -262,15 +262,16 @@ def taste_anchors_many(rel, user_ids: list, item_lists: list[list[str]]) -> list
     V /= np.maximum(np.linalg.norm(V, axis=1, keepdims=True), 1e-12)
     Cv = V[np.searchsorted(uniq, np.maximum(C, 0))]
     Hv = V[np.searchsorted(uniq, np.maximum(H, 0))]
-    S = np.einsum("rkf,rhf->rkh", Cv, Hv)
+    S = Cv @ Hv.transpose(0, 2, 1)  # stacked BLAS products: einsum's own loop took ~3x longer
     S[np.broadcast_to((H < 0)[:, None, :], S.shape)] = -np.inf
     S[C[:, :, None] == H[:, None, :]] = -np.inf  # never "because you bought" the item itself
     best = np.take_along_axis(H, S.argmax(axis=2), axis=1)
     ok = (C >= 0) & np.isfinite(S.max(axis=2))
     ids = rel.item_ids
+    best_rows, ok_rows = best.tolist(), ok.tolist()  # Python ints: numpy scalar indexing cost ~1 us per item
     for r, b in enumerate(rows):
-        items = item_lists[b]
-        out[b] = {items[j]: ids[int(best[r, j])] for j in range(len(items)) if ok[r, j]}
+        items, best_r, ok_r = item_lists[b], best_rows[r], ok_rows[r]
+        out[b] = {items[j]: ids[best_r[j]] for j in range(len(items)) if ok_r[j]}
     return out
 
 
