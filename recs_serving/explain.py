@@ -285,22 +285,24 @@ def taste_anchors(rel, user_id: str | None, item_ids: list[str]) -> dict[str, st
         return {}
     h, w, bought = rel.history(u)
     bought = np.asarray(bought, bool)
-    h = np.asarray(h, np.int64)[bought] if bought.any() else np.asarray(h, np.int64)
+    any_bought = bought.any()
+    h = np.asarray(h, np.int64)[bought] if any_bought else np.asarray(h, np.int64)
     if h.size > HISTORY_FOR_ANCHORS:
-        w = np.asarray(w)[bought] if bought.any() else np.asarray(w)
+        w = np.asarray(w)[bought] if any_bought else np.asarray(w)
         h = h[np.argsort(-w, kind="stable")[:HISTORY_FOR_ANCHORS]]
     get = rel.item_index.get
     c = np.fromiter((get(i, -1) for i in item_ids), np.int64, len(item_ids))
     if h.size == 0 or (c < 0).all():
         return {}
-    H = np.asarray(Y[h], np.float32)
-    C = np.asarray(Y[np.maximum(c, 0)], np.float32)
-    S = (C @ H.T) / np.maximum(np.outer(np.linalg.norm(C, axis=1), np.linalg.norm(H, axis=1)), 1e-12)
+    Y = np.asarray(Y, np.float32)
+    norms = _factor_norms(rel.version, Y)  # once per release, not two norm passes per request
+    cc = np.maximum(c, 0)
+    S = (Y[cc] @ Y[h].T) / np.maximum(np.outer(norms[cc], norms[h]), 1e-12)
     S[c[:, None] == h[None, :]] = -np.inf  # never "because you bought" the item itself
-    best = h[S.argmax(axis=1)]
+    best = h[S.argmax(axis=1)].tolist()
     ok = (c >= 0) & np.isfinite(S.max(axis=1))
     ids = rel.item_ids
-    return {item_ids[j]: ids[int(best[j])] for j in np.flatnonzero(ok).tolist()}
+    return {item_ids[j]: ids[best[j]] for j in np.flatnonzero(ok).tolist()}
 
 
 def _fix_anonymous(codes: list[str], seed: str | None) -> list[str]:
