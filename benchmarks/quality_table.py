@@ -108,6 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=10.0)
     ap.add_argument("--hyper-budget", type=float, default=None, help="CPU seconds for the hyperparameter search "
                     "(default: the evaluation's)")
+    ap.add_argument("--hyper-fit-ratio", type=float, default=None, help="cap of the hyperparameter budget in "
+                    "multiples of the validation fit's CPU seconds (0: no cap; default: the evaluation's)")
     ap.add_argument("--out", default=None, help="JSON with the table, the served blends, the gate and timings")
     args = ap.parse_args(argv)
 
@@ -121,6 +123,8 @@ def main(argv=None) -> int:
     s = ev.Settings(cut=args.cut or None, max_users=args.max_users, budget_seconds=args.budget)
     if args.hyper_budget is not None:
         s.hyper_budget_seconds = args.hyper_budget
+    if args.hyper_fit_ratio is not None:
+        s.hyper_fit_ratio = args.hyper_fit_ratio
     c0, t0 = time.process_time(), time.perf_counter()
     out = ev.run(events, catalog, emb, cfg, s)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -134,12 +138,17 @@ def main(argv=None) -> int:
               f"{r['ratio']} | {r['popularity']:.4f} | {r['requests']} | {r['chosen']} |")
     for uc, b in out.served["blends"].items():
         w = ", ".join(f"{k} {v:g}" for k, v in b["weights"].items() if v)
-        print(f"  {uc}: {b['chosen']}, MMR lambda {b['mmr_lambda']}: {w}")
+        oof = (out.gate.get("use_cases", {}).get(uc) or {}).get("out_of_fold") or {}
+        bag = " (bagged: the mean of the searches on all and on each half)" if oof.get("bagged") else ""
+        print(f"  {uc}: {b['chosen']}{bag}, MMR lambda {b['mmr_lambda']}: {w}")
     if "hyperparameters" in out.info:
-        print("  hyperparameters:", json.dumps(out.info["hyperparameters"].get("chosen", {})))
+        h = out.info["hyperparameters"]
+        print("  hyperparameters:", json.dumps(h.get("chosen", {})), f"({len(h.get('trials', []))} trials,",
+              f"budget {json.dumps(out.info.get('hyper_budget_seconds'))})")
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": rows, "table": out.table.to_dicts(), "served": out.served, "gate": out.gate, "seconds": out.info["seconds"],
                                               "hyperparameters": out.info.get("hyperparameters"), "cut": out.info["cut"],
+                                              "hyper_budget_seconds": out.info.get("hyper_budget_seconds"),
                                               "wall": wall, "cpu": cpu}, indent=1, default=str))
     return 0
 

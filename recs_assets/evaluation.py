@@ -598,6 +598,9 @@ class Settings:
     warm_fraction: float = WARM_FRACTION
     hyper_budget_seconds: float = 20.0  # CPU s for ALS regularization/alpha, decay, recent_weight: re-fit + replay per trial
     hyper_trial_seconds: float = 1.0  # the short blend search each hyperparameter trial is scored with
+    # the hyperparameter budget is at most this many times the validation fit's CPU seconds (0: no
+    # such cap): the trials re-fit and replay, so their cost follows the graph's, not a constant
+    hyper_fit_ratio: float = 1.0
 
 
 @dataclass
@@ -654,16 +657,20 @@ def not_evaluated(cfg: Configs, reason: str) -> Outcome:
 
 
 def tune_hyperparameters(pm: PeriodModels, cfg: Configs, catalog: pl.DataFrame, embeddings: np.ndarray, cases: Cases,
-                         s: Settings) -> tuple[Configs, PeriodModels, dict]:
+                         s: Settings) -> tuple[Configs, PeriodModels, dict, "ServedReplay | None"]:
     """ALS regularization/alpha, the history decay and recent_weight, by a coordinate search on
     the validation requests within ``s.hyper_budget_seconds``: each trial re-fits what it
     changes (``refit``), replays the requests once and scores a short per-use-case blend
     search against the first trial's best single sources. Returns the chosen configs, the
-    period's models fit with them and the search (chosen values, every trial: the curve)."""
+    period's models fit with them, the search (chosen values, every trial: the curve) and the
+    chosen trial's loaded release, replaying ``cases`` (its release holds what every validation
+    request reads: the caller replays them all without publishing and loading it again)."""
     from recs_assets import tuning
 
     scale: dict = {}
     fits: dict = {}
+    kept: dict = {}  # the best trial so far: its replay stays open (every other trial's is closed)
+    full = cases
     # the use cases these values move (a known user's history, the fold-in of recent events): cheaper trials
     sub = Cases(queries={uc: q[:tuning.HYPER_REQUESTS] for uc, q in cases.queries.items() if uc in tuning.HYPER_USE_CASES},
                 seeds=cases.seeds, topn_users=cases.topn_users)
@@ -672,16 +679,40 @@ def tune_hyperparameters(pm: PeriodModels, cfg: Configs, catalog: pl.DataFrame, 
     def evaluate(h: dict) -> float:
         cfg_h = tuning.with_hyperparameters(cfg, h)
         pm_h = refit(pm, cfg_h)
-        fits[tuple(sorted(h.items()))] = pm_h
-        with ServedReplay(pm_h, catalog, embeddings, cases, topn_config(cfg_h)) as rp:
+        key = tuple(sorted(h.items()))
+        fits[key] = pm_h
+        rp = ServedReplay(pm_h, catalog, embeddings, cases, topn_config(cfg_h))
+        try:
             rec = tuning.record(rp, list(cases.queries))
-        if not scale:
-            scale.update({uc: max(rec.recall({src: 1.0}, uc) for src in SOURCES) for uc in rec.contrib})
-        return tuning.blend_value(rec, cfg.topn.blend.weights(), s.use_case_weights, scale, s.hyper_trial_seconds)[0]
+            if not scale:
+                scale.update({uc: max(rec.recall({src: 1.0}, uc) for src in SOURCES) for uc in rec.contrib})
+            v = tuning.blend_value(rec, cfg.topn.blend.weights(), s.use_case_weights, scale, s.hyper_trial_seconds)[0]
+        except BaseException:
+            rp.close()
+            raise
+        if not kept or v > kept["value"] + 1e-9:  # the search's own rule for a better trial
+            if kept:
+                kept["replay"].close()
+            kept.update(key=key, value=v, replay=rp)
+        else:
+            rp.close()
+        return v
 
-    found = tuning.search_hyperparameters(evaluate, tuning.hyperparameters_of(cfg), s.hyper_budget_seconds)
+    try:
+        found = tuning.search_hyperparameters(evaluate, tuning.hyperparameters_of(cfg), s.hyper_budget_seconds)
+    except BaseException:
+        if kept:
+            kept["replay"].close()
+        raise
     best = tuning.with_hyperparameters(cfg, found["chosen"])
-    return best, fits[tuple(sorted(found["chosen"].items()))], found
+    key = tuple(sorted(found["chosen"].items()))
+    replay = kept.get("replay")
+    if replay is not None and kept["key"] != key:  # not the search's choice after all: not reused
+        replay.close()
+        replay = None
+    if replay is not None:
+        replay.cases = full
+    return best, fits[key], found, replay
 
 
 def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg: Configs, s: Settings, log=print) -> Outcome:
@@ -702,7 +733,7 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
     gate = {"passed": True, "reason": "not evaluated"}
     curve: list = []
     truth_of = lambda cases: {uc: [t for _, t in q] for uc, q in cases.queries.items()}  # noqa: E731
-    pm_v = sample = None
+    pm_v = sample = reuse = None
     fits: dict = {}
 
     # ---- validation: [cut - valid_days, cut), models fit before it
@@ -718,14 +749,19 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
             info["approximations"] = {"fit_users": f"models fit on {sample.len()} users ({share:.1%}, seeded; every "
                                                    f"replayed user included) and guest baskets at that share; "
                                                    f"popularity and trending count every event"}
+        c_fit = time.process_time()
         pm_v = fit_period(in_sample(train_v, sample, share, s.seed), items, cfg, vstart, all_events=train_v)
+        fit_cpu = time.process_time() - c_fit
         fits["validation"] = pm_v.seconds
         timings["fit_validation"] = time.perf_counter() - t0
-        if s.tune and s.hyper_budget_seconds > 0:
-            cfg, pm_v, info["hyperparameters"] = tune_hyperparameters(pm_v, cfg, catalog, embeddings, cases_v, s)
+        hyper_budget = min(s.hyper_budget_seconds, s.hyper_fit_ratio * fit_cpu) if s.hyper_fit_ratio > 0 else s.hyper_budget_seconds
+        info["hyper_budget_seconds"] = {"budget": round(hyper_budget, 1), "validation_fit_cpu": round(fit_cpu, 1)}
+        if s.tune and hyper_budget > 0:
+            cfg, pm_v, info["hyperparameters"], reuse = tune_hyperparameters(
+                pm_v, cfg, catalog, embeddings, cases_v, dataclasses.replace(s, hyper_budget_seconds=hyper_budget))
             configured = cfg.topn.blend.weights()
             timings["hyperparameters"] = time.perf_counter() - t0
-        with ServedReplay(pm_v, catalog, embeddings, cases_v, topn_config(cfg)) as rp:
+        with reuse or ServedReplay(pm_v, catalog, embeddings, cases_v, topn_config(cfg)) as rp:
             rec = tuning.record(rp, list(cases_v.queries))
             timings["record_validation"] = time.perf_counter() - t0
 

@@ -201,3 +201,42 @@ def test_a_converged_search_stops_early_and_returns_its_budget():
     res = tuning.search(rec, {s: 1.0 for s in SOURCES}, {}, budget_seconds=30.0, use_cases=[uc], patience=50)
     assert res.per_use_case[uc] == pytest.approx(rec.recall({SOURCES[0]: 1.0}, uc))
     assert res.seconds < 15.0 and res.trials < 5000
+
+
+def test_bagged_weights_replace_the_searched_ones_unless_those_are_clearly_better():
+    rec, uc = _synthetic_record(n_q=200, tied=False), "homepage"
+    rec.contrib[uc][rec.tpos[uc], 0] += 4.0  # the first source finds the truth; the others are noise
+    good = {s: float(s == SOURCES[0]) for s in SOURCES}
+    noise = {s: float(s == SOURCES[1]) for s in SOURCES}
+    # the halves agree with the full search: their mean is the same blend, and it is taken
+    w, took = tuning.bagged(rec, uc, good, [dict(good), dict(good)])
+    assert took and w == good
+    # halves that found noise: the mean is far worse on these requests, the searched weights stay
+    w, took = tuning.bagged(rec, uc, good, [noise, noise])
+    assert not took and w == good
+    assert rec.recall(good, uc) > rec.recall({SOURCES[0]: 0.5, SOURCES[1]: 1.0}, uc)  # that mean
+    # a slightly different half (a small weight on noise): within one standard error, the mean is served
+    w, took = tuning.bagged(rec, uc, good, [good, {**good, SOURCES[1]: 0.01}])
+    assert took and w[SOURCES[1]] > 0 and max(w.values()) == 1.0
+    assert tuning.bagged(rec, uc, good, []) == (good, False)  # no halves (too few requests): unchanged
+
+
+def test_the_chosen_hyperparameter_trial_replays_every_validation_request_like_a_fresh_release(sessions_data):
+    events, catalog, emb = sessions_data
+    cfg, items = _small_configs(), catalog["item_id"].to_numpy().astype(object)
+    cut = ev.resolve_cut(events, None)
+    train, held = events.filter(pl.col("ts") < cut), events.filter(pl.col("ts") >= cut)
+    cases = ev.build_cases(train, held, items, max_users=30, recent_events=5, seed=0)
+    pm = ev.fit_period(train, items, cfg, cut)
+    s = ev.Settings(hyper_budget_seconds=0.01, hyper_trial_seconds=0.2)
+    best, pm_b, found, rp = ev.tune_hyperparameters(pm, cfg, catalog, emb, cases, s)
+    # the trials replay the first homepage/session requests only; the kept release answers every use case
+    assert rp is not None and rp.cases is cases and found["chosen"] == found["trials"][0][0]
+    with rp:
+        kept = tuning.record(rp, list(cases.queries))
+    with ev.ServedReplay(pm_b, catalog, emb, cases, ev.topn_config(best)) as fresh:
+        want = tuning.record(fresh, list(cases.queries))
+    assert set(kept.contrib) == set(want.contrib) >= {"homepage", "item_page", "cart"}
+    for uc in want.contrib:
+        np.testing.assert_array_equal(kept.cand[uc], want.cand[uc])
+        np.testing.assert_array_equal(kept.contrib[uc], want.contrib[uc])
