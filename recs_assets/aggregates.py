@@ -113,25 +113,32 @@ def popularity(con, trending_days: float, as_of=None) -> tuple[np.ndarray, np.nd
     return out[0], out[1]
 
 
-def _sessions(gap_minutes: float, where: str = "TRUE", materialized: bool = False) -> str:
+def _sessions(gap_minutes: float, where: str = "TRUE", keep_derived: bool = False) -> str:
     """modeling.with_sessions in SQL: (session, user_id, item_id, ts, event, derived). The session
     number counts starts over peers too (RANGE frame), so tied timestamps get one number.
-    materialized: computed once for a query that reads `sessions` twice."""
+
+    DuckDB materializes a CTE read twice by default: `ev` (every event, read for the basket rows
+    and for the basket-less ones) was copied whole and spilled at 20M events. Here each read is a
+    scan with its own filter; keep_derived keeps the sessions formed from basket-less events (two
+    windows over them) for a query that reads `sessions` twice."""
     gap_us = int(gap_minutes * 60e6)
     return f"""
-        ev AS (SELECT user_id, item_id, ts, event, basket_id FROM recs.interactions WHERE {where}),
-        loose AS (
+        ev AS NOT MATERIALIZED (SELECT user_id, item_id, ts, event, basket_id FROM recs.interactions WHERE {where}),
+        loose AS NOT MATERIALIZED (
             SELECT user_id, item_id, ts, event,
                    coalesce(user_id <> lag(user_id) OVER w OR epoch_us(ts) - epoch_us(lag(ts) OVER w) > {gap_us},
                             true)::BIGINT AS start
             FROM ev WHERE basket_id IS NULL AND user_id IS NOT NULL
             WINDOW w AS (ORDER BY user_id, ts)),
-        sessions AS {"MATERIALIZED " if materialized else ""}(
+        derived AS {"MATERIALIZED" if keep_derived else "NOT MATERIALIZED"} (
+            SELECT 's:' || user_id || ':' || sum(start) OVER (ORDER BY user_id, ts) AS session,
+                   user_id, item_id, ts, event, true AS derived
+            FROM loose),
+        sessions AS NOT MATERIALIZED (
             SELECT basket_id AS session, user_id, item_id, ts, event, false AS derived
             FROM ev WHERE basket_id IS NOT NULL
             UNION ALL
-            SELECT 's:' || user_id || ':' || sum(start) OVER (ORDER BY user_id, ts), user_id, item_id, ts, event, true
-            FROM loose)"""
+            SELECT * FROM derived)"""
 
 
 def covisitation(con, p: modeling.CovisParams, event_weights: dict[str, float] | None = None) -> sp.csr_matrix:
@@ -151,9 +158,7 @@ def covisitation_events(con, p: modeling.CovisParams,
     # itself and its result does not depend on their order; the groups keep the session order,
     # so every sum adds up in the same order as before. Sessions formed from basket-less events
     # (windows over them) are computed once and kept for the two reads; basket ids are re-read.
-    derived = con.execute("SELECT count(*) > 0 FROM recs.interactions "
-                          "WHERE basket_id IS NULL AND user_id IS NOT NULL").fetchall()[0][0]
-    a = _numpy(con, f"""WITH {_sessions(p.session_gap_minutes, materialized=derived)},
+    a = _numpy(con, f"""WITH {_sessions(p.session_gap_minutes, keep_derived=True)},
         keys AS (SELECT session, (row_number() OVER (ORDER BY session))::INTEGER AS s
                  FROM (SELECT DISTINCT session FROM sessions JOIN _items USING (item_id)))
         SELECT k.s, it.col, epoch_ms(ts) // 1000 AS t, {_event_weight(ew, 'REAL')} AS w
