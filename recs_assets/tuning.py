@@ -334,7 +334,7 @@ def choose_blends(rec: Recorded, configured: dict, configured_lambda: float, *, 
             res = search(rec, configured, {}, share / 2, seed=seed + n, use_cases=[uc])
             weights, trials, curve = res.weights, res.trials, res.curve
             oof = out_of_fold(rec, uc, configured, share / 2, seed + n)
-            weights, oof["bagged"] = bagged(rec, uc, weights, oof.pop("weights", []))
+            weights, oof["bagged"] = bagged(rec, uc, weights, oof.pop("weights", []), floor=max(single.values()))
         else:
             weights, trials, curve = dict(configured), 1, []
         served = rec.recall(weights, uc)
@@ -374,12 +374,14 @@ def out_of_fold(rec: Recorded, uc: str, start: dict, budget_seconds: float, seed
     return {"blend": round(blend, 5), "single": round(single, 5), "weights": weights}
 
 
-def bagged(rec: Recorded, uc: str, weights: dict, members: list) -> tuple[dict, bool]:
+def bagged(rec: Recorded, uc: str, weights: dict, members: list, floor: float = 0.0) -> tuple[dict, bool]:
     """The mean of ``weights`` (searched on every request) and ``members`` (searched on each
     half: ``out_of_fold``), each scaled to a largest weight of 1, unless ``weights`` beats that
     mean on ``uc``'s requests by more than one standard error of the per-request difference
     (the one-standard-error rule: the lower-variance choice unless the data clearly says
-    otherwise; a search tuned on all requests also fits their noise). Returns (weights, bagged)."""
+    otherwise; a search tuned on all requests also fits their noise) or the mean's recall is
+    below ``floor`` (the best single source's: the mean must not turn a blend that beats every
+    source into one the fallback replaces by a single source). Returns (weights, bagged)."""
     if not members:
         return weights, False
     scaled = [{s: float(w.get(s, 0.0)) / (max(w.values()) or 1.0) for s in SOURCES} for w in (weights, *members)]
@@ -390,7 +392,9 @@ def bagged(rec: Recorded, uc: str, weights: dict, members: list) -> tuple[dict, 
     mean = {s: round(v / top, 4) for s, v in mean.items()}
     d = rec.recalls(weights, uc) - rec.recalls(mean, uc)
     se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
-    return (mean, True) if float(d.mean()) <= se else (weights, False)
+    if float(d.mean()) > se or rec.recall(mean, uc) < floor:
+        return weights, False
+    return mean, True
 
 
 def gate(choices: dict, min_ratio_over_popularity: float = 1.0) -> dict:

@@ -219,6 +219,8 @@ def test_bagged_weights_replace_the_searched_ones_unless_those_are_clearly_bette
     w, took = tuning.bagged(rec, uc, good, [good, {**good, SOURCES[1]: 0.01}])
     assert took and w[SOURCES[1]] > 0 and max(w.values()) == 1.0
     assert tuning.bagged(rec, uc, good, []) == (good, False)  # no halves (too few requests): unchanged
+    # a mean below the best single source's recall is never taken (the fallback would serve that source)
+    assert tuning.bagged(rec, uc, good, [good, {**good, SOURCES[1]: 0.01}], floor=rec.recall(good, uc) + 1e-6) == (good, False)
 
 
 def test_the_chosen_hyperparameter_trial_replays_every_validation_request_like_a_fresh_release(sessions_data):
