@@ -109,6 +109,34 @@ def test_top_customers_matches_brute_force_across_chunks():
         assert users[j].tolist() == np.argsort(-S[:, j], kind="stable")[:5].tolist()
 
 
+def test_cross_sell_matches_a_dense_reference_and_bounds_the_max_to_the_head():
+    rng = np.random.default_rng(1)
+    U, V = rng.normal(size=(2500, 6)), rng.normal(size=(60, 6))
+    owned = sp.random(2500, 60, density=0.15, random_state=1, format="csr")
+    target = rng.permutation(60)[:25]
+    S = (U.astype(np.float32) @ V[target].astype(np.float32).T).astype(np.float64)
+    own = owned[:, target].toarray() > 0
+    S[own] = -np.inf
+    open_items = (~own).sum(axis=1)
+    score, best, got_open = customers.cross_sell_scores(U, V, owned, target, "max")
+    assert got_open.tolist() == open_items.tolist()
+    has = open_items > 0
+    assert best[has].tolist() == target[S[has].argmax(axis=1)].tolist()
+    assert np.allclose(score[has], S[has].max(axis=1), rtol=1e-6) and np.isnan(score[~has]).all()
+    mean, _, _ = customers.cross_sell_scores(U, V, owned, target, "mean")
+    dense = np.where(own, 0.0, U @ V[target].T).sum(axis=1) / np.maximum(open_items, 1)
+    assert np.allclose(mean[has], dense[has], rtol=1e-5, atol=1e-5)
+    # max_items: the best item comes from the first (best-selling) items only; counts and mean are whole
+    head = customers.cross_sell_scores(U, V, owned, target, "max", max_items=5)
+    head_best = head[1]
+    assert set(head_best[head_best >= 0].tolist()) <= set(target[:5].tolist())
+    none_open = own[:, :5].all(axis=1)
+    assert (head_best[none_open] == -1).all() and np.isnan(head[0][none_open]).all()
+    assert head[2].tolist() == open_items.tolist()
+    capped_mean = customers.cross_sell_scores(U, V, owned, target, "mean", max_items=5)[0]
+    assert np.allclose(capped_mean[has], mean[has])
+
+
 def test_product_graph_communities_separate_and_gateway_leads():
     def rule(a, c, conf, lift):
         return {"antecedents": [a], "consequents": [c], "support": 0.1, "confidence": conf, "lift": lift}

@@ -195,6 +195,9 @@ class CrossSellConfig(dg.Config):
     top_customers: int = Field(100, ge=1, description="Customers per item in recs.item_targeting")
     max_targeting_items: int = Field(1000, ge=1, description="Targeting lists for at most this many target "
                                                              "items (highest revenue first)")
+    max_items_per_target: int = Field(1000, ge=1, description="A customer's best item and max score look at the "
+                                      "target's this many best sellers (the open-item count and the mean at all): "
+                                      "the work per customer stays bounded as categories grow with the catalogue")
 
 
 def _revenue(warehouse: Warehouse) -> pl.DataFrame:
@@ -244,15 +247,17 @@ def cross_sell_potential(context: dg.AssetExecutionContext, config: CrossSellCon
     owned = _owned(m, config.basis)
     targets = resolve_targets(catalog, _revenue(warehouse), m.item_ids, config)
     parts, lists, seen_items = [], [], set()
+    user_keys = np.asarray(m.user_ids).astype(str)
     for name, kind, cols in targets:
-        score, best, open_items = customers.cross_sell_scores(U, V, owned, cols, config.aggregate)
+        score, best, open_items = customers.cross_sell_scores(U, V, owned, cols, config.aggregate,
+                                                              max_items=config.max_items_per_target)
         if kind == "category" and config.exclude_category_buyers and len(cols):
             buyers = np.asarray((owned[:, cols] > 0).sum(axis=1)).ravel() > 0
             score[buyers] = np.nan
         ok = np.flatnonzero(np.isfinite(score))
         pct = customers.rank_percentile(score[ok])
         rank = np.empty(len(ok), np.int32)
-        rank[np.lexsort((m.user_ids[ok].astype(str), -score[ok]))] = np.arange(1, len(ok) + 1, dtype=np.int32)
+        rank[np.lexsort((user_keys[ok], -score[ok]))] = np.arange(1, len(ok) + 1, dtype=np.int32)
         parts.append(pl.DataFrame({
             "target": pl.Series([name] * len(ok), dtype=pl.String), "target_kind": pl.Series([kind] * len(ok), dtype=pl.String),
             "user_id": pl.Series(m.user_ids[ok], dtype=pl.String), "score": score[ok].astype(np.float32),
@@ -291,6 +296,7 @@ def cross_sell_potential(context: dg.AssetExecutionContext, config: CrossSellCon
                .sort("target") if parts else pl.DataFrame())
     yield dg.MaterializeResult(metadata={**table_meta.warehouse_metadata(warehouse, "cross_sell_potential", "item_targeting"), 
         "rows": n, "targeting_rows": n_t, "factors": config.factors, "aggregate": config.aggregate,
+        "max_items_per_target": config.max_items_per_target,
         "targets": dg.MetadataValue.md(markdown.frame(summary)),
         "preview": dg.MetadataValue.md(markdown.frame(potential.head(10) if parts else potential)),
     })

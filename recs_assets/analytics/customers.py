@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from recs_kernels import topk
+
 
 def kmeans(X: np.ndarray, k: int, *, seed: int = 0, iterations: int = 50, tol: float = 1e-6) -> np.ndarray:
     """Labels (0..k-1) of Lloyd's k-means with k-means++ seeding; deterministic for a seed."""
@@ -89,68 +91,69 @@ def _chunks(n: int, width: int, budget: int = 1 << 22):
         yield s, min(n, s + step)
 
 
+def _owned_positive(owned: sp.csr_matrix, cols: np.ndarray) -> sp.csr_matrix:
+    """The owned columns ``cols`` (in that order) with only entries > 0 stored."""
+    sub = sp.csr_matrix(owned)[:, cols].tocsr()
+    sub.data = (sub.data > 0).astype(np.int8)
+    sub.eliminate_zeros()
+    return sub
+
+
 def cross_sell_scores(U: np.ndarray, V: np.ndarray, owned: sp.csr_matrix, target: np.ndarray,
-                      aggregate: str = "max"):
+                      aggregate: str = "max", max_items: int | None = None):
     """Per user, the factor preference for the target items they do not own yet.
 
-    Returns (score, best_item, open_items): score is the max or mean of u . v over the target
-    items not owned (NaN when none are left), best_item the column index of the best of them
-    (-1 when none).
+    Returns (score, best, open_items): score is the max or mean of u . v over the target
+    items not owned (NaN when none are left), best the column index of the best of them
+    (-1 when none), open_items how many target items they do not own. ``target`` is in
+    priority order (best sellers first); the best item and the max look at its first
+    ``max_items`` only, which bounds the work per user whatever the catalogue size (a
+    category grows with the catalogue: without the bound, users x category is quadratic in
+    the data). The best is the exact top-1 kernel with the owned items as exclusions; the mean
+    covers the whole target with no users x targets product at all
+    (u . (sum of all target rows - sum of the owned ones)).
     """
     target = np.asarray(target, dtype=np.int64)
     n = U.shape[0]
     score = np.full(n, np.nan)
     best = np.full(n, -1, dtype=np.int64)
     open_items = np.zeros(n, dtype=np.int32)
-    if len(target) == 0:
+    if len(target) == 0 or n == 0:
         return score, best, open_items
-    VT = np.asarray(V[target], dtype=np.float32)
-    OT = sp.csr_matrix(owned)[:, target].tocsr()
-    for s, e in _chunks(n, len(target)):
-        S = np.asarray(U[s:e], dtype=np.float32) @ VT.T
-        mask = OT[s:e].toarray() > 0
-        opened = ~mask
-        open_items[s:e] = opened.sum(axis=1)
-        Sm = np.where(mask, -np.inf, S)
-        arg = Sm.argmax(axis=1)
-        has = open_items[s:e] > 0
-        best[s:e] = np.where(has, target[arg], -1)
-        if aggregate == "mean":
-            agg = np.where(opened, S, 0.0).sum(axis=1) / np.maximum(open_items[s:e], 1)
-        else:
-            agg = Sm[np.arange(e - s), arg]
-        score[s:e] = np.where(has, agg, np.nan)
+    U32 = np.ascontiguousarray(U, dtype=np.float32)
+    OT = _owned_positive(owned, target)
+    open_items[:] = len(target) - np.diff(OT.indptr)
+    head = target if max_items is None else target[:max_items]
+    OH = OT[:, :len(head)].tocsr()
+    ids, top = topk.batch(U32, np.ascontiguousarray(V[head], dtype=np.float32), 1, exclude=OH)
+    found = ids[:, 0] >= 0
+    best[found] = head[ids[found, 0]]
+    if aggregate == "mean":
+        VT = np.asarray(V[target], dtype=np.float64)
+        total = VT.sum(axis=0)
+        has = open_items > 0
+        for s, e in _chunks(n, VT.shape[1]):
+            agg = np.einsum("ij,ij->i", U32[s:e].astype(np.float64), total[None, :] - OT[s:e] @ VT)
+            score[s:e] = np.where(has[s:e], agg / np.maximum(open_items[s:e], 1), np.nan)
+    else:
+        score[found] = top[found, 0]
     return score, best, open_items
 
 
 def top_customers(U: np.ndarray, V: np.ndarray, owned: sp.csr_matrix, items: np.ndarray, k: int):
     """Per item (column index), the k users with the highest u . v among those who do not own it.
 
-    Returns (users, scores), both items x k; -1 / -inf where fewer than k users qualify.
+    Returns (users, scores), both items x k, best first (ties: lower user index); -1 / -inf
+    where fewer than k users qualify. The exact top-k kernel with the roles of users and items
+    swapped: a heap per item, the owned pairs as exclusions.
     """
     items = np.asarray(items, dtype=np.int64)
     n, m = U.shape[0], len(items)
     k = int(min(k, n))
-    best_u = np.full((m, k), -1, dtype=np.int64)
-    best_s = np.full((m, k), -np.inf, dtype=np.float64)
     if m == 0 or k == 0:
-        return best_u, best_s
-    VT = np.asarray(V[items], dtype=np.float32)
-    OT = sp.csr_matrix(owned)[:, items].tocsr()
-    for s, e in _chunks(n, m):
-        S = (VT @ np.asarray(U[s:e], dtype=np.float32).T).astype(np.float64)   # items x chunk
-        S[OT[s:e].toarray().T > 0] = -np.inf
-        cand_s = np.concatenate([best_s, S], axis=1)
-        cand_u = np.concatenate([best_u, np.broadcast_to(np.arange(s, e), S.shape)], axis=1)
-        if cand_s.shape[1] > k:
-            part = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
-            best_s = np.take_along_axis(cand_s, part, axis=1)
-            best_u = np.take_along_axis(cand_u, part, axis=1)
-        else:
-            best_s, best_u = cand_s, cand_u
-    # Order each row by score, best first.
-    idx = np.argsort(-best_s, axis=1, kind="stable")
-    best_s = np.take_along_axis(best_s, idx, axis=1)
-    best_u = np.take_along_axis(best_u, idx, axis=1)
-    best_u[~np.isfinite(best_s)] = -1
-    return best_u, best_s
+        return np.full((m, k), -1, dtype=np.int64), np.full((m, k), -np.inf, dtype=np.float64)
+    VT = np.ascontiguousarray(V[items], dtype=np.float32)
+    owners = _owned_positive(owned, items).T.tocsr()
+    owners.sort_indices()
+    users, scores = topk.batch(VT, np.ascontiguousarray(U, dtype=np.float32), k, exclude=owners)
+    return users.astype(np.int64), scores.astype(np.float64)
