@@ -110,7 +110,7 @@ def ingest_events(con: duckdb.DuckDBPyConnection, source: Source, rules: TimeRul
         con.execute("""
             INSERT INTO recs.quarantine
             SELECT ?, s.row_no, s.reason, to_json(r), now()::TIMESTAMP
-            FROM _staged s JOIN _raw r USING (row_no) WHERE s.reason IS NOT NULL ORDER BY s.row_no
+            FROM _staged s JOIN _raw_quarantined r USING (row_no) WHERE s.reason IS NOT NULL ORDER BY s.row_no
         """, key)
         con.execute("INSERT INTO recs.quarantine SELECT ?, row_no, reason, raw, now()::TIMESTAMP FROM _rejected", key)
         con.register("_derived", derived)
@@ -121,8 +121,8 @@ def ingest_events(con: duckdb.DuckDBPyConnection, source: Source, rules: TimeRul
     except Exception:
         rollback(con)
         raise
-    # two copies of every source row: freed now, not when the asset closes the connection
-    con.execute("DROP TABLE IF EXISTS _raw; DROP TABLE IF EXISTS _staged")
+    # every source row: freed now, not when the asset closes the connection
+    con.execute("DROP TABLE IF EXISTS _raw_quarantined; DROP TABLE IF EXISTS _staged")
     report.kept = con.execute("SELECT count(*) FROM recs.interactions WHERE source = ?", [source.key]).fetchall()[0][0]
     if report.kept + report.quarantined_total != report.read:
         raise RuntimeError(f"{source.key}: kept {report.kept} + quarantined {report.quarantined_total} != read {report.read}")
