@@ -505,6 +505,7 @@ def run_http(home: Path, reqs: list, duration: float, concurrency: int, rate: fl
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     pids = process_tree(server_pid)
     c0 = cpu_s(pids)
+    per0 = {pid: cpu_s([pid]) for pid in pids}
     t_start = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     side = None
@@ -522,9 +523,18 @@ def run_http(home: Path, reqs: list, duration: float, concurrency: int, rate: fl
     res = json.loads(Path(str(tmp) + ".out").read_text())
     res["loadgen_cpu_s"] = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     res["server_cpu_s"] = cpu_s(process_tree(server_pid)) - c0
+    # per process: a worker that took more of the keep-alive connections saturates first
+    res["server_cpu_s_per_process"] = sorted((round(cpu_s([pid]) - c, 2) for pid, c in per0.items()), reverse=True)
     res["loadavg"] = (la0, os.getloadavg()[0])
     res["mem_peak_rss_mb"], res["mem_peak_pss_mb"] = mem["rss"], mem["pss"]
     return res
+
+
+def _p99_by_window(samples: list, width: float) -> list:
+    buckets: dict[int, list] = {}
+    for x in samples:
+        buckets.setdefault(int(x[0] // width), []).append(x[1])
+    return [round(pct(buckets[b], 0.99) * 1e3, 1) for b in sorted(buckets)]
 
 
 def summarise(res: dict) -> dict:
@@ -535,8 +545,11 @@ def summarise(res: dict) -> dict:
         "requests": len(s), "errors": sum(1 for x in s if not x[3]), "rps": len(s) / res["elapsed"],
         "p50_ms": pct(allv, 0.5) * 1e3, "p99_ms": pct(allv, 0.99) * 1e3, "p999_ms": pct(allv, 0.999) * 1e3,
         "max_ms": max(allv) * 1e3 if allv else float("nan"),
+        # where in the run the tail is: a stall shows as one bad window, saturation as a rising line
+        "p99_ms_by_5s": _p99_by_window(s, 5.0),
         "loadgen_cpu_ms_per_request": res["loadgen_cpu_s"] / max(len(s), 1) * 1e3,
-        "server_busy_cores": res["server_cpu_s"] / res["elapsed"], "loadavg": res["loadavg"],
+        "server_busy_cores": res["server_cpu_s"] / res["elapsed"],
+        "server_busy_cores_per_process": [round(c / res["elapsed"], 2) for c in res.get("server_cpu_s_per_process", [])], "loadavg": res["loadavg"],
         # what the load average does not inflate much: capacity on N idle cores ~ N * 1000 / (this + load generator's)
         "server_cpu_ms_per_request": res["server_cpu_s"] / max(len(s), 1) * 1e3,
         "mem_peak_rss_mb": res["mem_peak_rss_mb"], "mem_peak_pss_mb": res["mem_peak_pss_mb"],
