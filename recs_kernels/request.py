@@ -22,6 +22,7 @@ from numba import njit
 
 from .als import _exact_row
 from .blend import _neighbour_kernel
+from .mmr import _argmax_row
 from .topk import _select_1d
 
 __all__ = ["gather", "score", "GatherError"]
@@ -312,23 +313,6 @@ def _neighbour_col(indptr, indices, data, weight, h_ids, h_w, cand, n_items, acc
 
 
 @njit(cache=True, nogil=True)
-def _argmax_first(x):
-    # np.argmax: the first maximum; a NaN wins at its first position
-    best = 0
-    bv = x[0]
-    if bv != bv:
-        return 0
-    for m in range(1, x.shape[0]):
-        v = x[m]
-        if v != v:
-            return m
-        if v > bv:
-            bv = v
-            best = m
-    return best
-
-
-@njit(cache=True, nogil=True)
 def _score(cand, w_row, als_items, als_mean, als_cov, u_als, bpr_items, bpr_mean, bpr_cov, u_bpr,
            con_items, con_mean, con_cov, h_ids, h_w,
            n0p, n0i, n0d, n1p, n1i, n1d, n2p, n2i, n2d, vec0, vec1, n_items, acc, best, best_seed):
@@ -352,7 +336,7 @@ def _score(cand, w_row, als_items, als_mean, als_cov, u_als, bpr_items, bpr_mean
         if n:
             sims = np.dot(A, E_h.astype(np.float32).T)  # numpy's E_h.T.astype(float32): the same transposed gemm
             for a in range(n):
-                anchors[3, a] = h_ids[_argmax_first(sims[a])]
+                anchors[3, a] = h_ids[_argmax_row(sims[a])]
         _factor_z(con_items, con_mean, con_cov, u_con, cand, C[:, 5], A)
     if w_row[6] != 0.0:
         for a in range(n):
