@@ -80,17 +80,6 @@ def rows_half(U16, idx, table):
 
 
 @njit(cache=True, nogil=True)
-def rows(U, idx):
-    d = U.shape[1]
-    out = np.empty((idx.shape[0], d), np.float32)
-    for a in range(idx.shape[0]):
-        r = idx[a]
-        for c in range(d):
-            out[a, c] = U[r, c]
-    return out
-
-
-@njit(cache=True, nogil=True)
 def top_customers(G, y, cand, bought, k):
     """Top ``k`` of ``G @ y`` over ``cand`` (rows of ``G``), users in the sorted ``bought``
     skipped: ``(user ids, scores, ok)``, ids -1 past the eligible; ``ok`` False when a score is

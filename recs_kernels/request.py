@@ -25,7 +25,7 @@ from .blend import _neighbour_kernel
 from .mmr import _argmax_row
 from .topk import _select_1d
 
-__all__ = ["gather", "score", "GatherError"]
+__all__ = ["gather", "score", "take_rows", "GatherError"]
 
 OK, BAD_FACTORS, BAD_SCAN = 0, 1, 2
 
@@ -256,7 +256,7 @@ def _gather(hist_items, hist_w, cap, seeds, seed_w, fold, Y, YtY, reg, alpha, u_
 
 
 @njit(cache=True, nogil=True)
-def _rows(items, idx, dtype):
+def take_rows(items, idx, dtype):
     """``items[idx]`` as a new C-contiguous ``dtype`` matrix. Element by element: numba's
     row-slice assignment was 4x slower on random rows of a large matrix."""
     d = items.shape[1]
@@ -288,7 +288,7 @@ def _factor_z(items, mean, cov, u64, cand, out, G):
         return
     n = cand.shape[0]
     if G.shape[0] != n:
-        G = _rows(items, cand, np.float32)
+        G = take_rows(items, cand, np.float32)
     s = _matvec(G, u64.astype(np.float32))
     m32 = np.float32(np.dot(mean, u64))
     sd = np.sqrt(var)
@@ -330,9 +330,9 @@ def _score(cand, w_row, als_items, als_mean, als_cov, u_als, bpr_items, bpr_mean
         _neighbour_col(n1p, n1i, n1d, w_row[3], h_ids, h_w, cand, n_items, acc, best, best_seed, C[:, 3], anchors[1])
         _neighbour_col(n2p, n2i, n2d, w_row[4], h_ids, h_w, cand, n_items, acc, best, best_seed, C[:, 4], anchors[2])
     if w_row[5] != 0.0 and has_h:
-        E_h = _rows(con_items, h_ids, np.float64)
+        E_h = take_rows(con_items, h_ids, np.float64)
         u_con = np.dot(h_w, E_h)
-        A = _rows(con_items, cand, np.float32)
+        A = take_rows(con_items, cand, np.float32)
         if n:
             sims = np.dot(A, E_h.astype(np.float32).T)  # numpy's E_h.T.astype(float32): the same transposed gemm
             for a in range(n):

@@ -874,7 +874,7 @@ def _customers_by_candidates(rel: LoadedRelease, i: int, k: int) -> tuple[np.nda
     if U.dtype == np.float16:
         G = _customers.rows_half(U.view(np.uint16), cand, _customers.HALF_TO_FLOAT)
     else:
-        G = _customers.rows(U, cand)
+        G = _request.take_rows(U, cand, np.float32)
     ids, scores, ok = _customers.top_customers(G, np.asarray(rel.als_item[i], np.float32), cand, bi[bp[i]:bp[i + 1]],
                                                min(k, cand.size))
     if not ok:
