@@ -40,6 +40,7 @@ from recs_kernels import topk
 from recs_kernels.sources import SOURCES
 
 USE_CASES = ("homepage", "session", "item_page", "cart", "cold_start")
+EVENT_COLUMNS = ("user_id", "item_id", "ts", "event", "basket_id")  # the columns of the events run() reads
 LAMBDA_REQUESTS = 100  # requests per use case an MMR lambda is compared on (a partial replay each)
 
 
@@ -155,12 +156,16 @@ def build_cases(train: pl.DataFrame, held: pl.DataFrame, item_ids: np.ndarray, *
     known_items = set(item_ids.tolist())
     held = held.filter(pl.col("item_id").is_in(list(known_items)))
     out = Cases()
-    train_users = train.filter(pl.col("user_id").is_not_null()).select("user_id").unique()
     pos = positives(held).filter(pl.col("user_id").is_not_null()).select("user_id", "item_id").unique()
+    # Only the held-out buyers are looked up in ``train`` (each a semi join: a hash of the small
+    # side, one pass over the large one): a unique() of every training user, and above all of
+    # every training (user, item) pair, cost GiBs at 20M events.
+    train_users = pos.select("user_id").unique().join(train.select("user_id"), on="user_id", how="semi")
 
     if "homepage" in use_cases:
-        seen = train.filter(pl.col("user_id").is_not_null()).select("user_id", "item_id").unique()
-        new = pos.join(train_users, on="user_id").join(seen, on=["user_id", "item_id"], how="anti")
+        known = pos.join(train_users, on="user_id", how="semi")
+        seen = train.select("user_id", "item_id").join(known, on=["user_id", "item_id"], how="semi")
+        new = known.join(seen, on=["user_id", "item_id"], how="anti")
         truth = new.group_by("user_id").agg("item_id").sort("user_id")
         pick = _sample(truth.height, max_users, rng)
         truth = truth[pick] if truth.height else truth

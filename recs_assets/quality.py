@@ -91,7 +91,7 @@ def _curve(curve: list, points: int = 25) -> pl.DataFrame:
                       "cart, cold start). Blend weights and MMR lambda tuned on a validation window (artifact tuned_blend, read "
                       "by batch_topn and the release); the test split reported untouched; recs.evaluation")
 def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, warehouse: Warehouse, artifacts: ArtifactStore):
-    events = io.load_events(warehouse)
+    events = io.load_events(warehouse, ev.EVENT_COLUMNS)
     catalog = io.load_catalog(warehouse)
     emb = artifacts.load("catalog_embeddings", "vectors", "item_ids")
     if not (len(emb["item_ids"]) == catalog.height and (emb["item_ids"] == catalog["item_id"].to_numpy()).all()):
