@@ -221,10 +221,59 @@ def explain(codes: Iterable[str], view: CatalogView) -> str:
 HISTORY_FOR_ANCHORS = 64  # the heaviest purchases compared per customer
 
 
+def _anchor_inputs(rel):
+    """(item factors as float32, their norms) of a release, or None without ALS factors."""
+    import numpy as np
+
+    Y = getattr(rel, "als_item", None)
+    if Y is None:
+        return None
+    Y = np.asarray(Y, np.float32)
+    return Y, _factor_norms(rel.version, Y)
+
+
 def taste_anchors_many(rel, user_ids: list, item_lists: list[list[str]]) -> list[dict[str, str]]:
     """For known customers: per recommended item, the purchase in their history closest to it
-    (cosine of ALS item factors); it turns "for you" into "because you bought X". One padded
-    batched product for all customers (a batch of 1,000 costs milliseconds)."""
+    (cosine of ALS item factors, ``HISTORY_FOR_ANCHORS`` heaviest purchases); it turns "for you"
+    into "because you bought X". One numba call for the whole batch (``recs_kernels.anchors``)."""
+    import numpy as np
+
+    from recs_kernels.anchors import taste_anchors as kernel
+
+    B = len(user_ids)
+    out: list[dict[str, str]] = [{} for _ in range(B)]
+    yn = _anchor_inputs(rel)
+    if yn is None or B == 0:
+        return out
+    get_item, get_user = rel.item_index.get, rel.user_index.get
+    users = np.fromiter((get_user(u, -1) if u is not None and item_lists[b] else -1 for b, u in enumerate(user_ids)), np.int64, B)
+    if not (users >= 0).any():
+        return out
+    k = max(len(x) for x in item_lists)
+    C = np.full((B, k), -1, np.int64)
+    for b, items in enumerate(item_lists):
+        if users[b] >= 0:
+            C[b, :len(items)] = [get_item(i, -1) for i in items]
+    best = kernel(yn[0], yn[1], rel.hist_indptr, rel.hist_items, rel.hist_weight, rel.hist_purchased, users, C,
+                  HISTORY_FOR_ANCHORS).tolist()
+    ids = rel.item_ids
+    for b, items in enumerate(item_lists):
+        if users[b] >= 0:
+            row = best[b]
+            out[b] = {items[j]: ids[row[j]] for j in range(len(items)) if row[j] >= 0}
+    return out
+
+
+def taste_anchors(rel, user_id: str | None, item_ids: list[str]) -> dict[str, str]:
+    """``taste_anchors_many`` for one customer (the request path)."""
+    if user_id is None or not item_ids or rel.user_index.get(user_id, -1) < 0:
+        return {}
+    return taste_anchors_many(rel, [user_id], [item_ids])[0]
+
+
+def taste_anchors_many_reference(rel, user_ids: list, item_lists: list[list[str]]) -> list[dict[str, str]]:
+    """``taste_anchors_many`` in numpy (one padded batched product); the kernel's tests compare
+    against it."""
     import numpy as np
 
     B = len(user_ids)
@@ -275,8 +324,8 @@ def taste_anchors_many(rel, user_ids: list, item_lists: list[list[str]]) -> list
     return out
 
 
-def taste_anchors(rel, user_id: str | None, item_ids: list[str]) -> dict[str, str]:
-    """``taste_anchors_many`` for one customer (the request path: a handful of numpy calls)."""
+def taste_anchors_reference(rel, user_id: str | None, item_ids: list[str]) -> dict[str, str]:
+    """``taste_anchors`` in numpy, as the request path computed it before the kernel."""
     import numpy as np
 
     Y = getattr(rel, "als_item", None)
@@ -408,6 +457,25 @@ def _factor_norms(version: str, Y) -> Any:
 
 
 def customer_reasons(rel, item_id: str, user_ids: list[str]) -> dict[str, list[str]]:
+    """Why each customer is a target for ``item_id``: the item in their history closest to it
+    (cosine of the ALS item factors), as ``bought_similar:<item>``; ``likely_buyer`` otherwise.
+    One numba call over the customers' history rows (``recs_kernels.anchors``)."""
+    import numpy as np
+
+    from recs_kernels.anchors import customer_anchors
+
+    i = rel.item_index.get(item_id)
+    yn = _anchor_inputs(rel)
+    if i is None or yn is None:
+        return {u: ["likely_buyer"] for u in user_ids}
+    get_user = rel.user_index.get
+    users = np.fromiter((get_user(u, -1) for u in user_ids), np.int64, len(user_ids))
+    best = customer_anchors(yn[0], yn[1], rel.hist_indptr, rel.hist_items, users, i).tolist()
+    ids = rel.item_ids
+    return {uid: [f"bought_similar:{ids[x]}"] if x >= 0 else ["likely_buyer"] for uid, x in zip(user_ids, best)}
+
+
+def customer_reasons_reference(rel, item_id: str, user_ids: list[str]) -> dict[str, list[str]]:
     """Why each customer is a target for ``item_id``: the item in their history closest to it
     (cosine of the ALS item factors), as ``bought_similar:<item>``; ``likely_buyer`` otherwise."""
     import numpy as np

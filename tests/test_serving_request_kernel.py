@@ -139,3 +139,70 @@ def test_customer_scan_answers_as_numpy(recommender, monkeypatch, chunk):  # noq
     monkeypatch.setattr(mod, "SCAN_CHUNK", rel.n_users - 1 if chunk == -1 else chunk)
     for i in (0, 7, rel.n_items // 2, rel.n_items - 1):
         np.testing.assert_array_equal(mod._scan_customers(rel, i), mod._scan_customers_reference(rel, i))
+
+
+def _cosine(rel, a: str, b: str) -> float:
+    y = np.asarray(rel.als_item, np.float64)
+    u, v = y[rel.item_index[a]], y[rel.item_index[b]]
+    return float(u @ v / max(np.linalg.norm(u) * np.linalg.norm(v), 1e-12))
+
+
+def test_taste_anchors_kernel_names_the_closest_purchase(recommender):  # noqa: F811
+    """Explanations' "because you bought X" (recs_kernels.anchors) against the numpy path: the same
+    purchase, or one as close to within float32 rounding (a near-tie the float64 sum breaks
+    differently), for customers with short and with the longest histories (the 64-purchase cap)."""
+    from recs_serving import explain
+
+    rel = recommender.release
+    rng = np.random.default_rng(11)
+    heavy = np.argsort(-np.diff(rel.hist_indptr), kind="stable")[:40]
+    users = [rel.user_ids[u] for u in np.concatenate([heavy, rng.choice(rel.n_users, 200, replace=False)]).tolist()]
+    lists = []
+    for n, uid in enumerate(users):
+        items = [rel.item_ids[i] for i in rng.choice(rel.n_items, 1 + n % 25, replace=False).tolist()]
+        own = rel.history(rel.user_index[uid])[0]
+        items[0] = rel.item_ids[int(own[0])]  # an item of their own: never its own anchor
+        lists.append(items + (["NO-SUCH-ITEM"] if n % 7 == 0 else []))
+    users += ["nobody", None]
+    lists += [[rel.item_ids[0]], [rel.item_ids[1]]]
+    got = explain.taste_anchors_many(rel, users, lists)
+    want = explain.taste_anchors_many_reference(rel, users, lists)
+    same = total = 0
+    for uid, items, g, w in zip(users, lists, got, want):
+        assert g.keys() == w.keys(), uid
+        assert g == explain.taste_anchors(rel, uid, items) and w == explain.taste_anchors_reference(rel, uid, items) or uid is None
+        for it in g:
+            total += 1
+            assert g[it] != it
+            if g[it] == w[it]:
+                same += 1
+            else:
+                assert abs(_cosine(rel, it, g[it]) - _cosine(rel, it, w[it])) < 1e-5, (uid, it)
+    assert total > 2000 and same >= 0.99 * total
+    assert got[-2] == {} and got[-1] == {}
+
+
+def test_customer_reasons_kernel_names_the_closest_item(recommender):  # noqa: F811
+    """/customers' "bought X, whose buyers also buy this" (recs_kernels.anchors) against numpy."""
+    from recs_serving import explain
+
+    rel = recommender.release
+    rng = np.random.default_rng(12)
+    same = total = 0
+    for i in rng.choice(rel.n_items, 80, replace=False).tolist():
+        item = rel.item_ids[i]
+        buyers = rel.buyers.indices[rel.buyers.indptr[i]:rel.buyers.indptr[i + 1]][:5].tolist()
+        users = [rel.user_ids[u] for u in rng.choice(rel.n_users, 15, replace=False).tolist() + buyers] + ["nobody"]
+        got = explain.customer_reasons(rel, item, users)
+        want = explain.customer_reasons_reference(rel, item, users)
+        assert got.keys() == want.keys() and got["nobody"] == ["likely_buyer"]
+        for u in users:
+            total += 1
+            g, w = got[u][0], want[u][0]
+            assert g != f"bought_similar:{item}"
+            if g == w:
+                same += 1
+            else:
+                a, b = g.partition(":")[2], w.partition(":")[2]
+                assert a and b and abs(_cosine(rel, item, a) - _cosine(rel, item, b)) < 1e-5, (item, u, g, w)
+    assert same >= 0.99 * total
