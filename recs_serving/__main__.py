@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from .protocol import ReadTimeoutProtocol
+    from .protocol import FastPathProtocol
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     workers = max(1, args.workers)
-    kw: dict = {"http": ReadTimeoutProtocol, "timeout_graceful_shutdown": 5}
+    kw: dict = {"http": FastPathProtocol, "timeout_graceful_shutdown": 5}
     try:
         import uvloop  # noqa: F401
 

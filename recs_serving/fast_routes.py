@@ -31,12 +31,17 @@ from .schemas import MAX_K
 _PLAIN = re.compile(r"[A-Za-z0-9._:-]{1,256}\Z")  # ids and query values needing no decoding or escaping
 _K = re.compile(rb"[1-9][0-9]{0,2}\Z")
 _JSON = (b"content-type", b"application/json")
+DECLINED = "recs_fast_declined"  # scope key: the protocol tried this request here already; Litestar answers it
 
 Answer = Callable[..., Any]
 
 
 class FastRoutes:
-    """ASGI wrapper of a Litestar app's handler (``app.asgi_handler``); see the module doc."""
+    """ASGI wrapper of a Litestar app's handler (``app.asgi_handler``); see the module doc.
+
+    ``plan`` (from the request line and headers) and ``respond`` (with the body) are also called
+    directly by the HTTP protocol (``protocol.FastPathProtocol``), which then writes the answer
+    itself without an ASGI task; a request either declines goes through this wrapper as usual."""
 
     def __init__(self, app, litestar_app, *, posts: dict[str, tuple[type, Answer, str]],
                  gets: dict[str, tuple[Answer, str, bool]], max_body: int, cors: bool, metrics):
@@ -49,19 +54,56 @@ class FastRoutes:
         self.metrics = metrics
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            method = scope["method"]
-            if method == "POST":
-                route = self.posts.get(scope["path"])
-                if route is not None:
-                    await self._post(route, scope, receive, send)
+        if scope["type"] == "http" and not scope.get(DECLINED):
+            plan = self.plan(scope)
+            if plan is not None:
+                t0 = perf_counter()
+                if plan[0] == "GET":
+                    await self._answer(plan, None, scope, receive, send, t0)
                     return
-            elif method == "GET" and scope["path"].startswith("/v1/items/"):
-                call = self._get(scope)
-                if call is not None:
-                    await self._answer(call, None, scope, receive, send, perf_counter())
-                    return
+                chunks = []
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":  # the client went away: Litestar sees the same
+                        await self.app(scope, _replay(chunks, receive, message), send)
+                        return
+                    chunks.append(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        break
+                await self._answer(plan, chunks, scope, receive, send, t0)
+                return
         await self.app(scope, receive, send)
+
+    def plan(self, scope) -> tuple | None:
+        """What answers this request here, from its method, path, query and headers (the body
+        comes later), or None: Litestar's."""
+        method = scope["method"]
+        if method == "POST":
+            route = self.posts.get(scope["path"])
+            if route is None or self._headers_ok(scope) is None:
+                return None
+            return "POST", route
+        if method == "GET" and scope["path"].startswith("/v1/items/"):
+            if self.cors and _has_origin(scope):
+                return None  # CORS headers are Litestar's middleware's
+            call = self._get(scope)
+            return None if call is None else ("GET", call)
+        return None
+
+    def respond(self, plan, body: bytes | None, scope) -> tuple[bytes, tuple[bytes, bytes], str] | None:
+        """(JSON body, request id header, metrics label) of a planned request, or None when the
+        body does not validate or the answer raises: Litestar then answers it, with its words."""
+        try:
+            if plan[0] == "POST":
+                model, answer, label = plan[1]
+                data = model.model_validate(pydantic_core.from_json(body or b"null", allow_inf_nan=False), strict=True)
+                payload = encode_json(answer(self.litestar_app.state.recommender, data))
+            else:
+                answer, args, label = plan[1]
+                payload = encode_json(answer(self.litestar_app.state.recommender, *args))
+        except Exception:  # noqa: BLE001 - any problem (bad body, not ready, unknown item, a bug): Litestar answers and logs it
+            return None
+        return payload, assign_request_id(scope), label
 
     def _headers_ok(self, scope) -> int | None:
         """The declared body length when the headers hold nothing this path leaves to Litestar."""
@@ -74,29 +116,6 @@ class FastRoutes:
             elif name == b"transfer-encoding" or (name == b"origin" and self.cors):
                 return None
         return length if length is not None and length <= self.max_body else None
-
-    async def _post(self, route, scope, receive, send) -> None:
-        t0 = perf_counter()
-        if self._headers_ok(scope) is None:
-            await self.app(scope, receive, send)
-            return
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away: Litestar sees the same
-                await self.app(scope, _replay(chunks, receive, message), send)
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        model, answer, label = route
-        try:
-            data = model.model_validate(pydantic_core.from_json(body or b"null", allow_inf_nan=False), strict=True)
-        except Exception:  # noqa: BLE001 - any problem: Litestar answers it, with its own words
-            await self.app(scope, _replay(chunks, receive), send)
-            return
-        await self._answer((answer, (data,), label), chunks, scope, receive, send, t0)
 
     def _get(self, scope) -> tuple | None:
         parts = scope["path"].split("/")  # "", "v1", "items", id, similar|customers
@@ -120,18 +139,27 @@ class FastRoutes:
                     return None
         return answer, (parts[3], k, brand), label
 
-    async def _answer(self, call, chunks, scope, receive, send, t0: float) -> None:
-        answer, args, label = call
-        try:
-            payload = encode_json(answer(self.litestar_app.state.recommender, *args))
-        except Exception:  # noqa: BLE001 - not ready, unknown item, a bug: Litestar answers (and logs) it
+    async def _answer(self, plan, chunks, scope, receive, send, t0: float) -> None:
+        got = self.respond(plan, b"".join(chunks) if chunks is not None else None, scope)
+        if got is None:
             await self.app(scope, _replay(chunks, receive) if chunks is not None else receive, send)
             return
-        rid = assign_request_id(scope)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [_JSON, (b"content-length", str(len(payload)).encode()), rid]})
+        payload, rid, label = got
+        await send({"type": "http.response.start", "status": 200, "headers": response_headers(payload, rid)})
         await send({"type": "http.response.body", "body": payload, "more_body": False})
         self.metrics.observe(scope["method"], label, 200, perf_counter() - t0)
+
+
+def response_headers(payload: bytes, rid: tuple[bytes, bytes]) -> list:
+    """The headers of an answer given here (what Litestar's route sends, in its order)."""
+    return [_JSON, (b"content-length", str(len(payload)).encode()), rid]
+
+
+def _has_origin(scope) -> bool:
+    for name, _ in scope["headers"]:
+        if name == b"origin":
+            return True
+    return False
 
 
 def _replay(chunks: list[bytes], receive, last: dict | None = None):

@@ -11,12 +11,27 @@ about once per read timeout instead of one per request.
 Each response also leaves in one write: the status line and headers are held until the first
 body chunk and written with it (uvicorn writes them separately: two syscalls per response, and
 the client wakes up for each).
+
+``FastPathProtocol`` (what ``python -m recs_serving`` runs) answers the hot routes that
+``fast_routes.FastRoutes`` would answer without an ASGI task at all: when the request line and
+headers qualify (``FastRoutes.plan``), uvicorn's request/response cycle is built as usual but
+not started; once the body is in, ``FastRoutes.respond`` computes the answer and the protocol
+writes the response as uvicorn would (status line, uvicorn's ``date``/``server`` headers, then
+the route's headers, ``connection: close`` when the request does not keep the connection alive),
+counts it in the same metrics and completes the cycle. A request it declines (a body that does
+not validate, an answer that raises, a client sending ``Expect: 100-continue``, a peer not
+reading its answers) starts the cycle's ASGI task with the body already in: Litestar answers it
+as before. Per request this saves the task, the ASGI messages and uvicorn's per-header checks.
 """
 from __future__ import annotations
 
 import os
+from time import perf_counter
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+
+from .fast_routes import DECLINED, FastRoutes, response_headers
 
 READ_TIMEOUT_ENV = "RECS_READ_TIMEOUT"
 DEFAULT_READ_TIMEOUT = 10.0
@@ -150,3 +165,82 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
             body = b'{"status_code":408,"detail":"request not received in time (read timeout %.0fs)"}' % self.read_timeout
             self.transport.write(_RESPONSE_408 % (len(body), body))
         self.transport.close()
+
+
+def _find_fast_routes(app) -> FastRoutes | None:
+    """The ``FastRoutes`` in front of the Litestar app that uvicorn serves (through its
+    middleware wrappers: each keeps the next one in ``.app``)."""
+    for _ in range(8):
+        if app is None:
+            return None
+        handler = getattr(app, "asgi_handler", None)
+        if isinstance(handler, FastRoutes):
+            return handler
+        app = getattr(app, "app", None)
+    return None
+
+
+_STATUS_200 = STATUS_LINE[200]
+_CLOSE = b"connection: close\r\n"
+
+
+class FastPathProtocol(ReadTimeoutProtocol):
+    """See the module doc: the hot routes answered in the protocol, everything else by ASGI."""
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._waiting = None  # (cycle, app, plan) of a planned request whose body is still arriving
+        self._fast = _find_fast_routes(self.app)
+
+    def _start_asgi_task(self, cycle, app) -> None:  # type: ignore[override]
+        fast = self._fast
+        if fast is not None and app is self.app and not cycle.waiting_for_100_continue:
+            plan = fast.plan(cycle.scope)
+            if plan is not None:
+                if cycle.more_body:  # from on_headers_complete: the body follows
+                    self._waiting = (cycle, app, plan)
+                    return
+                self._answer_now(cycle, app, plan, fast)  # a pipelined request, already complete
+                return
+        super()._start_asgi_task(cycle, app)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        waiting = self._waiting
+        if waiting is not None and waiting[0] is self.cycle:
+            self._waiting = None
+            self._answer_now(waiting[0], waiting[1], waiting[2], self._fast)
+
+    def connection_lost(self, exc) -> None:
+        self._waiting = None
+        super().connection_lost(exc)
+
+    def _answer_now(self, cycle, app, plan, fast: FastRoutes) -> None:
+        t0 = perf_counter()
+        transport = self.transport
+        got = None
+        if not cycle.disconnected and not transport.is_closing() and not self.flow.write_paused:
+            got = fast.respond(plan, bytes(cycle.body), cycle.scope)
+        if got is None:  # Litestar answers, with the body already in the cycle
+            cycle.scope[DECLINED] = True
+            super()._start_asgi_task(cycle, app)
+            return
+        payload, rid, label = got
+        scope = cycle.scope
+        if self.access_log:  # the line uvicorn's cycle logs as the response starts
+            self.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr(scope), scope["method"],
+                                    get_path_with_query_string(scope), scope["http_version"], 200)
+        out = [_STATUS_200]
+        for name, value in (*self.server_state.default_headers, *response_headers(payload, rid)):
+            out += (name, b": ", value, b"\r\n")
+        if not cycle.keep_alive:
+            out.append(_CLOSE)
+        out += (b"\r\n", payload)
+        cycle.response_started = cycle.response_complete = True
+        cycle.body = bytearray()
+        transport.write(b"".join(out))
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            transport.close()
+        fast.metrics.observe(cycle.scope["method"], label, 200, perf_counter() - t0)
+        cycle.on_response()
