@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .request import _capped
+
 __all__ = ["taste_anchors", "customer_anchors"]
 
 _FLOOR = np.float32(1e-12)
@@ -49,12 +51,20 @@ def _history(items, weights, bought, lo, hi, cap, out):
         for t in range(m):
             out[t] = items[pos[t]]
         return m
-    neg = np.empty(m, np.float32)
+    sub_items = np.empty(m, items.dtype)
+    sub_w = np.empty(m, weights.dtype)
     for t in range(m):
-        neg[t] = -weights[pos[t]]
-    order = np.argsort(neg, kind="mergesort")  # stable: ties keep history order
+        sub_items[t] = items[pos[t]]
+        sub_w[t] = weights[pos[t]]
+    # the cap heaviest by a size-cap heap (ties to the earlier, i.e. lower, item: rows are sorted),
+    # then heaviest first, ties in history order: a stable sort of all m was most of a long row's cost
+    sel = _capped(sub_items, sub_w, cap)
+    neg = np.empty(cap, np.float32)
     for t in range(cap):
-        out[t] = items[pos[order[t]]]
+        neg[t] = -sub_w[sel[t]]
+    order = np.argsort(neg, kind="mergesort")
+    for t in range(cap):
+        out[t] = sub_items[sel[order[t]]]
     return cap
 
 

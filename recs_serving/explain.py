@@ -265,10 +265,21 @@ def taste_anchors_many(rel, user_ids: list, item_lists: list[list[str]]) -> list
 
 
 def taste_anchors(rel, user_id: str | None, item_ids: list[str]) -> dict[str, str]:
-    """``taste_anchors_many`` for one customer (the request path)."""
-    if user_id is None or not item_ids or rel.user_index.get(user_id, -1) < 0:
+    """``taste_anchors_many`` for one customer (the request path: one kernel call, a few small
+    arrays)."""
+    import numpy as np
+
+    from recs_kernels.anchors import taste_anchors as kernel
+
+    u = rel.user_index.get(user_id, -1) if user_id is not None and item_ids else -1
+    yn = _anchor_inputs(rel) if u >= 0 else None
+    if yn is None:
         return {}
-    return taste_anchors_many(rel, [user_id], [item_ids])[0]
+    get = rel.item_index.get
+    row = kernel(yn[0], yn[1], rel.hist_indptr, rel.hist_items, rel.hist_weight, rel.hist_purchased, np.array([u], np.int64),
+                 np.array([[get(i, -1) for i in item_ids]], np.int64), HISTORY_FOR_ANCHORS)[0].tolist()
+    ids = rel.item_ids
+    return {iid: ids[x] for iid, x in zip(item_ids, row) if x >= 0}
 
 
 def taste_anchors_many_reference(rel, user_ids: list, item_lists: list[list[str]]) -> list[dict[str, str]]:
@@ -424,7 +435,7 @@ def enrich_response(body: Any, rec, *, anonymous: bool = False, seed: str | None
     items = d["items"]  # already re-ranked by the business rules (Recommender._respond)
     anchors = None
     if not anonymous and user_id is not None:
-        anchors = taste_anchors(rec.release, user_id, [_as_dict(it)["item_id"] for it in items])
+        anchors = taste_anchors(rec.release, user_id, [it["item_id"] if isinstance(it, dict) else it.item_id for it in items])
     return {**d, "items": enrich_items(items, view, anonymous=anonymous, seed=seed, anchors=anchors)}
 
 
