@@ -45,6 +45,7 @@ from .scoring import SOURCES, request_history, seed_weights
 from recs_kernels import als as _als
 from recs_kernels import blend as _blend
 from recs_kernels import customers as _customers
+from recs_kernels import known as _known
 from recs_kernels import request as _request
 from recs_kernels import topk as _topk
 
@@ -550,7 +551,20 @@ class Recommender:
         return [(items[i], totals[i], self._reason(rel, q, items[i], C[i], orders[i], anch, i)) for i in range(n)]
 
     def _topn_picks(self, st: _State, q: _Query) -> list[tuple[int, float, list[str]]]:
-        """A known user's precomputed top-N as picks (``_topn`` for one user)."""
+        """A known user's precomputed top-N as picks: ``_topn`` for one user, in one kernel call
+        (``recs_kernels.known``; the same picks, tested)."""
+        rel = st.rel
+        u = q.user
+        ids = rel.topn_ids[u]
+        fmask = _NO_BOOL if q.filt.empty else q.filt.mask(rel, np.maximum(ids, 0))
+        vecs = rel.mmr_vecs if rel.mmr_vecs is not None else _NO_VECS
+        sel_ids, sel_sc = _known.topn_one(ids, rel.topn_scores[u].astype(np.float32), q.exclude, rel.hist_items[rel.hist_indptr[u]:rel.hist_indptr[u + 1]],
+                                          fmask, vecs, q.k, float(q.lam))
+        reason = ["for_you"]
+        return list(zip(sel_ids.tolist(), sel_sc.tolist(), repeat(reason)))
+
+    def _topn_picks_reference(self, st: _State, q: _Query) -> list[tuple[int, float, list[str]]]:
+        """``_topn_picks`` through the batch path (``_topn``): the kernel's tests compare to it."""
         sel_ids, sel_sc, counts = self._topn(st, np.array([q.user]), q)
         n = counts[0]
         reason = ["for_you"]
@@ -750,7 +764,7 @@ class Recommender:
         known = np.flatnonzero(has)
         results: dict[str, list] = {}
         if known.size:
-            sel_ids, sel_sc, counts = self._topn(st, uidx[known], base)
+            sel_ids, sel_sc, counts = self._topn_many(st, uidx[known], base)
             names = st.item_id_arr[sel_ids].tolist()
             scores = np.round(sel_sc, 6).tolist()
             reason = ["for_you"]
@@ -797,6 +811,16 @@ class Recommender:
                 for d in items]
         out = business_rules.apply(rel, rows, req.k, business_rules.request_exclusions(rel, user_id, exclusions=req.exclusions))
         return out if as_dict else [_trusted(RecommendItem, d) for d in out]
+
+    def _topn_many(self, st: _State, users: np.ndarray, base: _Query) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """``_topn`` in one kernel call (``recs_kernels.known.topn_many``; the same picks, tested)."""
+        rel = st.rel
+        ids = rel.topn_ids[users]
+        fmask = _NO_BOOL2 if base.filt.empty else base.filt.mask(rel, np.maximum(ids, 0))
+        sel_ids, sel_sc, counts = _known.topn_many(ids, rel.topn_scores[users].astype(np.float32), rel.hist_indptr, rel.hist_items,
+                                                   users.astype(np.int64), base.exclude, fmask,
+                                                   rel.mmr_vecs if rel.mmr_vecs is not None else _NO_VECS, base.k, float(base.lam))
+        return sel_ids, sel_sc, counts.tolist()
 
     def _topn(self, st: _State, users: np.ndarray, base: _Query) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """The one top-N path: known users without recent events get their precomputed top-N
@@ -916,6 +940,9 @@ def _customer_candidates(rel: LoadedRelease, i: int) -> np.ndarray:
 _NONE = np.zeros(0, np.int64)
 _NONE32 = np.zeros(0, np.int32)
 _NO_F32 = np.zeros(0, np.float32)
+_NO_BOOL = np.zeros(0, np.bool_)
+_NO_BOOL2 = np.zeros((0, 0), np.bool_)
+_NO_VECS = np.zeros((0, 0), np.float32)
 _ANCHORED = ("item_sim", "covis", "rules", "content")  # recs_kernels.request.score's anchor rows
 
 

@@ -206,3 +206,51 @@ def test_customer_reasons_kernel_names_the_closest_item(recommender):  # noqa: F
                 a, b = g.partition(":")[2], w.partition(":")[2]
                 assert a and b and abs(_cosine(rel, item, a) - _cosine(rel, item, b)) < 1e-5, (item, u, g, w)
     assert same >= 0.99 * total
+
+
+@pytest.mark.parametrize("lam", [None, 0.3, 1.0])
+def test_known_user_kernel_picks_as_the_batch_path(recommender, lam):  # noqa: F811
+    """A known customer's top-N in one kernel call (recs_kernels.known) against ``_topn`` (the
+    batch path, numpy and mmr_batch): the same items and scores, to the bit, for every customer,
+    with exclusions, brand and category filters and the MMR off and on."""
+    st = recommender._current()
+    rel = st.rel
+    rng = np.random.default_rng(13)
+    brands = [k for (s, k) in rel.popularity_lists if s == "brand"]
+    cats = [k for (s, k) in rel.popularity_lists if s == "category"]
+    checked = 0
+    for u in range(rel.n_users):
+        kw = dict(k=int(rng.choice([1, 5, 20, 50, 60])), user_id=rel.user_ids[u], recent=[], brand=None, filters={}, lam=lam,
+                  exclusions=[rel.item_ids[int(i)] for i in rel.topn_ids[u][:int(rng.integers(0, 3))] if i >= 0])
+        if u % 5 == 1 and brands:
+            kw["brand"] = brands[u % len(brands)]
+        if u % 5 == 2 and cats:
+            kw["filters"] = {"category": [cats[u % len(cats)]]}
+        q = recommender._query(st, meta={}, **kw)
+        got, want = recommender._topn_picks(st, q), recommender._topn_picks_reference(st, q)
+        assert got == want, (u, kw)
+        checked += bool(got)
+    assert checked > rel.n_users // 2
+
+
+@pytest.mark.parametrize("lam", [None, 0.3, 1.0])
+def test_batch_kernel_picks_as_the_batch_path(recommender, lam):  # noqa: F811
+    """The batch path's top-N in one kernel call (recs_kernels.known.topn_many) against ``_topn``
+    (numpy and mmr_batch's batched branch): the same items, scores and counts, to the bit."""
+    st = recommender._current()
+    rel = st.rel
+    rng = np.random.default_rng(14)
+    brands = [k for (s, k) in rel.popularity_lists if s == "brand"]
+    users = rng.permutation(rel.n_users)
+    for n, b0 in enumerate(range(0, 1200, 60)):
+        batch = users[b0:b0 + 1 + n % 60]
+        kw = dict(k=int(rng.choice([1, 5, 20, 50, 60])), user_id=None, recent=[], brand=None, filters={}, lam=lam,
+                  exclusions=[rel.item_ids[int(i)] for i in rng.choice(rel.n_items, n % 4, replace=False)], use_case="homepage")
+        if n % 3 == 1 and brands:
+            kw["brand"] = brands[n % len(brands)]
+        base = recommender._query(st, meta={}, **kw)
+        got, want = recommender._topn_many(st, batch, base), recommender._topn(st, batch, base)
+        assert got[2] == want[2], n
+        for b, c in enumerate(got[2]):
+            np.testing.assert_array_equal(got[0][b, :c], want[0][b, :c])
+            np.testing.assert_array_equal(got[1][b, :c], want[1][b, :c])
