@@ -85,14 +85,20 @@ def trending_gate(glob: np.ndarray, trending: np.ndarray, span: timedelta, trend
                       "trending_items": int(np.count_nonzero(np.nan_to_num(trending) > 0))}
 
 
-def topn_gate(topn: pl.DataFrame) -> tuple[list[str], dict]:
-    """topn: user_id, rank, item_id. The most common whole list, as a share of users."""
-    if topn.height == 0:
+def topn_gate(topn: pl.DataFrame | pl.LazyFrame) -> tuple[list[str], dict]:
+    """topn: user_id, rank, item_id. The most common whole list, as a share of users.
+
+    Each user's list is one 64-bit fingerprint (every row's (rank, item) hashed, xor-ed: equal
+    lists, equal fingerprints), counted without building the lists: a sort and a list per user
+    of a 25M-row shard (1M users) took 2.4 GiB."""
+    per_user = (topn.lazy().group_by("user_id")
+                .agg(pl.struct("rank", "item_id").hash(seed=7).bitwise_xor().alias("fingerprint")))
+    c = (per_user.group_by("fingerprint").agg(pl.len().alias("n"))
+         .select(pl.col("n").sum().alias("users"), pl.col("n").max().alias("top")).collect(engine="streaming"))
+    users = int(c["users"][0] or 0)
+    if users == 0:
         return [], {"users": 0, "identical_share": 0.0}
-    lists = topn.sort("user_id", "rank").group_by("user_id", maintain_order=True).agg(pl.col("item_id"))
-    users = lists.height
-    top = lists.group_by("item_id").len().select(pl.col("len").max()).item()
-    share = top / users
+    share = int(c["top"][0]) / users
     failures = []
     if users >= MIN_USERS and share > MAX_IDENTICAL_TOPN_SHARE:
         failures.append(f"{share:.0%} of users get the same top-N (max {MAX_IDENTICAL_TOPN_SHARE:.0%})")
@@ -135,7 +141,7 @@ def trending_is_recent(warehouse: Warehouse, artifacts: ArtifactStore) -> dg.Ass
 def topn_is_personal(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     shards = [int(context.partition_key)] if context.has_partition_key else list(range(N_SHARDS))
     parts = [p for p in (part_path(k) for k in shards) if p.exists()]
-    topn = pl.read_parquet(parts, columns=["user_id", "rank", "item_id"]) if parts else pl.DataFrame(
+    topn = pl.scan_parquet(parts).select("user_id", "rank", "item_id") if parts else pl.DataFrame(
         schema={"user_id": pl.String, "rank": pl.Int32, "item_id": pl.String})
     return _result(*topn_gate(topn))
 

@@ -5,6 +5,8 @@ import dagster as dg
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
 from dagster._core.execution.retries import RetryMode
 
+from recs_assets.memory import HOOKS
+
 
 # evaluation runs with the models: the top-N shards and the release read the blend it tunes (tuned_blend)
 PUBLISH_KEYS = ("similar_items", "vector_store", "release")
@@ -49,13 +51,14 @@ def shard_executor(init_context: dg.InitExecutorContext):
 # Our steps are short and a process per step costs ~2 s here, so the chained stages run in
 # one process. A shard run has one step: in-process on one machine, a Celery task on a worker
 # when RECS_CELERY_BROKER is set (a backfill of all partitions then spreads over the workers).
-models_job = dg.define_asset_job("recs_models", selection=MODELS, executor_def=dg.in_process_executor,
+# Their steps run one after another in one process: each gives its memory back when it ends (HOOKS).
+models_job = dg.define_asset_job("recs_models", selection=MODELS, executor_def=dg.in_process_executor, hooks=HOOKS,
                                  description="Ingest, features and models: everything the top-N shards need")
-topn_job = dg.define_asset_job("recs_topn_shards", selection=SHARDS, executor_def=shard_executor,
+topn_job = dg.define_asset_job("recs_topn_shards", selection=SHARDS, executor_def=shard_executor, hooks=HOOKS,
                                description="Per-user top-N for one user shard (one run per shard; a backfill of "
                                            "all shards runs them at once, each a Celery task on any worker "
                                            "started by scripts/worker.sh)")
-publish_job = dg.define_asset_job("recs_publish", selection=PUBLISH, executor_def=dg.in_process_executor,
+publish_job = dg.define_asset_job("recs_publish", selection=PUBLISH, executor_def=dg.in_process_executor, hooks=HOOKS,
                                   description="Similar items, vector store and the release")
 
 # Shards and the publish stage follow their parents by declarative automation, so a new

@@ -199,21 +199,29 @@ def batch_topn(context: dg.AssetExecutionContext, config: TopNConfig, artifacts:
                                        history=history, exclude=m.binary[rows], nprobe=config.nprobe,
                                        cluster_size=config.cluster_size, max_support=config.max_support,
                                        callback=Progress(context.log.info, "top-N", len(rows), unit="users"))
-    valid = ids >= 0
-    r_idx, c_idx = np.nonzero(valid)
-    table = pl.DataFrame({
-        "shard": np.full(len(r_idx), shard, np.int32),
-        "user_id": pl.Series(m.user_ids[rows[r_idx]], dtype=pl.String),
-        "rank": (c_idx + 1).astype(np.int32),
-        "item_id": pl.Series(m.item_ids[ids[r_idx, c_idx]], dtype=pl.String),
-        "score": scores[r_idx, c_idx].astype(np.float32),
-        "reason": pl.Series(["for_you"] * len(r_idx), dtype=pl.String),
-    })
+    table = topn_table(m.user_ids[rows], m.item_ids, ids, scores, shard)
+    del ids, scores, history
     # Shards run at once on several workers: each writes its own part, the warehouse is not touched
     # (DuckDB admits one process per file); recs.batch_topn is a view over the parts.
     path = write_part(table, shard, config.model_dump())
     return dg.MaterializeResult(metadata={"shard": shard, "users": len(rows), "rows": table.height, "path": str(path),
                                           "n": config.n, "blend": dg.MetadataValue.json(config.blend.weights())})
+
+
+def topn_table(user_ids: np.ndarray, item_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray, shard: int) -> pl.DataFrame:
+    """A shard's rows (users in the order given, ranks ascending) from its top-k arrays: ids are
+    gathered from Series of the shard's users and of the items (no object array and no Python
+    string per row: 25M rows a shard at 1M users)."""
+    r_idx, c_idx = np.nonzero(ids >= 0)
+    n = len(r_idx)
+    return pl.DataFrame({
+        "shard": np.full(n, shard, np.int32),
+        "user_id": pl.Series(user_ids, dtype=pl.String).gather(r_idx),
+        "rank": (c_idx + 1).astype(np.int32),
+        "item_id": pl.Series(item_ids, dtype=pl.String).gather(ids[r_idx, c_idx]),
+        "score": scores[r_idx, c_idx].astype(np.float32),
+        "reason": pl.repeat("for_you", n, dtype=pl.String, eager=True),
+    })
 
 
 class SimilarConfig(dg.Config):
