@@ -591,6 +591,16 @@ class ServedReplay:
                 res[uc] = metrics(answers, [t for _, t in self.cases.queries[uc]][:limit], self.n_items, k)
         return res
 
+    def recalls(self, weights: dict, mmr_lambda: float, use_case: str, k: int = 10, limit: int | None = None) -> np.ndarray:
+        """recall@k of each served answer of ``use_case`` (the first ``limit`` requests)."""
+        self.set(weights, mmr_lambda)
+        return recalls(self.answers(use_case)[:limit], [t for _, t in self.cases.queries[use_case]][:limit], k)
+
+
+def recalls(answers: list[list[str]], truth: list[list[str]], k: int = 10) -> np.ndarray:
+    """recall@k of each answer: hits / min(k, |truth|)."""
+    return np.array([len(set(a[:k]) & set(t)) / min(k, len(set(t))) for a, t in zip(answers, truth)], np.float64)
+
 
 def metrics(answers: list[list[str]], truth: list[list[str]], n_items: int, k: int = 10) -> dict[str, float]:
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
@@ -704,7 +714,7 @@ def tune_hyperparameters(pm: PeriodModels, cfg: Configs, catalog: pl.DataFrame, 
                 seeds=cases.seeds, topn_users=cases.topn_users)
     cases = sub if sub.queries else cases
 
-    def evaluate(h: dict) -> float:
+    def evaluate(h: dict) -> "tuning.Trial":
         cfg_h = tuning.with_hyperparameters(cfg, h)
         pm_h = refit(pm, cfg_h)
         key = tuple(sorted(h.items()))
@@ -714,11 +724,11 @@ def tune_hyperparameters(pm: PeriodModels, cfg: Configs, catalog: pl.DataFrame, 
             rec = tuning.record(rp, list(cases.queries))
             if not scale:
                 scale.update({uc: max(rec.recall({src: 1.0}, uc) for src in SOURCES) for uc in rec.contrib})
-            v = tuning.blend_value(rec, cfg.topn.blend.weights(), s.use_case_weights, scale, s.hyper_trial_seconds)[0]
+            v = tuning.blend_value(rec, cfg.topn.blend.weights(), s.use_case_weights, scale, s.hyper_trial_seconds)
         except BaseException:
             rp.close()
             raise
-        if not kept or v > kept["value"] + 1e-9:  # the search's own rule for a better trial
+        if not kept or tuning.beats(v, kept["value"]):  # the search's own rule for a better trial
             if kept:
                 kept["replay"].close()
             kept.update(key=key, value=v, replay=rp)
@@ -794,8 +804,8 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
             rec = tuning.record(rp, list(cases_v.queries))
             timings["record_validation"] = time.perf_counter() - t0
 
-            def mmr_recall(weights, lam, uc, limit):  # a partial replay of one use case with MMR on
-                return rp.score(weights, lam, use_cases=[uc], limit=limit)[uc]["recall@10"]
+            def mmr_recall(weights, lam, uc, limit):  # a partial replay of one use case with MMR on: per request
+                return rp.recalls(weights, lam, uc, limit=limit)
 
             choices = tuning.choose_blends(rec, configured, cfg.topn.request.mmr_lambda, tune=s.tune,
                                            budget_seconds=s.budget_seconds, mmr_lambdas=s.mmr_lambdas,

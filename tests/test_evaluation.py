@@ -242,3 +242,31 @@ def test_the_chosen_hyperparameter_trial_replays_every_validation_request_like_a
     for uc in want.contrib:
         np.testing.assert_array_equal(kept.cand[uc], want.cand[uc])
         np.testing.assert_array_equal(kept.contrib[uc], want.contrib[uc])
+
+
+def test_a_hyperparameter_step_or_an_mmr_lambda_is_taken_only_when_it_wins_by_more_than_its_noise():
+    rng = np.random.default_rng(0)
+    base = rng.random(400)
+    noise = base + rng.normal(0, 0.05, 400)  # the same mean, different per request
+    old = tuning.Trial(float(base.mean()), terms={"homepage": (1.0, base)})
+    tiny = tuning.Trial(float(noise.mean()) + 1e-3, terms={"homepage": (1.0, noise + 1e-3)})
+    clear = tuning.Trial(float(base.mean()) + 0.05, terms={"homepage": (1.0, base + 0.05)})
+    assert not tuning.beats(tiny, old) and tiny.value > old.value
+    assert tuning.beats(clear, old) and not tuning.beats(old, clear)
+    assert tuning.beats(0.5, 0.4) and not tuning.beats(0.4, 0.4)  # plain values: by value
+    # the coordinate search keeps the start unless a step clearly wins
+    start = {"recent_weight": 1.0, "als_regularization": 3.0, "als_alpha": 3.0, "decay_days": 90.0}
+    value = lambda h: clear if h["als_regularization"] == 1.0 else tiny if h != start else old  # noqa: E731
+    found = tuning.search_hyperparameters(value, start, budget_seconds=60)
+    assert found["chosen"] == {**start, "als_regularization": 1.0}
+
+    # MMR: a lambda below 1 that wins on the first requests by less than one standard error is not served
+    rec, uc = _synthetic_record(n_q=200, tied=False), "homepage"
+    w = {s: 1.0 for s in SOURCES}
+    r1 = rec.recalls(w, uc)[:100]
+    flip = np.where(np.arange(100) % 2 == 0, np.minimum(r1 + 0.2, 1.0), np.maximum(r1 - 0.19, 0.0))
+    scores, lam = tuning.mmr_choice(rec, uc, w, (1.0, 0.8), lambda *a: flip, 100)
+    assert scores[0.8] > scores[1.0] and lam == 1.0
+    scores, lam = tuning.mmr_choice(rec, uc, w, (1.0, 0.8), lambda *a: np.minimum(r1 + 0.3, 1.0), 100)
+    assert lam == 0.8
+    assert tuning.mmr_choice(rec, uc, w, (0.8,), lambda *a: r1, 100)[1] == 0.8  # one (configured) lambda: that one
