@@ -58,22 +58,25 @@ def _rec(request: Request) -> Recommender:
     return request.app.state.recommender
 
 
-# The answers of the hot routes, shared by the Litestar handlers and ``fast_routes``.
+# The answers of the hot routes, shared by the Litestar handlers and ``fast_routes``: items as pre-encoded JSON
+# (``explain.enrich_items_wire``), which both encode to the bytes of the plain dicts.
 
 
 def recommend_answer(rec: Recommender, data: RecommendRequest) -> dict:
     seed = max(data.recent, key=lambda r: r.timestamp).item_id if data.recent else None
-    return explain.enrich_response(rec.recommend(data, as_dict=True), rec, anonymous=True, seed=seed, user_id=data.user_id)
+    return explain.enrich_response(rec.recommend(data, as_dict=True), rec, anonymous=True, seed=seed, user_id=data.user_id,
+                                   wire=True)
 
 
 def similar_answer(rec: Recommender, item_id: str, k: int, brand: str | None) -> dict:
-    return explain.enrich_response(rec.similar_items(item_id, k, brand=brand, as_dict=True), rec, anonymous=True, seed=item_id)
+    return explain.enrich_response(rec.similar_items(item_id, k, brand=brand, as_dict=True), rec, anonymous=True, seed=item_id,
+                                   wire=True)
 
 
 def cart_answer(rec: Recommender, data: CartAddonsRequest) -> dict:
     anonymous = data.user_id is None or data.user_id not in rec.release.user_index
     return explain.enrich_response(rec.cart_addons(data, as_dict=True), rec, anonymous=anonymous, seed=data.item_ids[0],
-                                   user_id=data.user_id)
+                                   user_id=data.user_id, wire=True)
 
 
 def customers_answer(rec: Recommender, item_id: str, k: int, _brand: None = None) -> dict:
@@ -81,7 +84,7 @@ def customers_answer(rec: Recommender, item_id: str, k: int, _brand: None = None
 
 
 def batch_answer(rec: Recommender, data: BatchRecommendRequest) -> dict:
-    return explain.enrich_batch(rec.recommend_batch(data, as_dict=True), rec)
+    return explain.enrich_batch(rec.recommend_batch(data, as_dict=True), rec, wire=True)
 
 
 @post("/v1/recommend", sync_to_thread=False, status_code=200, tags=["recommendations"], summary="Recommendations for a user (known, anonymous with recent events, or cold)")
