@@ -399,9 +399,7 @@ def enrich_items(items: list, view: CatalogView, *, anonymous: bool = False, see
     step: a batch of 1,000 users x 20 items was ~70 ms of per-item dict work. ``own`` is kept
     for callers; every answer is a fresh dict either way."""
     out = []
-    words_of = view._explained
     made = view._enriched
-    info = view.info
     for it in items:
         d = it if isinstance(it, dict) else _as_dict(it)
         codes = d.get("reasons") or []
@@ -412,18 +410,24 @@ def enrich_items(items: list, view: CatalogView, *, anonymous: bool = False, see
         key = (iid, tuple(codes), anchor)
         tpl = made.get(key)
         if tpl is None:
-            words = codes + [f"because_you_bought:{anchor}"] if anchor is not None else codes  # words only: codes stay as served
-            wkey = tuple(words)
-            text = words_of.get(wkey)
-            if text is None:
-                text = explain(words, view)
-                if len(words_of) < 200_000:  # bounded: codes name items, so the distinct keys are finite anyway
-                    words_of[wkey] = text
-            tpl = {"reasons": list(codes), **info(iid), "explanation": text}
+            tpl = _template(view, iid, codes, anchor)
             if len(made) < 500_000:
                 made[key] = tpl
         out.append({**d, **tpl})
     return out
+
+
+def _template(view: CatalogView, iid: str, codes: list, anchor: str | None) -> dict:
+    """What an item gains: its codes (as served), attributes and the explanation in words."""
+    words = codes + [f"because_you_bought:{anchor}"] if anchor is not None else codes  # words only: codes stay as served
+    wkey = tuple(words)
+    words_of = view._explained
+    text = words_of.get(wkey)
+    if text is None:
+        text = explain(words, view)
+        if len(words_of) < 200_000:  # bounded: codes name items, so the distinct keys are finite anyway
+            words_of[wkey] = text
+    return {"reasons": list(codes), **view.info(iid), "explanation": text}
 
 
 _ITEM_KEYS = ("item_id", "score", "rank", "reasons")
@@ -457,10 +461,9 @@ def enrich_items_wire(items: list, view: CatalogView, *, anonymous: bool = False
         anchor = anchors.get(iid) if anchors and "for_you" in codes else None
         key = (iid, tuple(codes), anchor)
         parts = get(key)
-        if parts is None:
-            one = enrich_items([{**d, "reasons": codes}], view, anchors={iid: anchor} if anchor is not None else None)[0]
-            tail = _encode_json({k: v for k, v in one.items() if k not in ("item_id", "score", "rank")})
-            parts = (_encode_json({"item_id": iid})[:-1] + _SCORE, _RANK, b"," + tail[1:])
+        if parts is None:  # the item's JSON around its score and rank: {"item_id":..,"score":..,"rank":..,<template>}
+            tail = _encode_json(_template(view, iid, codes, anchor))
+            parts = (b'{"item_id":' + _encode_json(iid) + _SCORE, _RANK, b"," + tail[1:])
             if len(wire) < 500_000:
                 wire[key] = parts
         append(_Raw(b"%s%s%s%d%s" % (parts[0], sc, parts[1], d["rank"], parts[2])))
