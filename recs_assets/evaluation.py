@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from recs_assets import io, modeling
+from recs_assets import io, memory, modeling
 from recs_assets.features import BasketConfig, aligned_values, basket_matrix, popularity_table
 from recs_assets.models import ItemsetConfig, RulesConfig, id_lists, mine, rule_columns
 from recs_assets.outputs import TopNConfig
@@ -779,6 +779,7 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
     train_v, held_v = before(events, vstart), between(events, vstart, cut)
     cases_v = build_cases(train_v, held_v, items, max_users=s.max_users, recent_events=s.recent_events, seed=s.seed,
                           session_gap_minutes=cfg.covis.session_gap_minutes)
+    memory.release()  # each phase's transient frames go back to the system, so the next starts from the same floor
     info["validation_cases"], info["validation_skipped"] = cases_v.counts(), dict(cases_v.skipped)
     if not cases_v.queries or train_v.height == 0:
         gate = {"passed": True, "reason": "no validation requests (" + "; ".join(cases_v.skipped.values()) + "): configured weights served"}
@@ -790,6 +791,7 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
                                                    f"popularity and trending count every event"}
         c_fit = time.process_time()
         pm_v = fit_period(in_sample(train_v, sample, share, s.seed), items, cfg, vstart, all_events=train_v)
+        memory.release()
         fit_cpu = time.process_time() - c_fit
         fits["validation"] = pm_v.seconds
         timings["fit_validation"] = time.perf_counter() - t0
@@ -821,11 +823,13 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
             for src in SOURCES:
                 rows += _rows("validation", src, _recorded_metrics(rec, {src: 1.0}, item_ids, truth_of(cases_v), len(items)))
         timings["tune"] = time.perf_counter() - t0
+    memory.release()
 
     # ---- test: [cut, end), models fit before the cut with the chosen values
     train_t, held_t = before(events, cut), between(events, cut, None)
     cases_t = build_cases(train_t, held_t, items, max_users=s.max_users, recent_events=s.recent_events, seed=s.seed + 1,
                           session_gap_minutes=cfg.covis.session_gap_minutes)
+    memory.release()
     info["test_cases"], info["test_skipped"] = cases_t.counts(), dict(cases_t.skipped)
     if cases_t.queries and train_t.height:
         # Warm-started from the validation fit (a prefix of the same events): ALS and BPR run a
@@ -838,6 +842,7 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
             info.setdefault("approximations", {})["test fit_users"] = f"models fit on {sample_t.len()} users"
         pm_t = fit_period(in_sample(train_t, sample_t, share_t, s.seed), items, cfg, cut,
                           warm=pm_v if s.warm_start else None, warm_fraction=s.warm_fraction, all_events=train_t)
+        memory.release()
         fits["test"] = pm_t.seconds
         info.setdefault("approximations", {}).update({f"test {k}": v for k, v in pm_t.notes.items()})
         timings["fit_test"] = time.perf_counter() - t0
