@@ -1,7 +1,8 @@
 """Run the API: ``python -m recs_serving --port 8000 [--workers N] [--host 127.0.0.1] [--home DIR]``.
 
-``--workers`` (default: one per core) worker processes share the listening socket (uvicorn's
-supervisor binds it once and restarts a worker that dies). Every worker maps the same
+``--workers`` (default: one per core) worker processes listen on the port, each on its own
+``SO_REUSEPORT`` socket so the kernel spreads connections over them (``reuseport``); uvicorn's
+supervisor starts them and restarts a worker that dies. Every worker maps the same
 per-release array files (``recs_serving.mapped``), built once by a child process: N workers
 hold one copy of the release's arrays, and a reload maps the new files instead of copying.
 Each worker watches ``CURRENT`` itself; ``POST /v1/admin/reload`` reaches one worker, which
@@ -97,9 +98,32 @@ def main(argv: list[str] | None = None) -> int:
             import tempfile
 
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recs-prometheus-")
-        uvicorn.run("recs_serving.__main__:app_from_env", factory=True, workers=workers, host=args.host, port=args.port,
-                    log_level=args.log_level, access_log=args.access_log, **kw)
+        _run_workers(workers, args, kw)
     return 0
+
+
+def _run_workers(workers: int, args, kw: dict) -> None:
+    """uvicorn's supervisor (starts, watches and restarts the workers, relays signals), each
+    worker on its own ``SO_REUSEPORT`` socket (``reuseport``: the kernel spreads connections)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from . import reuseport
+
+    config = uvicorn.Config("recs_serving.__main__:app_from_env", factory=True, workers=workers, host=args.host, port=args.port,
+                            log_level=args.log_level, access_log=args.access_log, **kw)
+    if not reuseport.available():  # one shared socket, as uvicorn.run binds it
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return
+    try:
+        held = reuseport.reserve(args.host, args.port)
+    except OSError as exc:
+        logging.getLogger("uvicorn.error").error("could not bind %s:%s: %s", args.host, args.port, exc)
+        sys.exit(1)
+    try:
+        Multiprocess(config, sockets=[reuseport.PerWorkerSocket(args.host, args.port, config.backlog)]).run()  # type: ignore[list-item]
+    finally:
+        held.close()
 
 
 if __name__ == "__main__":

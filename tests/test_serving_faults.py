@@ -380,8 +380,8 @@ def test_server_error_logged_with_traceback_and_request_id(base_home, monkeypatc
 
 
 def test_workers_share_the_port_and_one_mapped_copy(base_home, tmp_path):
-    """``--workers 2``: two processes answer on one port, both map the same release files,
-    and a newly published release reaches both."""
+    """``--workers 2``: two processes answer on one port, each on its own listening socket, both
+    map the same release files, and a newly published release reaches both."""
     from recs_serving import mapped
     from recs_serving import release as rf
 
@@ -395,6 +395,12 @@ def test_workers_share_the_port_and_one_mapped_copy(base_home, tmp_path):
             if s == 200:
                 pids.add(b["pid"])
         assert len(pids) == 2, pids
+        # each worker listens on its own SO_REUSEPORT socket (the kernel spreads connections over them)
+        listening = {int(f[9]) for f in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+                     if f[3] == "0A" and int(f[1].split(":")[1], 16) == srv.port}
+        owned = {pid: {int(os.readlink(fd)[8:-1]) for fd in Path(f"/proc/{pid}/fd").iterdir()
+                       if os.readlink(fd).startswith("socket:[")} & listening for pid in pids}
+        assert len(listening) == 2 and all(len(v) == 1 for v in owned.values()) and set().union(*owned.values()) == listening, owned
         cache = str(mapped.cache_root(home))
         for pid in pids:
             maps = Path(f"/proc/{pid}/maps").read_text()
