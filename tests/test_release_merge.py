@@ -1,4 +1,4 @@
-"""The release's top-N table: the shards' sorted parts merged batch by batch (no global sort)."""
+"""The top-N parts (written a block of users at a time) and the release's top-N table (the sorted parts merged batch by batch, no global sort)."""
 import duckdb
 import numpy as np
 import polars as pl
@@ -47,3 +47,20 @@ def test_an_unsorted_part_is_refused(tmp_path):
     t.reverse().write_parquet(files[1])
     with pytest.raises(RuntimeError, match="not sorted by user_id"):
         merged_parts(files, batch_rows=4).read_all()
+
+
+def test_a_part_written_in_blocks_equals_the_whole_table(tmp_path, monkeypatch):
+    from recs_assets import outputs
+
+    monkeypatch.setenv("RECS_HOME", str(tmp_path))
+    rng = np.random.default_rng(3)
+    users = np.array([f"u{i:04d}" for i in range(50)], dtype=object)
+    items = np.array([f"i{i:03d}" for i in range(40)], dtype=object)
+    ids = rng.integers(-1, 40, (50, 6))
+    scores = rng.random((50, 6)).astype(np.float32)
+    whole = outputs.topn_table(users, items, ids, scores, 1)
+    path, rows = outputs.write_part(outputs.topn_chunks(users, items, ids, scores, 1, chunk=7), 1, {"n": 6})
+    assert rows == whole.height == int((ids >= 0).sum())
+    assert pl.read_parquet(path).equals(whole)
+    path, rows = outputs.write_part(outputs.topn_chunks(users[:0], items, ids[:0], scores[:0], 1), 1, {"n": 6})
+    assert rows == 0 and pl.read_parquet(path).schema == whole.schema
