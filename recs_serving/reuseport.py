@@ -15,12 +15,15 @@ takes no connections) to hold the port while workers come and go.
 from __future__ import annotations
 
 import socket
+import sys
 
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", None)
 
 
 def available() -> bool:
-    return SO_REUSEPORT is not None
+    """Linux balances connections over a port's SO_REUSEPORT sockets; elsewhere the option may
+    exist without that (the last socket bound can get them all): one shared socket there."""
+    return SO_REUSEPORT is not None and sys.platform.startswith("linux")
 
 
 def _socket(host: str, port: int) -> socket.socket:
