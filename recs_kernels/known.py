@@ -2,8 +2,9 @@
 calls a request): the row minus exclusions, filters and the customer's history, MMR re-ranked.
 
 ``topn_one`` computes what ``Recommender._topn`` computes for one user through ``mmr_batch``'s
-single-row path, step by step in the same float32 arithmetic (NumPy's promotion of the Python
-scalars included) and the same BLAS product for the similarities, so the picks are identical.
+single-row path, ``topn_many`` its batched path, step by step in the same float32 arithmetic
+(NumPy's promotion of the Python scalars included) on the similarities NumPy computes, so the
+picks are identical.
 """
 from __future__ import annotations
 
@@ -17,22 +18,22 @@ __all__ = ["topn_one", "topn_many"]
 
 
 @njit(cache=True, nogil=True)
-def topn_one(ids, scores, exclude, hist, fmask, vecs, k, lam):
+def topn_one(ids, scores, exclude, hist, fmask, sims, k, lam):
     """Picks of one top-N row.
 
     ids: int32 [W] (-1 pads), scores: float32 [W] (the stored float16 widened, exactly), exclude: sorted int64, hist: the customer's
-    sorted history row, fmask: bool [W] (the filter on ``max(ids, 0)``) or empty for none, vecs:
-    float32 [n_items, d] MMR vectors or [0, 0] for none, k, lam (float64, as given).
+    sorted history row, fmask: bool [W] (the filter on ``max(ids, 0)``) or empty for none, sims:
+    float32 [W, W] the MMR similarities of the row's items (``v @ v.T`` of their vectors, by
+    NumPy as ``mmr_batch`` gets them: its A @ A.T goes to BLAS syrk, whose roundings a numba
+    product does not repeat, and float16 scores tie often) or [0, 0] without MMR, k, lam.
     Returns (item ids int64 [n], scores float64 [n]) of the n <= k picks in order."""
     W = ids.shape[0]
     sc = np.empty(W, np.float32)
     avail = np.zeros(W, np.bool_)
-    safe = np.empty(W, np.int64)
     n_ok = 0
     for j in range(W):
         i = ids[j]
         sc[j] = scores[j]
-        safe[j] = i if i >= 0 else 0
         ok = i >= 0
         if ok and exclude.shape[0] and _in_sorted(np.int64(i), exclude):
             ok = False
@@ -49,7 +50,7 @@ def topn_one(ids, scores, exclude, hist, fmask, vecs, k, lam):
     picks = np.full(kk, -1, np.int64)
     if W == 0 or kk == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
-    if vecs.shape[0] == 0 or lam >= 1.0:
+    if sims.shape[0] == 0 or lam >= 1.0:
         # stable order of -relevance with unusable slots last (mmr_batch without vectors)
         key = np.empty(W, np.float32)
         for j in range(W):
@@ -75,11 +76,6 @@ def topn_one(ids, scores, exclude, hist, fmask, vecs, k, lam):
             r = (sc[j] if avail[j] else np.float32(0.0))
             r = (r - lo32) / span
             base[j] = lam32 * r if avail[j] else np.float32(-np.inf)
-        d = vecs.shape[1]
-        V = np.empty((W, d), np.float32)
-        for j in range(W):
-            V[j] = vecs[safe[j]]
-        sims = np.dot(V, V.T)
         _greedy_one(base, sims, min(kk, n_ok), np.float32(1.0 - lam), picks)
     n = 0
     while n < kk and picks[n] >= 0:
@@ -93,7 +89,7 @@ def topn_one(ids, scores, exclude, hist, fmask, vecs, k, lam):
 
 
 @njit(cache=True, nogil=True)
-def topn_many(ids, scores, hist_indptr, hist_items, users, exclude, fmask, vecs, k, lam):
+def topn_many(ids, scores, hist_indptr, hist_items, users, exclude, fmask, sims, k, lam):
     """``Recommender._topn`` for many users (the batch path, ``mmr_batch``'s batched branch):
     ids int32 [B, W] and scores float32 [B, W] are the users' rows, fmask bool [B, W] or [0, 0].
     Returns (item ids int64 [B, k'], scores float64 [B, k'], picks per row int64 [B]), rows
@@ -123,7 +119,7 @@ def topn_many(ids, scores, hist_indptr, hist_items, users, exclude, fmask, vecs,
                 ok = False
             avail[b, j] = ok
     picks = np.full((B, kk), -1, np.int64)
-    if vecs.shape[0] == 0 or lam >= 1.0:
+    if sims.shape[0] == 0 or lam >= 1.0:
         key = np.empty(W, np.float32)
         for b in range(B):
             for j in range(W):
@@ -133,9 +129,7 @@ def topn_many(ids, scores, hist_indptr, hist_items, users, exclude, fmask, vecs,
                 if avail[b, order[s]]:
                     picks[b, s] = order[s]
     else:
-        # mmr_batch's batched branch: per-row min-max in float32, one product per row, _greedy_batch's loop
-        d = vecs.shape[1]
-        V = np.empty((W, d), np.float32)
+        # mmr_batch's batched branch: per-row min-max in float32, _greedy_batch's loop
         rel = np.zeros(W, np.float32)
         maxsim = np.zeros(W, np.float32)
         obj = np.empty(W, np.float32)
@@ -154,9 +148,6 @@ def topn_many(ids, scores, hist_indptr, hist_items, users, exclude, fmask, vecs,
             span = hi - lo if hi > lo else np.float32(1.0)
             for j in range(W):
                 rel[j] = (scores[b, j] - lo) / span if avail[b, j] else np.float32(0.0)
-                i = ids[b, j]
-                V[j] = vecs[i if i >= 0 else 0]
-            sims = np.dot(V, V.T)
             maxsim[:] = 0
             for step in range(kk):
                 for m in range(W):
@@ -167,7 +158,7 @@ def topn_many(ids, scores, hist_indptr, hist_items, users, exclude, fmask, vecs,
                 picks[b, step] = j
                 avail[b, j] = False
                 for m in range(W):
-                    v = sims[j, m]
+                    v = sims[b, j, m]
                     if v > maxsim[m] or v != v:
                         maxsim[m] = v
     for b in range(B):

@@ -466,7 +466,7 @@ def enrich_items_wire(items: list, view: CatalogView, *, anonymous: bool = False
             parts = (b'{"item_id":' + _encode_json(iid) + _SCORE, _RANK, b"," + tail[1:])
             if len(wire) < 500_000:
                 wire[key] = parts
-        append(_Raw(b"%s%s%s%d%s" % (parts[0], sc, parts[1], d["rank"], parts[2])))
+        append(_Raw(b"".join((parts[0], sc, parts[1], str(d["rank"]).encode(), parts[2]))))
     return out
 
 

@@ -13,6 +13,7 @@ newest timestamp in the request; ties are broken by item index everywhere.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass
 from functools import cached_property
@@ -276,6 +277,13 @@ class Recommender:
                 v = np.asarray(rel.mmr_vecs[:2])
                 for b in (1, 2):
                     mmr_batch(np.ones((b, v.shape[0]), np.float32), np.broadcast_to(v, (b,) + v.shape).copy(), 2, 0.5)
+            if rel.n_users >= 2 and rel.topn_ids.shape[1]:  # the batch path's kernel
+                base = self._query(st, k=5, user_id=None, recent=(), brand=None, exclusions=(), filters={}, lam=None, meta={},
+                                   use_case="homepage")
+                self._topn_many(st, np.arange(2), base)
+            if rel.als_item is not None and rel.n_users:  # explanations' kernels, and the factor norms they divide by
+                explain.taste_anchors(rel, rel.user_ids[0], [rel.item_ids[0]])
+                explain.customer_reasons(rel, rel.item_ids[0], [rel.user_ids[0]])
             if rel.als_user is not None and rel.als_item is not None and rel.n_users:
                 _customers_by_candidates(rel, 0, 5)  # /customers' kernels (used above SCAN_USERS users)
                 if rel.n_users <= SCAN_USERS:
@@ -556,10 +564,14 @@ class Recommender:
         rel = st.rel
         u = q.user
         ids = rel.topn_ids[u]
-        fmask = _NO_BOOL if q.filt.empty else q.filt.mask(rel, np.maximum(ids, 0))
-        vecs = rel.mmr_vecs if rel.mmr_vecs is not None else _NO_VECS
+        safe = np.maximum(ids, 0)
+        fmask = _NO_BOOL if q.filt.empty else q.filt.mask(rel, safe)
+        sims = _NO_SIMS
+        if rel.mmr_vecs is not None and q.lam < 1.0:
+            v = rel.mmr_vecs[safe]
+            sims = v @ v.T  # as mmr_batch computes them (see recs_kernels.known)
         sel_ids, sel_sc = _known.topn_one(ids, rel.topn_scores[u].astype(np.float32), q.exclude, rel.hist_items[rel.hist_indptr[u]:rel.hist_indptr[u + 1]],
-                                          fmask, vecs, q.k, float(q.lam))
+                                          fmask, sims, q.k, float(q.lam))
         reason = ["for_you"]
         return list(zip(sel_ids.tolist(), sel_sc.tolist(), repeat(reason)))
 
@@ -615,11 +627,12 @@ class Recommender:
         w_t, w_p = float(q.weights.get("trending", 0.0)), float(q.weights.get("popularity", 0.0))
         if w_t == 0.0 and w_p == 0.0:
             w_t = 1.0
-        fill_score = w_t * st.scorer.vector("trending") + w_p * st.scorer.vector("popularity")
+        idx = np.fromiter((i for i, _ in added), np.int64, len(added))  # the added items only, not the whole catalogue
+        fill_score = (w_t * st.scorer.vector("trending")[idx] + w_p * st.scorer.vector("popularity")[idx]).tolist()
         last = picks[-1][1] if picks else np.inf
         out = list(picks)
-        for i, reason in added:
-            s = min(last, float(fill_score[i]))
+        for (i, reason), f in zip(added, fill_score):
+            s = min(last, f)
             out.append((i, s, [reason]))
             last = s
         meta["filled_from_popularity"] = len(added)
@@ -815,11 +828,23 @@ class Recommender:
     def _topn_many(self, st: _State, users: np.ndarray, base: _Query) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """``_topn`` in one kernel call (``recs_kernels.known.topn_many``; the same picks, tested)."""
         rel = st.rel
+        if users.size == 1:  # mmr_batch's single-row arithmetic
+            q = dataclasses.replace(base, user=int(users[0]))
+            picks = self._topn_picks(st, q)
+            k = min(base.k, rel.topn_ids.shape[1])
+            sel_ids, sel_sc = np.zeros((1, k), np.int64), np.zeros((1, k), np.float64)
+            sel_ids[0, :len(picks)] = [p[0] for p in picks]
+            sel_sc[0, :len(picks)] = [p[1] for p in picks]
+            return sel_ids, sel_sc, [len(picks)]
         ids = rel.topn_ids[users]
-        fmask = _NO_BOOL2 if base.filt.empty else base.filt.mask(rel, np.maximum(ids, 0))
+        safe = np.maximum(ids, 0)
+        fmask = _NO_BOOL2 if base.filt.empty else base.filt.mask(rel, safe)
+        sims = _NO_SIMS3
+        if rel.mmr_vecs is not None and base.lam < 1.0:
+            v = rel.mmr_vecs[safe]
+            sims = np.matmul(v, v.transpose(0, 2, 1))  # as mmr_batch computes them (see recs_kernels.known)
         sel_ids, sel_sc, counts = _known.topn_many(ids, rel.topn_scores[users].astype(np.float32), rel.hist_indptr, rel.hist_items,
-                                                   users.astype(np.int64), base.exclude, fmask,
-                                                   rel.mmr_vecs if rel.mmr_vecs is not None else _NO_VECS, base.k, float(base.lam))
+                                                   users.astype(np.int64), base.exclude, fmask, sims, base.k, float(base.lam))
         return sel_ids, sel_sc, counts.tolist()
 
     def _topn(self, st: _State, users: np.ndarray, base: _Query) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -942,7 +967,8 @@ _NONE32 = np.zeros(0, np.int32)
 _NO_F32 = np.zeros(0, np.float32)
 _NO_BOOL = np.zeros(0, np.bool_)
 _NO_BOOL2 = np.zeros((0, 0), np.bool_)
-_NO_VECS = np.zeros((0, 0), np.float32)
+_NO_SIMS = np.zeros((0, 0), np.float32)
+_NO_SIMS3 = np.zeros((0, 0, 0), np.float32)
 _ANCHORED = ("item_sim", "covis", "rules", "content")  # recs_kernels.request.score's anchor rows
 
 
