@@ -543,13 +543,18 @@ class Recommender:
         sizes = st.contract.candidates
         m = min(cand.size, max(sizes.mmr_pool_per_k * q.k, q.k + sizes.mmr_pool_extra))
         top = order[:m]
-        vecs = rel.mmr_vecs[cand[top]][None] if rel.mmr_vecs is not None else None
-        picks = mmr_batch(total[top][None], vecs, q.k, q.lam)[0]
-        neg = picks < 0
-        n = int(neg.argmax()) if neg.any() else picks.size  # picks are left-aligned
-        if n == 0:
-            return []
-        rows = top[picks[:n]]
+        if rel.mmr_vecs is None or q.lam >= 1.0:
+            rows = top[_by_relevance(total[top], q.k)]  # what mmr_batch picks without diversity, in 2 calls, not ~10
+            n = rows.size
+            if n == 0:
+                return []
+        else:
+            picks = mmr_batch(total[top][None], rel.mmr_vecs[cand[top]][None], q.k, q.lam)[0]
+            neg = picks < 0
+            n = int(neg.argmax()) if neg.any() else picks.size  # picks are left-aligned
+            if n == 0:
+                return []
+            rows = top[picks[:n]]
         items = cand[rows].tolist()
         totals = total[rows].tolist()
         C = contrib[rows]
@@ -882,6 +887,13 @@ class Recommender:
         sel_sc = np.take_along_axis(sc, safe_p, 1).astype(np.float64)
         counts = (picks >= 0).sum(axis=1).tolist()  # picks are left-aligned: -1 only after the last pick
         return sel_ids, sel_sc, counts
+
+
+def _by_relevance(relevance: np.ndarray, k: int) -> np.ndarray:
+    """``mmr_batch(relevance[None], None, k, 1.0)[0]`` without its -1 padding, for a row already
+    in pick order (descending relevance, ties in position order, as ``_pick``'s lexsort leaves
+    it): the positions of its first ``k`` finite entries."""
+    return np.flatnonzero(np.isfinite(relevance))[:k]
 
 
 SCAN_USERS = 200_000  # above this many users, /customers scores candidates instead of every user

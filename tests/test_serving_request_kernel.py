@@ -254,3 +254,21 @@ def test_batch_kernel_picks_as_the_batch_path(recommender, lam):  # noqa: F811
         for b, c in enumerate(got[2]):
             np.testing.assert_array_equal(got[0][b, :c], want[0][b, :c])
             np.testing.assert_array_equal(got[1][b, :c], want[1][b, :c])
+
+
+def test_pick_without_diversity_is_mmr_batch():
+    """``_pick``'s shortcut when MMR is off (lambda >= 1): the positions mmr_batch picks, for rows in
+    _pick's order (descending, ties by item), with ties, zeros of both signs, NaN and infinities."""
+    from recs_kernels.mmr import mmr_batch
+    from recs_serving.recommender import _by_relevance
+
+    rng = np.random.default_rng(15)
+    for t in range(500):
+        m = int(rng.integers(0, 70))
+        total = rng.choice([3.0, 1.5, 1.5, 0.0, -0.0, -2.0, np.nan, np.inf, -np.inf], m) if t % 2 else rng.standard_normal(m)
+        cand = rng.permutation(1000)[:m]
+        row = total[np.lexsort((cand, -total))]
+        for k in (1, 5, 20):
+            want = mmr_batch(row[None], None, k, 1.0)[0]
+            np.testing.assert_array_equal(_by_relevance(row, k), want[want >= 0])
+            assert (want[:(want >= 0).sum()] >= 0).all()  # left-aligned
