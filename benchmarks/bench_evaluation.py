@@ -65,6 +65,8 @@ def main(argv=None) -> int:
     print(f"run(): {wall:.1f}s wall, {cpu:.1f}s CPU (this process, all threads); load average {os.getloadavg()[0]:.2f}")
     print("seconds (cumulative marks):", json.dumps(out.info["seconds"]))
     print("phase seconds:", json.dumps(out.info.get("phase_seconds", {})))
+    print("phase CPU seconds:", json.dumps(out.info.get("phase_cpu_seconds", {})), "budgets:",
+          json.dumps({k: out.info.get(k) for k in ("hyper_budget_seconds", "search_budget_seconds")}))
     print("fit seconds:", json.dumps(out.info.get("fit_seconds", {})))
     if "approximations" in out.info:
         print("approximations:", json.dumps(out.info["approximations"]))
@@ -79,6 +81,7 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps({"wall": wall, "cpu": cpu, "seconds": out.info["seconds"],
                                               "phase_seconds": out.info.get("phase_seconds"), "fit_seconds": out.info.get("fit_seconds"),
+                                              "phase_cpu_seconds": out.info.get("phase_cpu_seconds"),
                                               "served": out.served, "test": test.to_dicts(),
                                               "load": os.getloadavg()}, indent=1, default=str))
     return 0

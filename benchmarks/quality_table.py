@@ -110,6 +110,8 @@ def main(argv=None) -> int:
                     "(default: the evaluation's)")
     ap.add_argument("--hyper-fit-ratio", type=float, default=None, help="cap of the hyperparameter budget in "
                     "multiples of the validation fit's CPU seconds (0: no cap; default: the evaluation's)")
+    ap.add_argument("--search-fit-ratio", type=float, default=None, help="cap of the weight search's budget in "
+                    "multiples of the validation fit's CPU seconds (0: no cap; default: the evaluation's)")
     ap.add_argument("--out", default=None, help="JSON with the table, the served blends, the gate and timings")
     args = ap.parse_args(argv)
 
@@ -125,6 +127,8 @@ def main(argv=None) -> int:
         s.hyper_budget_seconds = args.hyper_budget
     if args.hyper_fit_ratio is not None:
         s.hyper_fit_ratio = args.hyper_fit_ratio
+    if args.search_fit_ratio is not None:
+        s.search_fit_ratio = args.search_fit_ratio
     c0, t0 = time.process_time(), time.perf_counter()
     out = ev.run(events, catalog, emb, cfg, s)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -145,10 +149,14 @@ def main(argv=None) -> int:
         h = out.info["hyperparameters"]
         print("  hyperparameters:", json.dumps(h.get("chosen", {})), f"({len(h.get('trials', []))} trials,",
               f"budget {json.dumps(out.info.get('hyper_budget_seconds'))})")
+    print("  weight search budget:", json.dumps(out.info.get("search_budget_seconds")), "CPU s by phase:",
+          json.dumps(out.info.get("phase_cpu_seconds")))
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": rows, "table": out.table.to_dicts(), "served": out.served, "gate": out.gate, "seconds": out.info["seconds"],
                                               "hyperparameters": out.info.get("hyperparameters"), "cut": out.info["cut"],
                                               "hyper_budget_seconds": out.info.get("hyper_budget_seconds"),
+                                              "search_budget_seconds": out.info.get("search_budget_seconds"),
+                                              "phase_cpu_seconds": out.info.get("phase_cpu_seconds"),
                                               "wall": wall, "cpu": cpu}, indent=1, default=str))
     return 0
 

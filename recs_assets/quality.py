@@ -132,6 +132,8 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, ware
         "configs_used": dg.MetadataValue.json(out.info["configs"]),
         "seconds": dg.MetadataValue.json(out.info["seconds"]),
         "phase_seconds": dg.MetadataValue.json(out.info.get("phase_seconds", {})),
+        "phase_cpu_seconds": dg.MetadataValue.json(out.info.get("phase_cpu_seconds", {})),  # every thread of the process
+        "budgets": dg.MetadataValue.json({k: out.info.get(k) for k in ("hyper_budget_seconds", "search_budget_seconds")}),
         "fit_seconds": dg.MetadataValue.json(out.info.get("fit_seconds", {})),
         "approximations": dg.MetadataValue.json(out.info.get("approximations", {})),
         **({"error": out.info["error"]} if "error" in out.info else {}),

@@ -147,23 +147,20 @@ class Recorded:
 
 
 def record(replay, use_cases, k: int = K) -> Recorded:
-    """Replay ``use_cases`` once with every weight 1 and MMR off, keeping what the scorer saw."""
+    """Replay ``use_cases`` once with every weight 1 and MMR off, keeping what the scorer saw:
+    the final candidates of each request and their per-source contributions, as the served
+    path (the request kernel) hands them to the pick."""
     base = replay.base
     view = base.with_contract(base.contract.replace(weights={s: 1.0 for s in SOURCES}, mmr_lambda=1.0))
     st = view._current()
     calls: list = []
+    pick = view._pick
 
-    class _Recording:
-        def __getattr__(self, name):
-            return getattr(st.scorer, name)
+    def recording_pick(st_, q, cand, total, contrib, anchors):
+        calls.append((np.asarray(cand, np.int64), np.array(contrib, np.float32)))
+        return pick(st_, q, cand, total, contrib, anchors)
 
-        def score_candidates(self, weights, cand, **kw):
-            total, C, anchors = st.scorer.score_candidates(weights, cand, **kw)
-            calls.append((np.asarray(cand, np.int64), np.array(C, np.float32)))
-            return total, C, anchors
-
-    pinned = dataclasses.replace(st, scorer=_Recording())
-    view._current = lambda: pinned
+    view._pick = recording_pick  # shadows the method on this view only
     index = st.rel.item_index
     out = Recorded()
     saved = replay.rec

@@ -324,3 +324,27 @@ def test_factor_files_read_block_by_block(tmp_path):
             got = _read_blocks(tmp_path / "f.npy", a.shape, a.dtype, dtype, block_bytes=100)
             np.testing.assert_array_equal(got, np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0).astype(dtype))
             assert got.dtype == dtype
+
+
+def test_multi_antecedent_rules_from_flat_lists_are_the_per_rule_build():
+    """The loader's array build keeps the rules the per-rule loop kept (two or more antecedent
+    items, all known, a known consequent; distinct antecedents; known consequents in order)."""
+    from recs_serving.loader import MultiRules
+
+    rng = np.random.default_rng(1)
+    n, n_rules = 40, 400
+    a_len, c_len = rng.integers(1, 5, n_rules), rng.integers(1, 4, n_rules)
+    a_flat = rng.integers(-1, n, a_len.sum())  # -1: an item the catalogue no longer has; repeats happen
+    c_flat = rng.integers(-1, n, c_len.sum())
+    a_ptr, c_ptr = np.r_[0, np.cumsum(a_len)], np.r_[0, np.cumsum(c_len)]
+    for limit in (100_000, 50):
+        rules = []
+        for r in np.flatnonzero(a_len > 1)[:limit]:
+            a, c = a_flat[a_ptr[r]:a_ptr[r + 1]], c_flat[c_ptr[r]:c_ptr[r + 1]]
+            if (a >= 0).all() and (c >= 0).any():
+                rules.append((np.unique(a), c[c >= 0].astype(np.int32)))
+        want, got = MultiRules.build(n, rules), MultiRules.from_lists(n, a_len, a_flat, c_len, c_flat, limit=limit)
+        assert 0 < len(got) < n_rules and len(got) == len(rules)
+        for part in MultiRules.PARTS:
+            np.testing.assert_array_equal(getattr(got, part), getattr(want, part), err_msg=part)
+            assert getattr(got, part).dtype == getattr(want, part).dtype, part
