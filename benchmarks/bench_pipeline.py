@@ -12,6 +12,11 @@ samples its own RSS and CPU time every 0.1 s; per-step windows come from the Dag
 peak RSS is the highest sample inside them. "other" is run overhead between steps. The
 scaling exponent of a stage between two sizes is log(t2/t1) / log(n2/n1) (1.0 = linear).
 The load average is printed with every run: the machine may be shared.
+
+numba's compiled kernels are cached under each fresh home (NUMBA_CACHE_DIR=<home>/numba-cache),
+so a cold run includes compiling them: about 90 CPU s on 2 cores (10K users: cold 142 CPU s,
+warm 51). Export NUMBA_CACHE_DIR to share one cache between runs and sizes, so that "cold"
+measures the data's work only (run once to fill it).
 """
 from __future__ import annotations
 
