@@ -121,7 +121,8 @@ def _run_workers(workers: int, args, kw: dict) -> None:
         logging.getLogger("uvicorn.error").error("could not bind %s:%s: %s", args.host, args.port, exc)
         sys.exit(1)
     try:
-        Multiprocess(config, sockets=[reuseport.PerWorkerSocket(args.host, args.port, config.backlog)]).run()  # type: ignore[list-item]
+        port = held.getsockname()[1]  # --port 0: the port the supervisor got, for every worker
+        Multiprocess(config, sockets=[reuseport.PerWorkerSocket(args.host, port, config.backlog)]).run()  # type: ignore[list-item]
     finally:
         held.close()
 
