@@ -806,8 +806,8 @@ def run(events: pl.DataFrame, catalog: pl.DataFrame, embeddings: np.ndarray, cfg
                                                    f"popularity and trending count every event"}
         c_fit = time.process_time()
         pm_v = fit_period(in_sample(train_v, sample, share, s.seed), items, cfg, vstart, all_events=train_v)
+        fit_cpu = time.process_time() - c_fit  # the fit's own: the budgets below are tied to it
         memory.release()
-        fit_cpu = time.process_time() - c_fit
         fits["validation"] = pm_v.seconds
         mark("fit_validation")
         hyper_budget = fit_tied(s.hyper_budget_seconds, s.hyper_fit_ratio, fit_cpu)
