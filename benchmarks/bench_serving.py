@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -388,6 +389,18 @@ class _Gen:
         for w in range(self.concurrency):
             _, conn = await self.loop.create_connection(lambda w=w: _Conn(self, w), "127.0.0.1", self.port)
             self.schedule(conn)
+        self.loop.create_task(self._watch_lag())
+
+    async def _watch_lag(self) -> None:
+        """The generator's own stalls (its loop late by > 5 ms): a request scheduled inside one is
+        sent late and its latency includes the stall, which is then not the server's."""
+        self.lags: list[tuple[float, float]] = []
+        while not self.finished.done():
+            t = time.perf_counter()
+            await asyncio.sleep(0.002)
+            late = time.perf_counter() - t - 0.002
+            if late > 0.005:
+                self.lags.append((t - self.t_start, late))
 
     def schedule(self, conn: _Conn) -> None:
         w = conn.w
@@ -444,9 +457,15 @@ async def _load(port: int, reqs: list, duration: float, concurrency: int, rate: 
     is recorded as (start offset s, latency s, use case index, ok)."""
     payloads = [(USE_CASES.index(c), _raw(m, p, b)) for c, m, p, b in reqs]
     gen = _Gen(asyncio.get_running_loop(), port, payloads, duration, concurrency, rate)
-    await gen.start()
-    await gen.finished
-    return gen.samples, time.perf_counter() - gen.t_start
+    gc.collect()
+    gc.freeze()
+    gc.disable()  # the generator's collections would be pauses counted as the server's latency
+    try:
+        await gen.start()
+        await gen.finished
+    finally:
+        gc.enable()
+    return gen.samples, time.perf_counter() - gen.t_start, getattr(gen, "lags", [])
 
 
 def load_main(args) -> None:  # runs in the load-generator subprocess
@@ -457,21 +476,35 @@ def load_main(args) -> None:  # runs in the load-generator subprocess
         uvloop.install()
     except ImportError:
         pass
-    samples, elapsed = asyncio.run(_load(args.port, reqs, args.duration, args.concurrency, args.rate or None))
+    samples, elapsed, lags = asyncio.run(_load(args.port, reqs, args.duration, args.concurrency, args.rate or None))
     # to a file, not stdout: uvloop can leave stdout non-blocking and a big write to a pipe was cut at 128 KiB
-    Path(args.requests_file + ".out").write_text(json.dumps({"samples": samples, "elapsed": elapsed}))
+    Path(args.requests_file + ".out").write_text(json.dumps({"samples": samples, "elapsed": elapsed, "loadgen_lags": lags}))
+
+
+def steal_s() -> float:
+    """CPU time the hypervisor gave to others while this VM wanted it (/proc/stat), in seconds."""
+    try:
+        f = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(f[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
 
 
 def cpu_s(pids: list[int]) -> float:
     """utime + stime of processes, in seconds (from /proc; no psutil needed)."""
-    tot = 0.0
-    for pid in pids:
-        try:
-            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        tot += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-    return tot
+    return sum((int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK") for f in map(_stat, pids) if f)
+
+
+def major_faults(pids: list[int]) -> int:
+    """Page faults that read from disk: a mapped release page the kernel had dropped costs one."""
+    return sum(int(f[9]) for f in map(_stat, pids) if f)
 
 
 def free_port() -> int:
@@ -481,9 +514,11 @@ def free_port() -> int:
 
 
 def run_http(home: Path, reqs: list, duration: float, concurrency: int, rate: float | None, port: int, server_pid: int,
-             during=None) -> dict:
+             during=None, mem_interval: float = 1.0) -> dict:
     """One load run; ``during(t_start)`` runs in a thread alongside (the hot swap). Memory of the
-    server tree is sampled every 0.25 s."""
+    server tree is sampled every ``mem_interval`` s: reading smaps_rollup walks a worker's page
+    tables under its mmap lock, and every 0.25 s it doubled the 1M release's baseline p99 (4.3 to
+    8.2 ms)."""
     import resource
     import threading
 
@@ -495,7 +530,7 @@ def run_http(home: Path, reqs: list, duration: float, concurrency: int, rate: fl
     stop = threading.Event()
 
     def sample_memory():
-        while not stop.wait(0.25):
+        while not stop.wait(mem_interval):
             r, p, _ = tree_memory_mb(server_pid)
             mem["rss"], mem["pss"] = max(mem["rss"], r), max(mem["pss"], p)
 
@@ -504,7 +539,7 @@ def run_http(home: Path, reqs: list, duration: float, concurrency: int, rate: fl
     la0 = os.getloadavg()[0]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     pids = process_tree(server_pid)
-    c0 = cpu_s(pids)
+    c0, mf0, st0 = cpu_s(pids), major_faults(pids), steal_s()
     per0 = {pid: cpu_s([pid]) for pid in pids}
     t_start = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -523,6 +558,8 @@ def run_http(home: Path, reqs: list, duration: float, concurrency: int, rate: fl
     res = json.loads(Path(str(tmp) + ".out").read_text())
     res["loadgen_cpu_s"] = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     res["server_cpu_s"] = cpu_s(process_tree(server_pid)) - c0
+    res["server_major_faults"] = major_faults(process_tree(server_pid)) - mf0
+    res["steal_s"] = steal_s() - st0
     # per process: a worker that took more of the keep-alive connections saturates first
     res["server_cpu_s_per_process"] = sorted((round(cpu_s([pid]) - c, 2) for pid, c in per0.items()), reverse=True)
     res["loadavg"] = (la0, os.getloadavg()[0])
@@ -552,6 +589,10 @@ def summarise(res: dict) -> dict:
         "server_busy_cores_per_process": [round(c / res["elapsed"], 2) for c in res.get("server_cpu_s_per_process", [])], "loadavg": res["loadavg"],
         # what the load average does not inflate much: capacity on N idle cores ~ N * 1000 / (this + load generator's)
         "server_cpu_ms_per_request": res["server_cpu_s"] / max(len(s), 1) * 1e3,
+        "server_major_faults": res.get("server_major_faults"), "steal_s": res.get("steal_s"),
+        # the load generator's own stalls > 5 ms (count, worst ms, total ms)
+        "loadgen_stalls": [len(res.get("loadgen_lags", [])), round(max((x[1] for x in res.get("loadgen_lags", [])), default=0) * 1e3, 1),
+                           round(sum(x[1] for x in res.get("loadgen_lags", [])) * 1e3, 1)],
         "mem_peak_rss_mb": res["mem_peak_rss_mb"], "mem_peak_pss_mb": res["mem_peak_pss_mb"],
         "per_case": {c: {"n": len(v), "p50_ms": pct(v, 0.5) * 1e3, "p99_ms": pct(v, 0.99) * 1e3} for c, v in per_case.items()},
     }
@@ -628,6 +669,8 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32, help="connections of the load generator")
     ap.add_argument("--rate", type=float, default=1000.0, help="open-loop HTTP rate for the latency run")
     ap.add_argument("--rates", default=None, help="comma-separated open-loop rates (default: --rate); the table shows the last")
+    ap.add_argument("--mem-interval", type=float, default=1.0, help="seconds between samples of the server's RSS/PSS "
+                    "(each sample walks the workers' page tables)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server worker processes (default: one per core)")
     ap.add_argument("--swap", action="store_true", help="publish a new release half-way through the last open-loop run "
                                                          "and report the latency around the swap")
@@ -736,7 +779,7 @@ def main() -> int:
                                 break
                             time.sleep(0.25)
                         info["t_done"] = time.time() - t_start
-                res = run_http(home, reqs, args.duration, args.concurrency, rate, port, srv.pid, during)
+                res = run_http(home, reqs, args.duration, args.concurrency, rate, port, srv.pid, during, args.mem_interval)
                 if swap_info:
                     res["swap"] = swap_analysis(res["samples"], swap_info["t_swap"], swap_info["t_done"])
                 runs.append((f"http_open_{rate:g}", res))
@@ -783,7 +826,9 @@ def report(r: dict, args) -> None:
         h = r[name]
         print(f"| {name} | {h['rps']:.0f} | {h['p50_ms']:.2f} | {h['p99_ms']:.2f} | {h['p999_ms']:.2f} | {h['max_ms']:.1f} | {h['errors']} | "
               f"{h['server_busy_cores']:.2f} | {h['server_cpu_ms_per_request']:.2f} | {h['mem_peak_rss_mb']:.0f} | {h['mem_peak_pss_mb']:.0f} | {h['loadavg'][0]:.1f}->{h['loadavg'][1]:.1f} |")
-        print(f"|   workers' cores {h['server_busy_cores_per_process']}; p99 ms per 5 s window {h['p99_ms_by_5s']} | | | | | | | | | | | |")
+        print(f"|   workers' cores {h['server_busy_cores_per_process']}; major page faults {h.get('server_major_faults')}; VM steal {h.get('steal_s', float('nan')):.2f} s; "
+              f"load generator stalls > 5 ms (count, worst ms, total ms) {h.get('loadgen_stalls')}; "
+              f"p99 ms per 5 s window {h['p99_ms_by_5s']} | | | | | | | | | | | |")
         if "swap" in h:
             s = h["swap"]
             print(f"|   hot swap at {s['t_swap_s']:.1f}s, all workers on it at {s['t_all_workers_swapped_s']:.1f}s | baseline p99 {s['baseline_p99_ms']:.2f} ms | "
