@@ -49,6 +49,7 @@ S = TypeVar("S")
 RELOAD_SIGNAL = "reload-generation"  # under RECS_HOME/serving-cache: bumped by an admin reload
 SIGNAL_POLL_S = 0.2  # how often watchers look at it (one stat); CURRENT keeps its own interval
 LOAD_SWITCH_INTERVAL_S = 0.0005
+RELOAD_PACE = 2.0  # a reload sleeps twice as long as each unit of its work took (mapped._pause)
 
 
 _atexit_registered = False
@@ -153,7 +154,8 @@ class ReleaseHolder(Generic[S]):
         if self.cache:
             from .mapped import load_mapped
 
-            return load_mapped(self.home, name)
+            # a reload shares the process with requests; the first load has none to wait
+            return load_mapped(self.home, name, RELOAD_PACE if self.state is not None else 0.0)
         return load_verified(self.home, name)
 
     def _try(self, name: str, fp: str) -> bool:

@@ -140,11 +140,21 @@ def _slices(items: list) -> list[bytes]:
     return [pickle.dumps(items[a:a + CHUNK], protocol=pickle.HIGHEST_PROTOCOL) for a in range(0, len(items), CHUNK)]
 
 
-def _unslice(blobs: list[bytes], acc):
+def _pause(t0: float, pace: float) -> None:
+    """Hand the GIL to a request thread waiting for it; with ``pace`` > 0, also stay off it
+    ``pace`` times as long as the last unit of work took. A reload shares its process with
+    the event loop: at equal turns the loop got half a core while both workers loaded at
+    once, and a worker near half a core of requests fell behind (the 1M release's swap second
+    was 7x the baseline p99)."""
+    time.sleep(pace * (time.perf_counter() - t0) if pace > 0 else 0)
+
+
+def _unslice(blobs: list[bytes], acc, pace: float = 0.0):
     for blob in blobs:
+        t0 = time.perf_counter()
         part = pickle.loads(blob)
         acc.update(part) if isinstance(acc, dict) else acc.extend(part)
-        time.sleep(0)  # hand the GIL to a request thread waiting for it
+        _pause(t0, pace)
     return acc
 
 
@@ -168,14 +178,16 @@ def is_mapped(arr) -> bool:
     return False
 
 
-def read(path: Path) -> LoadedRelease:
+def read(path: Path, pace: float = 0.0) -> LoadedRelease:
     """Map a cache entry. Each pickled field is loaded separately, and the GIL is offered
-    between them, so a request thread never waits for the whole set of objects."""
+    between them, so a request thread never waits for the whole set of objects; ``pace``:
+    see ``_pause`` (0 at start-up, when no request waits)."""
     layout = json.loads((path / "layout.json").read_text())
     with open(path / "objects.pkl", "rb") as fh:
         objects = pickle.load(fh)
     values: dict = {}
     for name, (kind, *rest) in layout.items():
+        t0 = time.perf_counter()
         if kind == "array":
             values[name] = _map(path / f"{name}.npy")
         elif kind == "adjacency":
@@ -186,12 +198,12 @@ def read(path: Path) -> LoadedRelease:
             values[name] = CompactIds(*(_map(path / f"{name}.{p}.npy") for p in ("by_pos", "order", "sorted")))
         elif kind == "object":
             values[name] = pickle.loads(objects[name])
-            time.sleep(0)  # hand the GIL to a request thread waiting for it
+            _pause(t0, pace)
         elif kind in ("dict_chunks", "list_chunks"):
-            values[name] = _unslice(objects[name], {} if kind == "dict_chunks" else [])
+            values[name] = _unslice(objects[name], {} if kind == "dict_chunks" else [], pace)
         elif kind == "derived":
             values[name] = {k: _map(path / f"derived.{k}.npy") if how == "array"
-                            else _unslice(objects[f"derived.{k}"], []) for k, how in rest[0]}
+                            else _unslice(objects[f"derived.{k}"], [], pace) for k, how in rest[0]}
     for name, (kind, *rest) in layout.items():
         if kind == "alias":
             values[name] = values[rest[0]]
@@ -204,10 +216,10 @@ def read(path: Path) -> LoadedRelease:
 # ----------------------------------------------------------------------------- build once, map everywhere
 
 
-def load_mapped(home: Path | str, name: str) -> LoadedRelease:
+def load_mapped(home: Path | str, name: str, pace: float = 0.0) -> LoadedRelease:
     """The mapped release ``name``; built by a child process when no worker has built it yet.
     ``holder.Refused`` with the reason when the release does not pass."""
-    return read(ensure_built(home, name))
+    return read(ensure_built(home, name), pace)
 
 
 def ensure_built(home: Path | str, name: str) -> Path:

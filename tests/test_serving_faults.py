@@ -457,6 +457,9 @@ def test_mapped_cache_round_trip(base_home, tmp_path, monkeypatch):
         np.testing.assert_array_equal(np.asarray(getattr(back, name)), np.asarray(getattr(rel, name)))
     np.testing.assert_array_equal(back.covis.indices, rel.covis.indices)
     assert back.contract == rel.contract and back.version == rel.version
+    # a reload's paced read (it sleeps between slices while requests run) reads the same release
+    paced = mapped.read(tmp_path / "entry", pace=0.5)
+    assert paced.item_index == rel.item_index and paced.titles == rel.titles and list(paced.item_ids) == list(rel.item_ids)
 
 
 def test_admin_reload_reaches_every_worker(base_home, tmp_path):
