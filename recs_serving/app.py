@@ -17,9 +17,8 @@ from litestar import Litestar, Request, Response, get, head, post
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.plugins.pydantic import PydanticPlugin
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.middleware import DefineMiddleware
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromQuery, QueryParameter
 from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_503_SERVICE_UNAVAILABLE
 from pydantic import ValidationError
 
@@ -33,11 +32,8 @@ from .recommender import NotReady, Recommender, UnknownItem
 from .schemas import (
     MAX_K,
     BatchRecommendRequest,
-    BatchRecommendResponse,
     CartAddonsRequest,
-    CustomersResponse,
     RecommendRequest,
-    RecommendResponse,
     ReloadResponse,
     ExplainedBatchResponse,
     ExplainedCustomersResponse,

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from recs_assets import definitions, orchestration, outputs, pipeline, quality
-from recs_assets.resources import ArtifactStore, Embedder, Warehouse
+from recs_assets.resources import ArtifactStore
 from recs_kernels.sources import SOURCES
 from recs_serving import release as release_format
 
