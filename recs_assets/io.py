@@ -30,7 +30,6 @@ def load_events(warehouse: Warehouse, columns: tuple[str, ...] = EVENT_COLUMNS) 
     return frame
 
 
-
 def load_catalog(warehouse: Warehouse) -> pl.DataFrame:
     with warehouse.connect(read_only=True) as con:
         return con.sql(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .mmr import _argmax_row, _greedy_one
+from .mmr import _greedy_batch, _greedy_one
 from .request import _in_sorted
 
 __all__ = ["topn_one", "topn_many"]
@@ -129,13 +129,8 @@ def topn_many(ids, scores, hist_indptr, hist_items, users, exclude, fmask, sims,
                 if avail[b, order[s]]:
                     picks[b, s] = order[s]
     else:
-        # mmr_batch's batched branch: per-row min-max in float32, _greedy_batch's loop
-        rel = np.zeros(W, np.float32)
-        maxsim = np.zeros(W, np.float32)
-        obj = np.empty(W, np.float32)
-        lam32 = np.float32(lam)
-        w32 = np.float32(1.0 - lam)
-        ninf = np.float32(-np.inf)
+        # mmr_batch's batched branch: per-row min-max in float32, then its greedy loop itself
+        rel = np.zeros((B, W), np.float32)
         for b in range(B):
             lo = np.float32(np.inf)
             hi = np.float32(-np.inf)
@@ -147,20 +142,8 @@ def topn_many(ids, scores, hist_indptr, hist_items, users, exclude, fmask, sims,
                 lo = np.float32(0.0)
             span = hi - lo if hi > lo else np.float32(1.0)
             for j in range(W):
-                rel[j] = (scores[b, j] - lo) / span if avail[b, j] else np.float32(0.0)
-            maxsim[:] = 0
-            for step in range(kk):
-                for m in range(W):
-                    obj[m] = lam32 * rel[m] - w32 * maxsim[m] if avail[b, m] else ninf
-                j = _argmax_row(obj)
-                if not avail[b, j]:
-                    break
-                picks[b, step] = j
-                avail[b, j] = False
-                for m in range(W):
-                    v = sims[b, j, m]
-                    if v > maxsim[m] or v != v:
-                        maxsim[m] = v
+                rel[b, j] = (scores[b, j] - lo) / span if avail[b, j] else np.float32(0.0)
+        _greedy_batch(rel, avail, sims, kk, np.float32(lam), np.float32(1.0 - lam), picks)
     for b in range(B):
         n = 0
         while n < kk and picks[b, n] >= 0:
