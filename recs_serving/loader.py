@@ -500,6 +500,12 @@ class MultiRules:
         cons = np.concatenate([c for _, c in rules]).astype(np.int32) if rules else np.zeros(0, np.int32)
         items = np.concatenate([a for a, _ in rules]).astype(np.int64) if rules else np.zeros(0, np.int64)
         rule_of = np.repeat(np.arange(len(rules), dtype=np.int32), ante_len)
+        return MultiRules._indexed(n_items, ante_len, cons_ptr, cons, items, rule_of)
+
+    @staticmethod
+    def _indexed(n_items: int, ante_len, cons_ptr, cons, items: np.ndarray, rule_of: np.ndarray) -> "MultiRules":
+        """The rules with their by-item index: ``items``/``rule_of`` pair each antecedent item
+        with its rule."""
         order = np.lexsort((rule_of, items))
         by_item_ptr = np.zeros(n_items + 1, np.int64)
         np.cumsum(np.bincount(items, minlength=n_items), out=by_item_ptr[1:])
@@ -538,11 +544,7 @@ class MultiRules:
         cons = c_flat[mc].astype(np.int32)
         cons_ptr = np.zeros(n_kept + 1, np.int64)
         np.cumsum(np.bincount(new_id[c_rule[mc]], minlength=n_kept), out=cons_ptr[1:])
-        rule_of = ar.astype(np.int32)
-        order = np.lexsort((rule_of, ai))
-        by_item_ptr = np.zeros(n_items + 1, np.int64)
-        np.cumsum(np.bincount(ai, minlength=n_items), out=by_item_ptr[1:])
-        return MultiRules(ante_len, cons_ptr, cons, by_item_ptr, rule_of[order])
+        return MultiRules._indexed(n_items, ante_len, cons_ptr, cons, ai, ar.astype(np.int32))
 
     def __len__(self) -> int:
         return int(self.ante_len.shape[0])
