@@ -379,6 +379,20 @@ def test_server_error_logged_with_traceback_and_request_id(base_home, monkeypatc
     assert rec_log and rec_log[0].exc_info and "injected fault" in str(rec_log[0].exc_info[1])
 
 
+def _socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets ``pid`` holds; an fd closed while being listed is skipped (the
+    worker keeps serving meanwhile: its connections come and go)."""
+    out = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            out.add(int(target[8:-1]))
+    return out
+
+
 def test_workers_share_the_port_and_one_mapped_copy(base_home, tmp_path):
     """``--workers 2``: two processes answer on one port, each on its own listening socket, both
     map the same release files, and a newly published release reaches both."""
@@ -398,8 +412,7 @@ def test_workers_share_the_port_and_one_mapped_copy(base_home, tmp_path):
         # each worker listens on its own SO_REUSEPORT socket (the kernel spreads connections over them)
         listening = {int(f[9]) for f in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
                      if f[3] == "0A" and int(f[1].split(":")[1], 16) == srv.port}
-        owned = {pid: {int(os.readlink(fd)[8:-1]) for fd in Path(f"/proc/{pid}/fd").iterdir()
-                       if os.readlink(fd).startswith("socket:[")} & listening for pid in pids}
+        owned = {pid: _socket_inodes(pid) & listening for pid in pids}
         assert len(listening) == 2 and all(len(v) == 1 for v in owned.values()) and set().union(*owned.values()) == listening, owned
         cache = str(mapped.cache_root(home))
         for pid in pids:
